@@ -1,0 +1,56 @@
+"""Request dependencies: who is calling, and may they."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.auth import service
+from app.auth.models import Role, User
+from app.db import SAFE_METHODS, get_db
+from app.errors import PermissionDenied, Unauthenticated
+
+SESSION_COOKIE = "svp_session"
+CSRF_HEADER = "X-CSRF-Token"
+
+DB = Annotated[Session, Depends(get_db)]
+
+
+def current_user(request: Request, db: DB) -> User:
+    """Authenticate by bearer token or session cookie; cookie writes must carry the CSRF token."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated("Authorization must be 'Bearer <token>'")
+        user = service.user_from_token(db, secret=secret.strip())
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise Unauthenticated("sign in first")
+        user, session_row = service.user_from_session(db, secret=cookie)
+        if request.method not in SAFE_METHODS:
+            service.check_csrf(session_row, request.headers.get(CSRF_HEADER))
+    request.state.user = user
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_role(*roles: Role) -> Callable[[User], User]:
+    """A dependency that lets through only users with one of these global roles."""
+
+    def check(user: CurrentUser) -> User:
+        if user.role not in roles:
+            raise PermissionDenied(f"this needs the role {' or '.join(roles)}")
+        return user
+
+    return check
+
+
+AdminUser = Annotated[User, Depends(require_role(Role.admin))]
+EngineerUser = Annotated[User, Depends(require_role(Role.admin, Role.engineer))]

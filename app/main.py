@@ -1,0 +1,93 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import select
+
+from app import metrics
+from app.auth.models import Role, User
+from app.auth.router import router as auth_router
+from app.auth.service import LoginLimiter, create_user
+from app.db import unit_of_work
+from app.errors import DomainError
+from app.projects.router import router as projects_router
+from app.routers import ROUTERS
+from app.settings import get_settings
+from app.system.router import router as system_router
+from app.users.router import router as users_router
+
+log = logging.getLogger(__name__)
+
+FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
+
+
+def ensure_first_admin() -> None:
+    """Create the admin named by SVP_ADMIN_USERNAME/SVP_ADMIN_PASSWORD when no user exists."""
+    settings = get_settings()
+    if not (settings.admin_username and settings.admin_password):
+        return
+    with unit_of_work() as db:
+        if db.scalar(select(User.id).limit(1)) is None:
+            create_user(
+                db,
+                username=settings.admin_username,
+                password=settings.admin_password,
+                role=Role.admin,
+            )
+            log.info("created the first admin %s", settings.admin_username)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start-up: the first admin."""
+    ensure_first_admin()
+    yield
+
+
+def _route_template(request: Request) -> str:
+    # Label metrics by route template, not raw path, so ids do not explode the series count.
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+def create_app() -> FastAPI:
+    """Build the application with every router."""
+    settings = get_settings()
+    app = FastAPI(
+        title="SVP Label",
+        version="0.1.0",
+        description="Image labelling with active learning by selection via proxy.",
+        lifespan=lifespan,
+    )
+    app.state.login_limiter = LoginLimiter(settings.login_attempts_per_minute)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+
+    @app.middleware("http")
+    async def _measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = _route_template(request)
+        metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+    for router in (auth_router, users_router, projects_router, system_router, *ROUTERS):
+        app.include_router(router)
+
+    if FRONTEND_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")
+    return app

@@ -1,0 +1,32 @@
+"""Imports every table so Alembic and ``Base.metadata`` see the whole schema."""
+
+from app.auth.models import ApiToken, AuthSession, Role, User
+from app.db import Base
+from app.items.models import Item, Split
+from app.jobs.models import Job, JobKind, JobStatus, WorkerNode
+from app.labeling.models import Label, LabelSource, Lease
+from app.projects.models import Member, MemberRole, Project
+from app.rounds.models import Round, RoundStatus, Selection
+
+__all__ = [
+    "ApiToken",
+    "AuthSession",
+    "Base",
+    "Item",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "Label",
+    "LabelSource",
+    "Lease",
+    "Member",
+    "MemberRole",
+    "Project",
+    "Role",
+    "Round",
+    "RoundStatus",
+    "Selection",
+    "Split",
+    "User",
+    "WorkerNode",
+]

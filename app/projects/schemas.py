@@ -1,0 +1,98 @@
+"""Shapes of projects and memberships."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.projects.models import MemberRole
+
+MAX_CLASSES = 1000
+
+
+class ProjectSettings(BaseModel):
+    """A project's settings; unknown keys are refused so typos surface."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_proxy: str = "tiny_cnn"
+    default_target: str = "preact20"
+    image_size: int = Field(default=32, ge=8, le=256)
+    strategy: str = "least_confidence"
+    batch_size: int = Field(default=20, ge=1, le=100_000)
+    proxy_epochs: int = Field(default=10, ge=1, le=500)
+    cold_start: Literal["random", "kcenter"] = "random"
+    # How long an annotator holds an item of the batch before it returns to the queue.
+    lease_seconds: int = Field(default=600, ge=10, le=86_400)
+    # Off by default, as the contract says: a finished batch does not start a round by itself.
+    auto_next_round: bool = False
+
+
+class ProjectCreate(BaseModel):
+    """A new project."""
+
+    name: str = Field(min_length=1, max_length=200)
+    classes: list[str] = Field(min_length=1, max_length=MAX_CLASSES)
+    description: str = Field(default="", max_length=10_000)
+    settings: ProjectSettings = Field(default_factory=ProjectSettings)
+
+    @field_validator("classes")
+    @classmethod
+    def _clean_classes(cls, value: list[str]) -> list[str]:
+        cleaned = [c.strip() for c in value]
+        if any(not c or len(c) > 200 or "/" in c or "\\" in c for c in cleaned):
+            raise ValueError("class names must be 1-200 characters without slashes")
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("class names must be unique")
+        return cleaned
+
+
+class ProjectUpdate(BaseModel):
+    """Changes to a project; the class list can only grow, so existing labels stay valid."""
+
+    description: str | None = Field(default=None, max_length=10_000)
+    settings: ProjectSettings | None = None
+
+
+class ProjectCounts(BaseModel):
+    """How much of the project is labelled."""
+
+    items: int
+    labeled: int
+    unlabeled: int
+    rounds: int
+
+
+class ProjectRead(BaseModel):
+    """A project with its counts and the caller's role in it."""
+
+    id: int
+    name: str
+    description: str
+    classes: list[str]
+    settings: ProjectSettings
+    created_at: datetime
+    counts: ProjectCounts
+    role: str | None
+    # The same counts flat, for clients that read them at the top level.
+    items: int
+    labeled: int
+    unlabeled: int
+    rounds: int
+
+
+class MemberSet(BaseModel):
+    """Add a member or change their role."""
+
+    username: str = Field(min_length=1, max_length=64)
+    role: MemberRole
+
+
+class MemberRead(BaseModel):
+    """A member of a project."""
+
+    user_id: int
+    username: str
+    role: str

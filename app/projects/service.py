@@ -1,0 +1,157 @@
+"""Projects, membership, and the access checks every project-scoped endpoint goes through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.auth.models import Role, User
+from app.errors import Conflict, Invalid, NotFound, PermissionDenied
+from app.items.models import Item
+from app.projects.models import Member, MemberRole, Project
+from app.projects.schemas import ProjectCreate, ProjectSettings, ProjectUpdate
+from app.rounds.models import Round
+
+
+@dataclass(frozen=True)
+class Access:
+    """A project as one caller may reach it, with that caller's effective role there."""
+
+    project: Project
+    role: str  # "admin", "engineer" or "annotator"
+
+    @property
+    def can_engineer(self) -> bool:
+        """Whether the caller may change the project (upload, start rounds, export)."""
+        return self.role in ("admin", MemberRole.engineer)
+
+
+def member_role(db: Session, *, project_id: int, user: User) -> str | None:
+    """The caller's effective role in a project: admin everywhere, else their membership."""
+    if user.role == Role.admin:
+        return "admin"
+    return db.scalar(
+        select(Member.role).where(Member.project_id == project_id, Member.user_id == user.id)
+    )
+
+
+def get_access(db: Session, *, project_id: int, user: User, engineer: bool = False) -> Access:
+    """The project if the caller is a member (404 otherwise); 403 if it needs an engineer."""
+    project = db.get(Project, project_id)
+    role = member_role(db, project_id=project_id, user=user) if project else None
+    if project is None or role is None:
+        # Not a member: the project does not exist as far as this caller can tell.
+        raise NotFound("no such project")
+    access = Access(project=project, role=role)
+    if engineer and not access.can_engineer:
+        raise PermissionDenied("this needs an engineer of the project")
+    return access
+
+
+def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
+    """Create a project; its creator becomes its first engineer."""
+    if db.scalar(select(Project.id).where(Project.name == data.name)) is not None:
+        raise Conflict(f"a project named {data.name!r} exists")
+    project = Project(
+        name=data.name,
+        description=data.description,
+        classes=data.classes,
+        settings=data.settings.model_dump(),
+        created_by=user.id,
+    )
+    db.add(project)
+    db.flush()
+    db.add(Member(project_id=project.id, user_id=user.id, role=MemberRole.engineer))
+    db.flush()
+    return project
+
+
+def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Project:
+    """Change a project's description or settings."""
+    project = access.project
+    if data.description is not None:
+        project.description = data.description
+    if data.settings is not None:
+        project.settings = data.settings.model_dump()
+    db.flush()
+    return project
+
+
+def visible_projects(db: Session, *, user: User) -> list[tuple[Project, str]]:
+    """The projects the caller can see, with their role in each."""
+    if user.role == Role.admin:
+        return [(p, "admin") for p in db.scalars(select(Project).order_by(Project.id))]
+    rows = db.execute(
+        select(Project, Member.role)
+        .join(Member, Member.project_id == Project.id)
+        .where(Member.user_id == user.id)
+        .order_by(Project.id)
+    )
+    return [(p, r) for p, r in rows.tuples()]
+
+
+def project_counts(db: Session, *, project_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Items, labelled and unlabelled items, and rounds per project, in two grouped queries."""
+    counts = {pid: {"items": 0, "labeled": 0, "unlabeled": 0, "rounds": 0} for pid in project_ids}
+    if not project_ids:
+        return counts
+    item_rows = db.execute(
+        select(Item.project_id, func.count(), func.count(Item.label))
+        .where(Item.project_id.in_(project_ids))
+        .group_by(Item.project_id)
+    )
+    for pid, total, labeled in item_rows.tuples():
+        counts[pid].update(items=total, labeled=labeled, unlabeled=total - labeled)
+    round_rows = db.execute(
+        select(Round.project_id, func.count())
+        .where(Round.project_id.in_(project_ids))
+        .group_by(Round.project_id)
+    )
+    for pid, n in round_rows.tuples():
+        counts[pid]["rounds"] = n
+    return counts
+
+
+def project_settings(project: Project) -> ProjectSettings:
+    """A project's settings, with defaults for keys added since it was made."""
+    return ProjectSettings.model_validate(project.settings or {})
+
+
+def set_member(db: Session, *, access: Access, username: str, role: str) -> tuple[Member, User]:
+    """Add a user to the project or change their role there."""
+    user = db.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise Invalid(f"no user named {username!r}")
+    member = db.scalar(
+        select(Member).where(Member.project_id == access.project.id, Member.user_id == user.id)
+    )
+    if member is None:
+        member = Member(project_id=access.project.id, user_id=user.id, role=role)
+        db.add(member)
+    else:
+        member.role = role
+    db.flush()
+    return member, user
+
+
+def list_members(db: Session, *, project_id: int) -> list[tuple[Member, User]]:
+    """The project's members with their users, by name."""
+    rows = db.execute(
+        select(Member, User)
+        .join(User, User.id == Member.user_id)
+        .where(Member.project_id == project_id)
+        .order_by(User.username)
+    )
+    return [(m, u) for m, u in rows.tuples()]
+
+
+def remove_member(db: Session, *, access: Access, user_id: int) -> None:
+    """Take a user out of the project."""
+    member = db.scalar(
+        select(Member).where(Member.project_id == access.project.id, Member.user_id == user_id)
+    )
+    if member is None:
+        raise NotFound("no such member")
+    db.delete(member)

@@ -1,0 +1,29 @@
+"""Users and roles, for admins."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.auth.deps import DB, AdminUser
+from app.users import service
+from app.users.schemas import UserCreate, UserDetail, UserUpdate
+
+router = APIRouter(prefix="/api/users", tags=["users"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_user(body: UserCreate, admin: AdminUser, db: DB) -> UserDetail:
+    """Add a user."""
+    return UserDetail.model_validate(service.add_user(db, data=body))
+
+
+@router.get("")
+def list_users(admin: AdminUser, db: DB) -> list[UserDetail]:
+    """Every user."""
+    return [UserDetail.model_validate(u) for u in service.list_users(db)]
+
+
+@router.patch("/{user_id}")
+def update_user(user_id: int, body: UserUpdate, admin: AdminUser, db: DB) -> UserDetail:
+    """Change a user's role, activity or password."""
+    return UserDetail.model_validate(service.update_user(db, user_id=user_id, data=body))

@@ -1,0 +1,119 @@
+"""Test data made through the real models and the real application."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from types import TracebackType
+from typing import Any
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.auth.models import User
+from app.auth.service import create_user
+from app.db import unit_of_work
+from app.items.models import Item
+from app.main import create_app
+from app.projects.models import Member, Project
+
+PASSWORD = "correct horse battery"
+_counter = itertools.count(1)
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (16, 16)) -> bytes:
+    """A small PNG whose pixels depend on ``seed``, so each seed gives a distinct image."""
+    image = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256))
+    image.putpixel((seed % size[0], (seed // size[0]) % size[1]), (255 - seed % 256, 0, 0))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Factory:
+    """Makes rows through the ORM and clients through the app; closes its clients at exit."""
+
+    def __init__(self) -> None:
+        self.app = create_app()
+        self._clients: list[TestClient] = []
+
+    def __enter__(self) -> Factory:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for c in self._clients:
+            c.close()
+
+    def user(self, role: str = "engineer", username: str | None = None) -> User:
+        """A user with the shared test password."""
+        with unit_of_work() as db:
+            return create_user(
+                db, username=username or f"{role}{next(_counter)}", password=PASSWORD, role=role
+            )
+
+    def project(
+        self,
+        owner: User,
+        classes: list[str] | None = None,
+        members: dict[User, str] | None = None,
+        **settings: Any,
+    ) -> Project:
+        """A project made by ``owner`` through the API, plus members added directly."""
+        c = self.client(owner)
+        body = {
+            "name": f"project {next(_counter)}",
+            "classes": classes or ["cat", "dog", "bird"],
+            "settings": settings,
+        }
+        r = c.post("/api/projects", json=body)
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        with unit_of_work() as db:
+            for user, role in (members or {}).items():
+                db.add(Member(project_id=pid, user_id=user.id, role=role))
+            project = db.get(Project, pid)
+            assert project is not None
+            return project
+
+    def items(self, project: Project, n: int, split: str = "pool") -> list[Item]:
+        """Items inserted directly (no image files), for tests that only need rows."""
+        with unit_of_work() as db:
+            rows = [
+                Item(
+                    project_id=project.id,
+                    content_hash=f"{next(_counter):064x}",
+                    name=f"img_{i:05d}.png",
+                    media_type="image/png",
+                    width=16,
+                    height=16,
+                    split=split,
+                )
+                for i in range(n)
+            ]
+            db.add_all(rows)
+            db.flush()
+            return rows
+
+    def anonymous(self) -> TestClient:
+        """A client with no credentials."""
+        c = TestClient(self.app)
+        self._clients.append(c)
+        return c
+
+    def client(self, user: User) -> TestClient:
+        """A client signed in by cookie, sending the CSRF token on every request."""
+        c = self.anonymous()
+        r = c.post("/api/auth/login", json={"username": user.username, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+        return c
+
+    def token_client(self, user: User) -> TestClient:
+        """A client authenticated by a bearer token, without cookies."""
+        r = self.client(user).post("/api/tokens", json={"name": "test"})
+        assert r.status_code == 201, r.text
+        c = self.anonymous()
+        c.headers["Authorization"] = f"Bearer {r.json()['token']}"
+        return c

@@ -1,0 +1,164 @@
+"""Sign-in, sessions, CSRF, tokens, the rate limit and user management."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from app.auth.models import ApiToken, User
+from app.db import unit_of_work
+from tests.factories import PASSWORD, Factory
+
+
+def test_login_sets_httponly_cookie_and_answers_user_and_csrf(factory: Factory) -> None:
+    user = factory.user("annotator")
+    c = factory.anonymous()
+    r = c.post("/api/auth/login", json={"username": user.username, "password": PASSWORD})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["user"] == {"id": user.id, "username": user.username, "role": "annotator"}
+    assert len(body["csrf_token"]) >= 32
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert "secure" not in cookie  # plain http://127.0.0.1 must work by default
+    assert c.get("/api/me").json()["username"] == user.username
+
+
+def test_bad_credentials_get_401_and_password_is_hashed(factory: Factory) -> None:
+    user = factory.user()
+    c = factory.anonymous()
+    assert (
+        c.post("/api/auth/login", json={"username": user.username, "password": "nope"}).status_code
+        == 401
+    )
+    assert c.post("/api/auth/login", json={"username": "ghost", "password": "x"}).status_code == 401
+    with unit_of_work() as db:
+        stored = db.scalar(select(User.password_hash).where(User.id == user.id))
+    assert stored is not None and stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_requests_without_auth_get_401(factory: Factory) -> None:
+    c = factory.anonymous()
+    assert c.get("/api/me").status_code == 401
+    assert c.get("/api/projects").status_code == 401
+    c.headers["Authorization"] = "Bearer not-a-token"
+    assert c.get("/api/me").status_code == 401
+    c.headers["Authorization"] = "Basic abc"
+    assert c.get("/api/me").status_code == 401
+
+
+def test_cookie_write_without_csrf_token_gets_403(factory: Factory) -> None:
+    user = factory.user("engineer")
+    c = factory.client(user)
+    good = c.headers.pop("X-CSRF-Token")
+    r = c.post("/api/projects", json={"name": "p", "classes": ["a"]})
+    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    c.headers["X-CSRF-Token"] = "wrong"
+    assert c.post("/api/projects", json={"name": "p", "classes": ["a"]}).status_code == 403
+    assert c.get("/api/projects").status_code == 200  # safe methods need no token
+    c.headers["X-CSRF-Token"] = good
+    assert c.post("/api/projects", json={"name": "p", "classes": ["a"]}).status_code == 201
+
+
+def test_logout_ends_the_session(factory: Factory) -> None:
+    c = factory.client(factory.user())
+    cookie = c.cookies.get("svp_session")
+    assert c.post("/api/auth/logout").status_code == 204
+    other = factory.anonymous()
+    other.cookies.set("svp_session", cookie or "")
+    assert other.get("/api/me").status_code == 401
+
+
+def test_token_is_shown_once_stored_hashed_and_revocable(factory: Factory) -> None:
+    user = factory.user()
+    c = factory.client(user)
+    r = c.post("/api/tokens", json={"name": "ci"})
+    assert r.status_code == 201
+    token = r.json()["token"]
+    listed = c.get("/api/tokens").json()
+    assert [t["name"] for t in listed] == ["ci"] and "token" not in listed[0]
+    with unit_of_work() as db:
+        hashes = list(db.scalars(select(ApiToken.token_hash)))
+    assert token not in hashes and len(hashes) == 1
+
+    bearer = factory.anonymous()
+    bearer.headers["Authorization"] = f"Bearer {token}"
+    assert bearer.get("/api/me").json()["id"] == user.id
+    # A bearer request needs no CSRF token.
+    assert bearer.post("/api/tokens", json={"name": "second"}).status_code == 201
+
+    other = factory.client(factory.user())
+    assert other.delete(f"/api/tokens/{r.json()['id']}").status_code == 404
+    assert c.delete(f"/api/tokens/{r.json()['id']}").status_code == 204
+    assert bearer.get("/api/me").status_code == 401
+
+
+def test_failed_logins_are_rate_limited_per_user_and_address(factory: Factory) -> None:
+    user = factory.user()
+    c = factory.anonymous()
+    codes = [
+        c.post("/api/auth/login", json={"username": user.username, "password": "bad"}).status_code
+        for _ in range(12)
+    ]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    # Even the right password waits out the window, so guessing cannot continue.
+    r = c.post("/api/auth/login", json={"username": user.username, "password": PASSWORD})
+    assert r.status_code == 429
+    # Another user from the same address is not locked out.
+    other = factory.user()
+    r = c.post("/api/auth/login", json={"username": other.username, "password": PASSWORD})
+    assert r.status_code == 200
+
+
+def test_admin_manages_users_and_others_cannot(factory: Factory) -> None:
+    admin = factory.client(factory.user("admin"))
+    r = admin.post(
+        "/api/users", json={"username": "ann", "password": "longenough", "role": "annotator"}
+    )
+    assert r.status_code == 201 and r.json()["role"] == "annotator"
+    uid = r.json()["id"]
+    assert (
+        admin.post("/api/users", json={"username": "ann", "password": "longenough"}).status_code
+        == 409
+    )
+    assert admin.post("/api/users", json={"username": "x", "password": "short"}).status_code == 422
+    assert (
+        admin.post(
+            "/api/users", json={"username": "y", "password": "longenough", "role": "king"}
+        ).status_code
+        == 422
+    )
+    assert "ann" in [u["username"] for u in admin.get("/api/users").json()]
+
+    ann = factory.anonymous()
+    assert (
+        ann.post("/api/auth/login", json={"username": "ann", "password": "longenough"}).status_code
+        == 200
+    )
+    assert admin.patch(f"/api/users/{uid}", json={"role": "engineer"}).json()["role"] == "engineer"
+    assert ann.get("/api/me").json()["role"] == "engineer"
+    assert admin.patch(f"/api/users/{uid}", json={"active": False}).json()["active"] is False
+    assert ann.get("/api/me").status_code == 401
+    assert admin.patch("/api/users/99999", json={"active": True}).status_code == 404
+
+    for role in ("engineer", "annotator"):
+        c = factory.client(factory.user(role))
+        assert c.get("/api/users").status_code == 403
+        assert (
+            c.post("/api/users", json={"username": "z", "password": "longenough"}).status_code
+            == 403
+        )
+        assert c.patch(f"/api/users/{uid}", json={"role": "admin"}).status_code == 403
+
+
+def test_first_admin_comes_from_settings(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from app.db import reset_caches
+    from app.main import create_app
+
+    monkeypatch.setenv("SVP_ADMIN_USERNAME", "root")
+    monkeypatch.setenv("SVP_ADMIN_PASSWORD", "rootpassword")
+    reset_caches()
+    with TestClient(create_app()) as c:
+        r = c.post("/api/auth/login", json={"username": "root", "password": "rootpassword"})
+        assert r.status_code == 200 and r.json()["user"]["role"] == "admin"

@@ -1,0 +1,139 @@
+"""Projects, counts and membership, with every refusal."""
+
+from __future__ import annotations
+
+from tests.factories import Factory
+
+
+def test_engineer_creates_project_and_becomes_its_engineer(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    c = factory.client(eng)
+    r = c.post("/api/projects", json={"name": "birds", "classes": ["robin", "wren"]})
+    assert r.status_code == 201
+    body = r.json()
+    assert body["classes"] == ["robin", "wren"] and body["role"] == "engineer"
+    assert body["counts"] == {"items": 0, "labeled": 0, "unlabeled": 0, "rounds": 0}
+    assert body["settings"]["auto_next_round"] is False
+    members = c.get(f"/api/projects/{body['id']}/members").json()
+    assert members == [{"user_id": eng.id, "username": eng.username, "role": "engineer"}]
+
+
+def test_bad_projects_get_422_or_409(factory: Factory) -> None:
+    c = factory.client(factory.user("engineer"))
+    assert c.post("/api/projects", json={"name": "a", "classes": []}).status_code == 422
+    assert c.post("/api/projects", json={"name": "a", "classes": ["x", "x"]}).status_code == 422
+    assert c.post("/api/projects", json={"name": "a", "classes": ["../etc"]}).status_code == 422
+    assert (
+        c.post(
+            "/api/projects", json={"name": "a", "classes": ["x"], "settings": {"nope": 1}}
+        ).status_code
+        == 422
+    )
+    r = c.post("/api/projects", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert c.post("/api/projects", json={"name": "a", "classes": ["x"]}).status_code == 201
+    assert c.post("/api/projects", json={"name": "a", "classes": ["y"]}).status_code == 409
+
+
+def test_annotator_cannot_create_projects(factory: Factory) -> None:
+    c = factory.client(factory.user("annotator"))
+    assert c.post("/api/projects", json={"name": "a", "classes": ["x"]}).status_code == 403
+
+
+def test_counts_and_visibility(factory: Factory) -> None:
+    eng, ann, stranger = (
+        factory.user("engineer"),
+        factory.user("annotator"),
+        factory.user("engineer"),
+    )
+    project = factory.project(eng, members={ann: "annotator"})
+    items = factory.items(project, 5)
+    from app.db import unit_of_work
+    from app.items.models import Item
+
+    with unit_of_work() as db:
+        db.get(Item, items[0].id).label = "cat"  # type: ignore[union-attr]
+
+    r = factory.client(ann).get("/api/projects")
+    assert [p["id"] for p in r.json()] == [project.id]
+    assert r.json()[0]["counts"] == {"items": 5, "labeled": 1, "unlabeled": 4, "rounds": 0}
+    assert r.json()[0]["role"] == "annotator"
+
+    other = factory.client(stranger)
+    assert other.get("/api/projects").json() == []
+    assert other.get(f"/api/projects/{project.id}").status_code == 404
+    assert other.get("/api/projects/424242").status_code == 404
+    admin = factory.client(factory.user("admin"))
+    assert admin.get(f"/api/projects/{project.id}").json()["role"] == "admin"
+
+
+def test_membership_is_managed_by_engineers_of_the_project(factory: Factory) -> None:
+    eng, ann = factory.user("engineer"), factory.user("annotator")
+    project = factory.project(eng, members={ann: "annotator"})
+    newcomer = factory.user("annotator")
+    c = factory.client(eng)
+    r = c.put(
+        f"/api/projects/{project.id}/members",
+        json={"username": newcomer.username, "role": "annotator"},
+    )
+    assert r.status_code == 200 and r.json()["role"] == "annotator"
+    r = c.put(
+        f"/api/projects/{project.id}/members",
+        json={"username": newcomer.username, "role": "engineer"},
+    )
+    assert r.json()["role"] == "engineer"
+    assert len(c.get(f"/api/projects/{project.id}/members").json()) == 3
+    assert (
+        c.put(
+            f"/api/projects/{project.id}/members", json={"username": "ghost", "role": "annotator"}
+        ).status_code
+        == 422
+    )
+    assert (
+        c.put(
+            f"/api/projects/{project.id}/members", json={"username": ann.username, "role": "owner"}
+        ).status_code
+        == 422
+    )
+
+    a = factory.client(ann)
+    assert a.get(f"/api/projects/{project.id}/members").status_code == 403
+    assert (
+        a.put(
+            f"/api/projects/{project.id}/members",
+            json={"username": ann.username, "role": "engineer"},
+        ).status_code
+        == 403
+    )
+    assert a.patch(f"/api/projects/{project.id}", json={"description": "x"}).status_code == 403
+    assert c.delete(f"/api/projects/{project.id}/members/{ann.id}").status_code == 204
+    assert a.get(f"/api/projects/{project.id}").status_code == 404
+
+
+def test_engineer_updates_settings(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    c = factory.client(eng)
+    r = c.patch(
+        f"/api/projects/{project.id}",
+        json={"settings": {"lease_seconds": 60, "auto_next_round": True}},
+    )
+    assert r.status_code == 200
+    assert (
+        r.json()["settings"]["lease_seconds"] == 60
+        and r.json()["settings"]["auto_next_round"] is True
+    )
+    assert (
+        c.patch(f"/api/projects/{project.id}", json={"settings": {"lease_seconds": 1}}).status_code
+        == 422
+    )
+
+
+def test_health_and_metrics(factory: Factory) -> None:
+    c = factory.anonymous()
+    r = c.get("/api/health")
+    assert r.status_code == 200 and r.json()["database"] == "ok"
+    assert set(r.json()) >= {"database", "broker", "workers"}
+    text = c.get("/metrics").text
+    assert 'svp_http_requests_total{method="GET",route="/api/health",status="200"}' in text
+    assert c.get("/openapi.json").status_code == 200
