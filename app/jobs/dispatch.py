@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -14,8 +12,6 @@ log = logging.getLogger(__name__)
 
 _PENDING = "svp_jobs_to_send"
 
-# Job runners by kind, each taking a job id. Used when jobs run inside the server process.
-RUNNERS: dict[str, Callable[[int], None]] = {}
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -41,22 +37,17 @@ def _drop_pending(session: Session) -> None:
 
 
 def send(*, job_id: int, kind: str) -> None:
-    """Hand a committed job to its runner."""
-    _run_inline(job_id=job_id, kind=kind)
-
-
-def _run_inline(*, job_id: int, kind: str) -> None:
+    """Hand a committed job to where it runs: the server's own pool (stopgap before the worker)."""
     global _executor
-    runner = RUNNERS.get(kind)
-    if runner is None:
-        raise LookupError(f"no runner for jobs of kind {kind!r}")
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="svp-job")
-    _executor.submit(_guarded, runner, job_id)
+    _executor.submit(_run_guarded, job_id)
 
 
-def _guarded(runner: Callable[[int], Any], job_id: int) -> None:
+def _run_guarded(job_id: int) -> None:
+    from app.jobs.service import run_job
+
     try:
-        runner(job_id)
+        run_job(job_id, worker="server")
     except Exception:
         log.exception("job %s failed in the server's pool", job_id)

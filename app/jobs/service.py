@@ -1,0 +1,148 @@
+"""The life of a background job: created with its row, run by kind, progress kept in the row.
+
+Both the server's stopgap thread pool and the Celery worker run a job through ``run_job``, so a
+job behaves the same wherever it runs. A runner is ``fn(ctx: JobContext) -> dict`` named by a
+dotted path in ``RUNNERS`` and imported only when a job of its kind runs (the server never
+imports torch: only the worker resolves the round runners).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.db import unit_of_work, utcnow
+from app.jobs.dispatch import send_after_commit
+from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
+
+log = logging.getLogger(__name__)
+
+# kind -> "module:function"; each runner takes a JobContext and returns the job's result.
+RUNNERS: dict[str, str] = {
+    JobKind.import_: "app.items.importer:run_import",
+}
+
+
+class JobCanceled(Exception):
+    """Raised inside a runner when someone asked the job to stop."""
+
+
+@dataclass
+class JobContext:
+    """What a runner gets: the job's id and params, and a way to report progress."""
+
+    job_id: int
+    kind: str
+    project_id: int | None
+    params: dict[str, Any]
+    worker: str | None = None
+
+    def progress(self, stage: str, fraction: float) -> None:
+        """Record stage and progress (0..1) in the job's row; raise JobCanceled if asked to stop."""
+        with unit_of_work() as db:
+            db.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(stage=stage, progress=min(max(fraction, 0.0), 1.0), heartbeat_at=utcnow())
+            )
+            job = db.get(Job, self.job_id)
+            canceled = job is None or job.cancel_requested
+        if canceled:
+            raise JobCanceled(f"job {self.job_id} was canceled")
+
+
+def create_job(
+    db: Session,
+    *,
+    kind: str,
+    project_id: int | None,
+    params: dict[str, Any],
+    created_by: int | None,
+) -> Job:
+    """Write a queued job; it is sent to its runner only after the transaction commits."""
+    job = Job(kind=kind, project_id=project_id, params=params, created_by=created_by)
+    db.add(job)
+    db.flush()
+    send_after_commit(db, job_id=job.id, kind=kind)
+    return job
+
+
+def resolve_runner(kind: str) -> Callable[[JobContext], dict[str, Any]]:
+    """Import the runner for a kind of job."""
+    target = RUNNERS.get(kind)
+    if target is None:
+        raise LookupError(f"no runner for jobs of kind {kind!r}")
+    module, _, name = target.partition(":")
+    fn: Callable[[JobContext], dict[str, Any]] = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def run_job(job_id: int, *, worker: str | None = None) -> str:
+    """Run a job once, idempotently: a finished job is left alone. Returns the final status."""
+    with unit_of_work() as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            log.warning("job %s does not exist; nothing to run", job_id)
+            return "missing"
+        if job.status in FINISHED_JOB_STATUSES:
+            return job.status
+        if job.cancel_requested:
+            _finish(db, job, JobStatus.canceled, error="canceled before it started")
+            return JobStatus.canceled
+        job.status = JobStatus.running
+        job.attempts += 1
+        job.worker = worker
+        job.started_at = job.started_at or utcnow()
+        job.heartbeat_at = utcnow()
+        ctx = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            project_id=job.project_id,
+            params=dict(job.params),
+            worker=worker,
+        )
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    try:
+        result = resolve_runner(ctx.kind)(ctx)
+    except JobCanceled:
+        status, error = JobStatus.canceled, "canceled"
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job_id, ctx.kind)
+        status, error = JobStatus.failed, _describe(exc)
+    else:
+        status = JobStatus.succeeded
+    with unit_of_work() as db:
+        job = db.get(Job, job_id)
+        if job is not None:
+            _finish(db, job, status, result=result, error=error)
+    return status
+
+
+def _finish(
+    db: Session,
+    job: Job,
+    status: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    job.status = status
+    job.result = result if result is not None else job.result
+    job.error = error
+    job.finished_at = utcnow()
+    if status == JobStatus.succeeded:
+        job.progress = 1.0
+
+
+def _describe(exc: BaseException) -> str:
+    """A failed job's error for the admin: the exception and the last frames, bounded."""
+    tail = "".join(traceback.format_exception(exc)[-3:])
+    return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
