@@ -18,7 +18,8 @@ def test_login_sets_httponly_cookie_and_answers_user_and_csrf(factory: Factory) 
     assert body["user"] == {"id": user.id, "username": user.username, "role": "annotator"}
     assert len(body["csrf_token"]) >= 32
     cookie = r.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert "httponly" in cookie
+    assert "samesite=lax" in cookie
     assert "secure" not in cookie  # plain http://127.0.0.1 must work by default
     assert c.get("/api/me").json()["username"] == user.username
 
@@ -33,7 +34,9 @@ def test_bad_credentials_get_401_and_password_is_hashed(factory: Factory) -> Non
     assert c.post("/api/auth/login", json={"username": "ghost", "password": "x"}).status_code == 401
     with unit_of_work() as db:
         stored = db.scalar(select(User.password_hash).where(User.id == user.id))
-    assert stored is not None and stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert stored is not None
+    assert stored.startswith("$argon2id$")
+    assert PASSWORD not in stored
 
 
 def test_requests_without_auth_get_401(factory: Factory) -> None:
@@ -51,7 +54,8 @@ def test_cookie_write_without_csrf_token_gets_403(factory: Factory) -> None:
     c = factory.client(user)
     good = c.headers.pop("X-CSRF-Token")
     r = c.post("/api/projects", json={"name": "p", "classes": ["a"]})
-    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    assert r.status_code == 403
+    assert "CSRF" in r.json()["detail"]
     c.headers["X-CSRF-Token"] = "wrong"
     assert c.post("/api/projects", json={"name": "p", "classes": ["a"]}).status_code == 403
     assert c.get("/api/projects").status_code == 200  # safe methods need no token
@@ -75,10 +79,12 @@ def test_token_is_shown_once_stored_hashed_and_revocable(factory: Factory) -> No
     assert r.status_code == 201
     token = r.json()["token"]
     listed = c.get("/api/tokens").json()
-    assert [t["name"] for t in listed] == ["ci"] and "token" not in listed[0]
+    assert [t["name"] for t in listed] == ["ci"]
+    assert "token" not in listed[0]
     with unit_of_work() as db:
         hashes = list(db.scalars(select(ApiToken.token_hash)))
-    assert token not in hashes and len(hashes) == 1
+    assert token not in hashes
+    assert len(hashes) == 1
 
     bearer = factory.anonymous()
     bearer.headers["Authorization"] = f"Bearer {token}"
@@ -99,7 +105,8 @@ def test_failed_logins_are_rate_limited_per_user_and_address(factory: Factory) -
         c.post("/api/auth/login", json={"username": user.username, "password": "bad"}).status_code
         for _ in range(12)
     ]
-    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    assert codes[:10] == [401] * 10
+    assert codes[10:] == [429, 429]
     # Even the right password waits out the window, so guessing cannot continue.
     r = c.post("/api/auth/login", json={"username": user.username, "password": PASSWORD})
     assert r.status_code == 429
@@ -114,7 +121,8 @@ def test_admin_manages_users_and_others_cannot(factory: Factory) -> None:
     r = admin.post(
         "/api/users", json={"username": "ann", "password": "longenough", "role": "annotator"}
     )
-    assert r.status_code == 201 and r.json()["role"] == "annotator"
+    assert r.status_code == 201
+    assert r.json()["role"] == "annotator"
     uid = r.json()["id"]
     assert (
         admin.post("/api/users", json={"username": "ann", "password": "longenough"}).status_code
@@ -161,4 +169,5 @@ def test_first_admin_comes_from_settings(settings, monkeypatch) -> None:  # type
     reset_caches()
     with TestClient(create_app()) as c:
         r = c.post("/api/auth/login", json={"username": "root", "password": "rootpassword"})
-        assert r.status_code == 200 and r.json()["user"]["role"] == "admin"
+        assert r.status_code == 200
+        assert r.json()["user"]["role"] == "admin"

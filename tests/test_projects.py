@@ -11,7 +11,8 @@ def test_engineer_creates_project_and_becomes_its_engineer(factory: Factory) -> 
     r = c.post("/api/projects", json={"name": "birds", "classes": ["robin", "wren"]})
     assert r.status_code == 201
     body = r.json()
-    assert body["classes"] == ["robin", "wren"] and body["role"] == "engineer"
+    assert body["classes"] == ["robin", "wren"]
+    assert body["role"] == "engineer"
     assert body["counts"] == {"items": 0, "labeled": 0, "unlabeled": 0, "rounds": 0}
     assert body["settings"]["auto_next_round"] is False
     members = c.get(f"/api/projects/{body['id']}/members").json()
@@ -76,7 +77,8 @@ def test_membership_is_managed_by_engineers_of_the_project(factory: Factory) -> 
         f"/api/projects/{project.id}/members",
         json={"username": newcomer.username, "role": "annotator"},
     )
-    assert r.status_code == 200 and r.json()["role"] == "annotator"
+    assert r.status_code == 200
+    assert r.json()["role"] == "annotator"
     r = c.put(
         f"/api/projects/{project.id}/members",
         json={"username": newcomer.username, "role": "engineer"},
@@ -119,10 +121,8 @@ def test_engineer_updates_settings(factory: Factory) -> None:
         json={"settings": {"lease_seconds": 60, "auto_next_round": True}},
     )
     assert r.status_code == 200
-    assert (
-        r.json()["settings"]["lease_seconds"] == 60
-        and r.json()["settings"]["auto_next_round"] is True
-    )
+    assert r.json()["settings"]["lease_seconds"] == 60
+    assert r.json()["settings"]["auto_next_round"] is True
     assert (
         c.patch(f"/api/projects/{project.id}", json={"settings": {"lease_seconds": 1}}).status_code
         == 422
@@ -132,7 +132,8 @@ def test_engineer_updates_settings(factory: Factory) -> None:
 def test_health_and_metrics(factory: Factory) -> None:
     c = factory.anonymous()
     r = c.get("/api/health")
-    assert r.status_code == 200 and r.json()["database"] == "ok"
+    assert r.status_code == 200
+    assert r.json()["database"] == "ok"
     assert set(r.json()) >= {"database", "broker", "workers"}
     text = c.get("/metrics").text
     assert 'svp_http_requests_total{method="GET",route="/api/health",status="200"}' in text
