@@ -1,0 +1,26 @@
+"""Shapes of background jobs, as the monitor and 202 answers show them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JobRead(BaseModel):
+    """A job: status, stage, progress 0..1, and its result or error once finished."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    status: str
+    stage: str | None
+    progress: float
+    project_id: int | None
+    error: str | None
+    result: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
