@@ -23,6 +23,9 @@ class ProjectSettings(BaseModel):
     strategy: str = "least_confidence"
     batch_size: int = Field(default=20, ge=1, le=100_000)
     proxy_epochs: int = Field(default=10, ge=1, le=500)
+    proxy_batch_size: int = Field(default=128, ge=1, le=4096)
+    # None: the engine's own default for the architecture.
+    proxy_lr: float | None = Field(default=None, gt=0, le=10)
     cold_start: Literal["random", "kcenter"] = "random"
     # How long an annotator holds an item of the batch before it returns to the queue.
     lease_seconds: int = Field(default=600, ge=10, le=86_400)
