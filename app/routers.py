@@ -4,4 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-ROUTERS: list[APIRouter] = []
+from app.coresets.router import router as coresets_router
+from app.evaluations.router import router as evaluations_router
+from app.rounds.router import router as rounds_router
+
+ROUTERS: list[APIRouter] = [rounds_router, coresets_router, evaluations_router]

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # kind -> "module:function"; each runner takes a JobContext and returns the job's result.
 RUNNERS: dict[str, str] = {
     JobKind.import_: "app.items.importer:run_import",
+    JobKind.round: "worker.rounds:run_round",
+    JobKind.coreset: "worker.rounds:run_coreset",
+    JobKind.evaluate: "worker.rounds:run_evaluate",
 }
 
 
