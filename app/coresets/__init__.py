@@ -1,0 +1,1 @@
+"""Core-sets: which labelled items to train the target on."""

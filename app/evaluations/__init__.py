@@ -1,0 +1,1 @@
+"""Evaluations: the target model's test accuracy against the number of labels."""

@@ -1,0 +1,41 @@
+"""Evaluations over HTTP: start one, list them (accuracy against the number of labels)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.auth.deps import DB, CurrentUser
+from app.coresets.service import jobs_of_kind
+from app.evaluations import service
+from app.evaluations.schemas import EvaluationCreate
+from app.jobs.models import JobKind
+from app.jobs.schemas import JobRead
+from app.projects.service import get_access
+
+router = APIRouter(prefix="/api/projects", tags=["evaluations"])
+
+
+@router.post("/{project_id}/evaluations", status_code=status.HTTP_202_ACCEPTED)
+def start_evaluation(project_id: int, body: EvaluationCreate, user: CurrentUser, db: DB) -> JobRead:
+    """Train the target on every label and test it (engineers): 202 with the job."""
+    access = get_access(db, project_id=project_id, user=user, engineer=True)
+    job = service.start_evaluation(
+        db,
+        project=access.project,
+        target=body.target,
+        epochs=body.epochs,
+        batch_size=body.batch_size,
+        lr=body.lr,
+        image_size=body.image_size,
+        seed=body.seed,
+        created_by=user.id,
+    )
+    return JobRead.model_validate(job)
+
+
+@router.get("/{project_id}/evaluations")
+def list_evaluations(project_id: int, user: CurrentUser, db: DB) -> list[JobRead]:
+    """The project's evaluations, newest first: each result holds labels and test accuracy."""
+    get_access(db, project_id=project_id, user=user)
+    jobs = jobs_of_kind(db, project_id=project_id, kind=JobKind.evaluate)
+    return [JobRead.model_validate(j) for j in jobs]

@@ -1,0 +1,51 @@
+"""Evaluation jobs: the target's test accuracy at the current number of labels."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy.orm import Session
+
+from app.coresets.service import count_labeled
+from app.errors import Invalid
+from app.items.models import Split
+from app.jobs.models import Job, JobKind
+from app.jobs.service import create_job
+from app.projects.models import Project
+from app.projects.service import project_settings
+
+
+def start_evaluation(
+    db: Session,
+    *,
+    project: Project,
+    target: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    image_size: int | None,
+    seed: int | None,
+    created_by: int | None,
+) -> Job:
+    """Write a queued evaluation job; it needs labelled pool and labelled test items."""
+    if count_labeled(db, project_id=project.id, split=Split.pool) == 0:
+        raise Invalid("an evaluation needs labelled pool items to train on")
+    if count_labeled(db, project_id=project.id, split=Split.test) == 0:
+        raise Invalid("an evaluation needs labelled items in the test split to measure on")
+    settings = project_settings(project)
+    return create_job(
+        db,
+        kind=JobKind.evaluate,
+        project_id=project.id,
+        params={
+            "target": {
+                "arch": target or settings.default_target,
+                "epochs": epochs or settings.proxy_epochs,
+                "batch_size": batch_size or settings.proxy_batch_size,
+                "lr": lr if lr is not None else settings.proxy_lr,
+                "image_size": image_size or settings.image_size,
+            },
+            "seed": seed if seed is not None else secrets.randbelow(2**31),
+        },
+        created_by=created_by,
+    )

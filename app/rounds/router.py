@@ -1,0 +1,112 @@
+"""Rounds over HTTP: start, list, read, the batch, cancel, and a stream of progress events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Request, status
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.auth.deps import DB, CurrentUser, current_user
+from app.db import unit_of_work
+from app.errors import NotFound
+from app.projects.service import get_access
+from app.rounds import service
+from app.rounds.schemas import RoundCreate, RoundEvent, RoundRead, SelectionEntry
+
+router = APIRouter(prefix="/api", tags=["rounds"])
+
+# How often the events stream looks at the database: fast enough to feel live, one tiny query.
+EVENTS_POLL_SECONDS = 0.5
+# A comment line now and then keeps proxies from closing a quiet stream.
+EVENTS_PING_SECONDS = 15
+
+
+def _one(db: DB, round_id: int) -> RoundRead:
+    rows = service.round_reads(db, round_id=round_id)
+    if not rows:
+        raise NotFound("no such round")
+    return rows[0]
+
+
+@router.post("/projects/{project_id}/rounds", status_code=status.HTTP_202_ACCEPTED)
+def start_round(project_id: int, body: RoundCreate, user: CurrentUser, db: DB) -> RoundRead:
+    """Start a round (engineers): 202 with the queued round; 409 while another is active."""
+    access = get_access(db, project_id=project_id, user=user, engineer=True)
+    rnd = service.start_round(
+        db,
+        project=access.project,
+        strategy=body.strategy,
+        batch_size=body.batch_size,
+        proxy=body.proxy,
+        seed=body.seed,
+        created_by=user.id,
+    )
+    return _one(db, rnd.id)
+
+
+@router.get("/projects/{project_id}/rounds")
+def list_rounds(project_id: int, user: CurrentUser, db: DB) -> list[RoundRead]:
+    """The project's rounds, newest first (members)."""
+    get_access(db, project_id=project_id, user=user)
+    return service.round_reads(db, project_id=project_id)
+
+
+@router.get("/rounds/{round_id}")
+def get_round(round_id: int, user: CurrentUser, db: DB) -> RoundRead:
+    """One round with its stage, progress, metrics and error (members)."""
+    service.get_round(db, round_id=round_id, user=user)
+    return _one(db, round_id)
+
+
+@router.get("/rounds/{round_id}/selection")
+def get_selection(round_id: int, user: CurrentUser, db: DB) -> list[SelectionEntry]:
+    """The round's batch in rank order with scores and suggestions (members)."""
+    service.get_round(db, round_id=round_id, user=user)
+    return service.selection(db, round_id=round_id)
+
+
+@router.post("/rounds/{round_id}/cancel")
+def cancel_round(round_id: int, user: CurrentUser, db: DB) -> RoundRead:
+    """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
+    service.get_round(db, round_id=round_id, user=user, engineer=True)
+    service.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
+    return _one(db, round_id)
+
+
+def _check_events_access(request: Request, round_id: int) -> None:
+    # Its own short read transaction: the request's session would otherwise stay open (and on
+    # PostgreSQL hold a pooled connection) for as long as the client listens.
+    with unit_of_work(write=False) as db:
+        service.get_round(db, round_id=round_id, user=current_user(request, db))
+
+
+def _state(round_id: int) -> service.RoundState | None:
+    with unit_of_work(write=False) as db:
+        return service.round_state(db, round_id=round_id)
+
+
+@router.get("/rounds/{round_id}/events", response_class=EventSourceResponse)
+async def round_events(round_id: int, request: Request) -> EventSourceResponse:
+    """Server-sent events ``{status, stage, progress}``: now, then each change, until it settles."""
+    await anyio.to_thread.run_sync(_check_events_access, request, round_id)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        last: service.RoundState | None = None
+        while True:
+            state = await anyio.to_thread.run_sync(_state, round_id)
+            if state is None:  # deleted with its project while someone watched
+                return
+            if state != last:
+                event = RoundEvent(status=state.status, stage=state.stage, progress=state.progress)
+                yield ServerSentEvent(data=event.model_dump_json())
+                last = state
+            if state.status in service.LEFT_RUNNING:
+                return
+            if await request.is_disconnected():
+                return
+            await anyio.sleep(EVENTS_POLL_SECONDS)
+
+    return EventSourceResponse(stream(), ping=EVENTS_PING_SECONDS)
