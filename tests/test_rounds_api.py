@@ -1,0 +1,463 @@
+"""The rounds API (DESIGN 5): start, 409 and 422 rules, reads, the batch, cancel, events, roles.
+
+Jobs are not run here: ``send`` is replaced by a recorder, so each test sees exactly what would
+reach a worker, and when. tests/test_round_runner.py runs the runners themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.db import unit_of_work, utcnow
+from app.jobs import dispatch
+from app.jobs.models import Job, JobStatus
+from app.labeling.models import Lease
+from app.projects.models import Project
+from app.rounds.models import Round, Selection
+from tests.factories import Factory
+
+
+@pytest.fixture
+def sent(factory: Factory, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Jobs handed to the broker, each with whether its row was committed when it was sent."""
+    calls: list[dict[str, Any]] = []
+
+    def record(*, job_id: int, kind: str) -> None:
+        # A fresh session sees only committed rows: the job must be there already.
+        with unit_of_work(write=False) as db:
+            committed = db.get(Job, job_id) is not None
+        calls.append({"job_id": job_id, "kind": kind, "committed": committed})
+
+    monkeypatch.setattr(dispatch, "send", record)
+    return calls
+
+
+@pytest.fixture
+def setup(factory: Factory, sent: list[dict[str, Any]]) -> dict[str, Any]:
+    """A project with an engineer, an annotator, a stranger and 30 pool items (5 labelled)."""
+    eng, ann, stranger = factory.user("engineer"), factory.user("annotator"), factory.user()
+    project = factory.project(eng, members={ann: "annotator"}, proxy_epochs=3)
+    items = factory.items(project, 30)
+    factory.items(project, 4, split="test")
+    label(items[:5], "cat")
+    return {
+        "project": project,
+        "items": items,
+        "eng": factory.client(eng),
+        "ann": factory.client(ann),
+        "stranger": factory.client(stranger),
+        "anon": factory.anonymous(),
+    }
+
+
+def label(items: list[Any], cls: str) -> None:
+    """Give items a current label directly (the labelling API is tested elsewhere)."""
+    with unit_of_work() as db:
+        for it in items:
+            db.get(type(it), it.id).label = cls
+
+
+def start(c: Any, pid: int, **body: Any) -> Any:
+    """POST a round with defaults for what the test does not care about."""
+    return c.post(
+        f"/api/projects/{pid}/rounds", json={"strategy": "random", "batch_size": 5, **body}
+    )
+
+
+def set_status(round_id: int, status: str) -> None:
+    """Put a round (and its job) into a state, as a worker would."""
+    with unit_of_work() as db:
+        rnd = db.get(Round, round_id)
+        assert rnd is not None
+        rnd.status = status
+        job = db.get(Job, rnd.job_id)
+        assert job is not None
+        if status == "running":
+            job.status, job.stage, job.progress = JobStatus.running, "training", 0.25
+        if status == "labeling":
+            job.status, job.stage, job.progress = JobStatus.succeeded, "saving", 1.0
+
+
+def test_engineer_starts_a_round_202_queued_and_sent_after_commit(
+    setup: dict[str, Any], sent: list[dict[str, Any]]
+) -> None:
+    pid = setup["project"].id
+    r = start(setup["eng"], pid, strategy="least_confidence", batch_size=7, seed=42)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    expected_keys = {
+        "id", "project_id", "number", "status", "stage", "progress", "strategy", "batch_size",
+        "proxy", "seed", "metrics", "error", "job_id", "created_at", "started_at", "finished_at",
+    }  # fmt: skip
+    assert expected_keys <= set(body)
+    assert (body["status"], body["number"], body["seed"]) == ("queued", 1, 42)
+    assert (body["strategy"], body["batch_size"], body["progress"]) == ("least_confidence", 7, 0.0)
+    # The proxy's defaults come from the project's settings.
+    assert body["proxy"] == {
+        "arch": "tiny_cnn",
+        "epochs": 3,
+        "batch_size": 128,
+        "lr": None,
+        "image_size": 32,
+    }
+    assert sent == [{"job_id": body["job_id"], "kind": "round", "committed": True}]
+    with unit_of_work(write=False) as db:
+        job = db.get(Job, body["job_id"])
+        assert job is not None
+        assert (job.kind, job.status, job.params) == ("round", "queued", {"round_id": body["id"]})
+
+
+def test_proxy_overrides_and_a_drawn_seed(setup: dict[str, Any]) -> None:
+    proxy = {"arch": "small_cnn", "epochs": 2, "lr": 0.01}
+    r = start(setup["eng"], setup["project"].id, proxy=proxy)
+    assert r.status_code == 202, r.text
+    assert r.json()["proxy"] == {
+        "arch": "small_cnn",
+        "epochs": 2,
+        "batch_size": 128,
+        "lr": 0.01,
+        "image_size": 32,
+    }
+    assert isinstance(r.json()["seed"], int)
+
+
+def test_409_while_a_round_is_queued_or_running(setup: dict[str, Any]) -> None:
+    c, pid = setup["eng"], setup["project"].id
+    first = start(c, pid).json()
+    assert start(c, pid).status_code == 409
+    set_status(first["id"], "running")
+    r = start(c, pid)
+    assert r.status_code == 409
+    assert "still queued or running" in r.json()["detail"]
+    set_status(first["id"], "labeling")
+    second = start(c, pid)
+    assert second.status_code == 202
+    assert second.json()["number"] == 2
+
+
+def test_concurrent_starts_give_one_round(setup: dict[str, Any], factory: Factory) -> None:
+    pid = setup["project"].id
+    with unit_of_work(write=False) as db:
+        project = db.get(Project, pid)
+        assert project is not None
+        owner = project.created_by
+    from app.auth.models import User
+
+    with unit_of_work(write=False) as db:
+        user = db.get(User, owner)
+        assert user is not None
+    clients = [factory.client(user) for _ in range(4)]
+    barrier = threading.Barrier(len(clients))
+    codes: list[int] = []
+
+    def go(c: Any) -> None:
+        barrier.wait()
+        codes.append(start(c, pid).status_code)
+
+    threads = [threading.Thread(target=go, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(codes) == [202, 409, 409, 409]
+    with unit_of_work(write=False) as db:
+        assert len(db.scalars(select(Round).where(Round.project_id == pid)).all()) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"strategy": "bogus", "batch_size": 5},
+        {"strategy": "random", "batch_size": 0},
+        {"strategy": "random", "batch_size": -3},
+        {"strategy": "random", "batch_size": 5, "proxy": {"arch": "resnet9000"}},
+        {"strategy": "random", "batch_size": 5, "proxy": {"epochs": 0}},
+        {"strategy": "random", "batch_size": 5, "proxy": {"nope": 1}},
+        {"batch_size": 5},
+    ],
+)
+def test_422_for_bad_requests(setup: dict[str, Any], body: dict[str, Any]) -> None:
+    r = setup["eng"].post(f"/api/projects/{setup['project'].id}/rounds", json=body)
+    assert r.status_code == 422, r.text
+
+
+def test_422_when_the_batch_is_larger_than_the_unlabelled_pool(setup: dict[str, Any]) -> None:
+    c, pid = setup["eng"], setup["project"].id
+    r = start(c, pid, batch_size=26)  # 30 pool items, 5 labelled: 25 left; test items don't count
+    assert r.status_code == 422
+    assert "larger than the 25 unlabelled pool items" in r.json()["detail"]
+    assert start(c, pid, batch_size=25).status_code == 202
+
+
+def test_items_in_an_open_batch_are_not_offered_twice(setup: dict[str, Any]) -> None:
+    c, pid, items = setup["eng"], setup["project"].id, setup["items"]
+    first = start(c, pid, batch_size=10).json()
+    with unit_of_work() as db:
+        for rank, it in enumerate(items[5:15]):
+            db.add(Selection(round_id=first["id"], item_id=it.id, rank=rank, score=0.5))
+    set_status(first["id"], "labeling")
+    r = start(c, pid, batch_size=16)
+    assert r.status_code == 422
+    assert "larger than the 15" in r.json()["detail"]
+
+
+def test_422_when_the_pool_is_exhausted(setup: dict[str, Any]) -> None:
+    label(setup["items"], "dog")
+    r = start(setup["eng"], setup["project"].id, batch_size=1)
+    assert r.status_code == 422
+    assert "no unlabelled items" in r.json()["detail"]
+
+
+def test_list_and_get(setup: dict[str, Any]) -> None:
+    c, pid = setup["eng"], setup["project"].id
+    first = start(c, pid).json()
+    set_status(first["id"], "running")
+    r = setup["ann"].get(f"/api/rounds/{first['id']}")
+    assert r.status_code == 200
+    assert (r.json()["status"], r.json()["stage"], r.json()["progress"]) == (
+        "running",
+        "training",
+        0.25,
+    )
+    set_status(first["id"], "labeling")
+    second = start(c, pid).json()
+    listed = setup["ann"].get(f"/api/projects/{pid}/rounds")
+    assert listed.status_code == 200
+    assert [x["id"] for x in listed.json()] == [second["id"], first["id"]]
+
+
+def test_selection_in_rank_order_with_suggestions(setup: dict[str, Any]) -> None:
+    rid = start(setup["eng"], setup["project"].id).json()["id"]
+    items = setup["items"]
+    with unit_of_work() as db:
+        # Inserted out of rank order on purpose.
+        db.add(Selection(round_id=rid, item_id=items[9].id, rank=1, score=0.4))
+        db.add(
+            Selection(
+                round_id=rid,
+                item_id=items[7].id,
+                rank=0,
+                score=0.9,
+                suggested_label="dog",
+                suggested_prob=0.6,
+            )
+        )
+    r = setup["ann"].get(f"/api/rounds/{rid}/selection")
+    assert r.status_code == 200
+    assert r.json() == [
+        {
+            "item_id": items[7].id,
+            "name": items[7].name,
+            "rank": 0,
+            "score": 0.9,
+            "image_url": f"/api/items/{items[7].id}/image",
+            "suggestion": {"label": "dog", "confidence": 0.6},
+        },
+        {
+            "item_id": items[9].id,
+            "name": items[9].name,
+            "rank": 1,
+            "score": 0.4,
+            "image_url": f"/api/items/{items[9].id}/image",
+            "suggestion": {"label": None, "confidence": None},
+        },
+    ]
+
+
+def test_cancel_a_queued_round_at_once(setup: dict[str, Any]) -> None:
+    c, pid = setup["eng"], setup["project"].id
+    rnd = start(c, pid).json()
+    r = c.post(f"/api/rounds/{rnd['id']}/cancel")
+    assert r.status_code == 200
+    assert r.json()["status"] == "canceled"
+    assert r.json()["finished_at"] is not None
+    with unit_of_work(write=False) as db:
+        job = db.get(Job, rnd["job_id"])
+        assert job is not None
+        assert (job.status, job.cancel_requested) == ("canceled", True)
+    assert c.post(f"/api/rounds/{rnd['id']}/cancel").status_code == 409
+    assert start(c, pid).status_code == 202
+
+
+def test_cancel_a_running_round_asks_its_job_to_stop(setup: dict[str, Any]) -> None:
+    c = setup["eng"]
+    rnd = start(c, setup["project"].id).json()
+    set_status(rnd["id"], "running")
+    r = c.post(f"/api/rounds/{rnd['id']}/cancel")
+    assert r.status_code == 200
+    # The runner stops at its next epoch and cancels the round then.
+    assert r.json()["status"] == "running"
+    with unit_of_work(write=False) as db:
+        job = db.get(Job, rnd["job_id"])
+        assert job is not None
+        assert (job.status, job.cancel_requested) == ("running", True)
+
+
+def test_cancel_a_labelling_round_drops_its_leases(setup: dict[str, Any], factory: Factory) -> None:
+    c, items = setup["eng"], setup["items"]
+    rnd = start(c, setup["project"].id).json()
+    annotator = factory.user("annotator")
+    with unit_of_work() as db:
+        db.add(Selection(round_id=rnd["id"], item_id=items[6].id, rank=0, score=1.0))
+        db.add(
+            Lease(
+                item_id=items[6].id, round_id=rnd["id"], user_id=annotator.id, expires_at=utcnow()
+            )
+        )
+    set_status(rnd["id"], "labeling")
+    r = c.post(f"/api/rounds/{rnd['id']}/cancel")
+    assert r.status_code == 200
+    assert r.json()["status"] == "canceled"
+    with unit_of_work(write=False) as db:
+        assert db.scalars(select(Lease).where(Lease.round_id == rnd["id"])).all() == []
+
+
+@pytest.mark.parametrize("final", ["completed", "failed"])
+def test_cancel_a_finished_round_is_409(setup: dict[str, Any], final: str) -> None:
+    rnd = start(setup["eng"], setup["project"].id).json()
+    with unit_of_work() as db:
+        db.get(Round, rnd["id"]).status = final  # type: ignore[union-attr]
+    assert setup["eng"].post(f"/api/rounds/{rnd['id']}/cancel").status_code == 409
+
+
+def test_a_round_follows_a_job_that_ended_without_it(setup: dict[str, Any]) -> None:
+    """A job canceled from the job monitor (or failed by the reconciler) frees the project."""
+    c, pid = setup["eng"], setup["project"].id
+    rnd = start(c, pid).json()
+    with unit_of_work() as db:
+        job = db.get(Job, rnd["job_id"])
+        assert job is not None
+        job.status, job.error = JobStatus.failed, "worker lost: no heartbeat for 60 s"
+    assert start(c, pid).status_code == 202
+    old = c.get(f"/api/rounds/{rnd['id']}").json()
+    assert (old["status"], old["error"]) == ("failed", "worker lost: no heartbeat for 60 s")
+
+
+def test_roles(setup: dict[str, Any]) -> None:
+    pid = setup["project"].id
+    rid = start(setup["eng"], pid).json()["id"]
+    ann, stranger, anon = setup["ann"], setup["stranger"], setup["anon"]
+    assert start(ann, pid).status_code == 403
+    assert ann.post(f"/api/rounds/{rid}/cancel").status_code == 403
+    for path in ("rounds", "coresets", "evaluations"):
+        assert ann.get(f"/api/projects/{pid}/{path}").status_code == 200
+    assert ann.get(f"/api/rounds/{rid}").status_code == 200
+    assert ann.get(f"/api/rounds/{rid}/selection").status_code == 200
+    for c, code in ((stranger, 404), (anon, 401)):
+        assert start(c, pid).status_code == code
+        assert c.get(f"/api/projects/{pid}/rounds").status_code == code
+        assert c.get(f"/api/rounds/{rid}").status_code == code
+        assert c.get(f"/api/rounds/{rid}/selection").status_code == code
+        assert c.get(f"/api/rounds/{rid}/events").status_code == code
+        assert c.post(f"/api/rounds/{rid}/cancel").status_code == code
+        assert c.post(f"/api/projects/{pid}/coresets", json={}).status_code in (code, 422)
+    assert setup["eng"].get("/api/rounds/999999").status_code == 404
+    # The round exists, but the stranger cannot tell it from one that does not.
+    assert stranger.get(f"/api/rounds/{rid}").json() == {"detail": "no such round"}
+
+
+def events(c: Any, rid: int) -> list[dict[str, Any]]:
+    """Read the whole SSE stream of a round: the JSON of each ``data:`` line."""
+    out = []
+    with c.stream("GET", f"/api/rounds/{rid}/events") as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                out.append(json.loads(line[5:].strip()))
+    return out
+
+
+def test_events_send_the_state_then_each_change_then_close(setup: dict[str, Any]) -> None:
+    rid = start(setup["eng"], setup["project"].id).json()["id"]
+    set_status(rid, "running")
+    steps = [("training", 0.5), ("scoring", 0.1)]
+
+    def worker() -> None:
+        # Changes paced slower than the stream's polling, so each one is seen.
+        for stage, progress in steps:
+            threading.Event().wait(1.2)
+            with unit_of_work() as db:
+                rnd = db.get(Round, rid)
+                assert rnd is not None
+                job = db.get(Job, rnd.job_id)
+                assert job is not None
+                job.stage, job.progress = stage, progress
+        threading.Event().wait(1.2)
+        set_status(rid, "labeling")
+
+    t = threading.Thread(target=worker)
+    t.start()
+    got = events(setup["ann"], rid)
+    t.join()
+    assert got == [
+        {"status": "running", "stage": "training", "progress": 0.25},
+        {"status": "running", "stage": "training", "progress": 0.5},
+        {"status": "running", "stage": "scoring", "progress": 0.1},
+        {"status": "labeling", "stage": "saving", "progress": 1.0},
+    ]
+
+
+def test_events_of_a_settled_round_send_once_and_close(setup: dict[str, Any]) -> None:
+    rid = start(setup["eng"], setup["project"].id).json()["id"]
+    setup["eng"].post(f"/api/rounds/{rid}/cancel")
+    assert events(setup["ann"], rid) == [{"status": "canceled", "stage": None, "progress": 0.0}]
+
+
+def test_coreset_and_evaluation_jobs(setup: dict[str, Any], sent: list[dict[str, Any]]) -> None:
+    c, pid = setup["eng"], setup["project"].id
+    r = c.post(f"/api/projects/{pid}/coresets", json={"fraction": 0.5, "strategy": "forgetting"})
+    assert r.status_code == 202, r.text
+    assert (r.json()["kind"], r.json()["status"]) == ("coreset", "queued")
+    bad = c.post(f"/api/projects/{pid}/coresets", json={"fraction": 0.5, "strategy": "nope"})
+    assert bad.status_code == 422
+    assert (
+        c.post(
+            f"/api/projects/{pid}/coresets", json={"fraction": 0, "strategy": "random"}
+        ).status_code
+        == 422
+    )
+    # No labelled test items yet: an evaluation has nothing to measure on.
+    r = c.post(f"/api/projects/{pid}/evaluations", json={})
+    assert r.status_code == 422
+    assert "test split" in r.json()["detail"]
+    with unit_of_work() as db:
+        from app.items.models import Item
+
+        for it in db.scalars(select(Item).where(Item.project_id == pid, Item.split == "test")):
+            it.label = "cat"
+    r = c.post(f"/api/projects/{pid}/evaluations", json={"target": "preact20", "epochs": 2})
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "evaluate"
+    assert c.post(f"/api/projects/{pid}/evaluations", json={"target": "vgg"}).status_code == 422
+    listed = c.get(f"/api/projects/{pid}/evaluations").json()
+    assert [j["id"] for j in listed] == [r.json()["id"]]
+    assert [s["kind"] for s in sent] == ["coreset", "evaluate"]
+
+
+def test_coreset_needs_labels(factory: Factory, sent: list[dict[str, Any]]) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    factory.items(project, 10)
+    r = factory.client(eng).post(
+        f"/api/projects/{project.id}/coresets", json={"fraction": 0.5, "strategy": "random"}
+    )
+    assert r.status_code == 422
+    assert sent == []
+
+
+def test_the_server_never_imports_torch() -> None:
+    code = (
+        "import sys, app.main; app.main.create_app(); "
+        "assert 'torch' not in sys.modules, 'torch'; "
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'svp'], 'svp'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
