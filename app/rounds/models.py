@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -63,6 +63,9 @@ class Selection(Base):
     __table_args__ = (
         UniqueConstraint("round_id", "item_id"),
         UniqueConstraint("round_id", "rank"),
+        # The labelling queue and the "is the batch done" check read the open part of a batch
+        # in rank order; with ``labeled`` in the key they never walk past its labelled items.
+        Index("ix_selections_round_labeled_rank", "round_id", "labeled", "rank"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -72,3 +75,6 @@ class Selection(Base):
     score: Mapped[float] = mapped_column(Float)
     suggested_label: Mapped[str | None] = mapped_column(String(200), default=None)
     suggested_prob: Mapped[float | None] = mapped_column(Float, default=None)
+    # Whether the item has a live label, kept in step with Item.label by app.flows (label and
+    # undo); a batch is written from unlabelled items, so it starts False.
+    labeled: Mapped[bool] = mapped_column(default=False, server_default=false())
