@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy import func, select
 
 from app.auth.models import User
 from app.auth.service import create_user
@@ -16,6 +17,7 @@ from app.db import unit_of_work
 from app.items.models import Item
 from app.main import create_app
 from app.projects.models import Member, Project
+from app.rounds.models import Round, Selection
 
 PASSWORD = "correct horse battery"
 _counter = itertools.count(1)
@@ -95,6 +97,41 @@ class Factory:
             db.add_all(rows)
             db.flush()
             return rows
+
+    def round_with_selection(
+        self, project: Project, items: list[Item], status: str = "labeling"
+    ) -> Round:
+        """A round written directly with ``items`` as its batch, ranked in the order given."""
+        with unit_of_work() as db:
+            number = (
+                db.scalar(select(func.max(Round.number)).where(Round.project_id == project.id))
+                or 0
+            ) + 1
+            rnd = Round(
+                project_id=project.id,
+                number=number,
+                status=status,
+                strategy="least_confidence",
+                batch_size=len(items),
+                proxy={},
+                seed=number,
+                metrics={},
+            )
+            db.add(rnd)
+            db.flush()
+            db.add_all(
+                Selection(
+                    round_id=rnd.id,
+                    item_id=item.id,
+                    rank=rank,
+                    score=1.0 - rank / (len(items) + 1),
+                    suggested_label=project.classes[rank % len(project.classes)],
+                    suggested_prob=0.5,
+                )
+                for rank, item in enumerate(items)
+            )
+            db.flush()
+            return rnd
 
     def anonymous(self) -> TestClient:
         """A client with no credentials."""
