@@ -1,0 +1,54 @@
+"""The labelling queue and labels: HTTP only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.auth.deps import DB, CurrentUser
+from app.labeling import service
+from app.labeling.schemas import LabelCreate, LabelRead, QueueEntry, QueueSkip
+from app.projects.service import get_access
+
+router = APIRouter(tags=["labeling"])
+
+
+@router.post("/api/projects/{project_id}/queue/next")
+def queue_next(
+    project_id: int,
+    user: CurrentUser,
+    db: DB,
+    n: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> list[QueueEntry]:
+    """Lease up to ``n`` items of the current batch, the caller's own leases first."""
+    access = get_access(db, project_id=project_id, user=user)
+    return service.next_batch(db, access=access, user=user, n=n)
+
+
+@router.post("/api/projects/{project_id}/queue/skip", status_code=status.HTTP_204_NO_CONTENT)
+def queue_skip(project_id: int, body: QueueSkip, user: CurrentUser, db: DB) -> None:
+    """Give the caller's lease on an item back; 409 when the caller holds none."""
+    access = get_access(db, project_id=project_id, user=user)
+    service.skip(db, access=access, user=user, item_id=body.item_id)
+
+
+@router.post(
+    "/api/labels",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": LabelRead, "description": "a replayed key: the first label"}},
+)
+def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Response) -> LabelRead:
+    """Store a label: 201 when new, 200 with the first label when the key is replayed."""
+    label, created = service.submit_label(
+        db, user=user, item_id=body.item_id, label=body.label, key=body.key
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return service.label_read(label, service.username_of(db, user_id=label.user_id))
+
+
+@router.delete("/api/labels/{label_id}", status_code=status.HTTP_204_NO_CONTENT)
+def undo_label(label_id: int, user: CurrentUser, db: DB) -> None:
+    """Undo a label (its author, an engineer of the project, an admin)."""
+    service.undo_label(db, user=user, label_id=label_id)

@@ -1,0 +1,356 @@
+"""The labelling queue (leases on the current batch) and labels (append-only, idempotent)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, case, delete, false, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import flows, metrics
+from app.auth.models import User
+from app.db import utcnow
+from app.errors import Conflict, Invalid, NotFound, PermissionDenied
+from app.items.models import Item
+from app.labeling.models import Label, LabelSource, Lease
+from app.labeling.schemas import LabelRead, QueueEntry
+from app.projects.service import Access, get_access, project_settings
+from app.rounds.models import Round, RoundStatus, Selection
+from app.rounds.schemas import Suggestion
+
+# A lease race lost to another annotator is retried this many times before answering with
+# what was won; each retry sees the winner's committed lease, so one retry nearly always does.
+LEASE_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    item_id: int
+    name: str
+    rank: int
+    score: float
+    suggested_label: str | None
+    suggested_prob: float | None
+
+
+def current_round(db: Session, *, project_id: int) -> Round | None:
+    """The project's newest round whose batch is being labelled, if any."""
+    return db.scalar(
+        select(Round)
+        .where(Round.project_id == project_id, Round.status == RoundStatus.labeling)
+        .order_by(Round.number.desc())
+        .limit(1)
+    )
+
+
+def _candidate_columns() -> Select[Any]:
+    return select(
+        Selection.item_id,
+        Item.name,
+        Selection.rank,
+        Selection.score,
+        Selection.suggested_label,
+        Selection.suggested_prob,
+    ).join(Item, Item.id == Selection.item_id)
+
+
+def _own_leases(
+    db: Session, *, round_id: int, user_id: int, now: datetime, n: int
+) -> list[_Candidate]:
+    """The caller's live leases on unlabelled items of the round, in rank order."""
+    rows = db.execute(
+        _candidate_columns()
+        .join(Lease, Lease.item_id == Selection.item_id)
+        .where(
+            Selection.round_id == round_id,
+            Lease.round_id == round_id,
+            Lease.user_id == user_id,
+            Lease.expires_at >= now,
+            Item.label.is_(None),
+        )
+        .order_by(Selection.rank)
+        .limit(n)
+    )
+    return [_Candidate(*row) for row in rows.tuples()]
+
+
+def _open_items(
+    db: Session,
+    *,
+    round_id: int,
+    user_id: int,
+    now: datetime,
+    skip_grace: timedelta,
+    n: int,
+    exclude: set[int],
+) -> list[_Candidate]:
+    """Unlabelled items of the batch nobody holds, in rank order, locked against other callers.
+
+    The scan walks the open part of the batch in rank order and stops after ``n`` hits, so it
+    reads about ``n`` plus the items others hold right now, whatever the pool or batch size.
+    On PostgreSQL the selection rows are locked with SKIP LOCKED: a concurrent caller passes
+    over them instead of waiting or taking the same ones.
+    """
+    free = or_(
+        Lease.id.is_(None),
+        # A lease from an older round does not hold an item of this one.
+        Lease.round_id != round_id,
+        # Expired: anyone may take it over, except that a caller's own lease that ended (a skip
+        # sets it to end now) stays out of their own queue for a lease period, so a skipped
+        # item is not handed straight back to the annotator who skipped it.
+        (Lease.expires_at < now)
+        & or_(Lease.user_id != user_id, Lease.expires_at < now - skip_grace),
+    )
+    query = (
+        _candidate_columns()
+        .outerjoin(Lease, Lease.item_id == Selection.item_id)
+        .where(
+            Selection.round_id == round_id,
+            # Equality on ``labeled`` keeps the scan on ix_selections_round_labeled_rank, in rank
+            # order, past the batch's open items only; Item.label is the final word.
+            Selection.labeled == false(),
+            Item.label.is_(None),
+            free,
+        )
+        .order_by(Selection.rank)
+        .limit(n)
+    )
+    if exclude:
+        query = query.where(Selection.item_id.not_in(exclude))
+    if db.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Selection, skip_locked=True)
+    return [_Candidate(*row) for row in db.execute(query).tuples()]
+
+
+def _take_leases(
+    db: Session, *, item_ids: list[int], round_id: int, user_id: int, now: datetime, until: datetime
+) -> set[int]:
+    """Insert or take over leases in one statement; returns the items actually won.
+
+    ``ON CONFLICT (item_id) DO UPDATE ... WHERE`` makes the unique ``leases.item_id`` decide a
+    race atomically: on PostgreSQL a second writer waits for the first, re-checks the WHERE on
+    the committed row and gets nothing back, instead of an IntegrityError that would abort the
+    transaction. Renewing one's own lease and taking over an expired one are the same statement.
+    """
+    if not item_ids:
+        return set()
+    dialect = db.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Lease).values(
+        [
+            {
+                "item_id": item_id,
+                "round_id": round_id,
+                "user_id": user_id,
+                "expires_at": until,
+                "created_at": now,
+            }
+            for item_id in item_ids
+        ]
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[Lease.item_id],
+        set_={
+            "round_id": stmt.excluded.round_id,
+            "expires_at": stmt.excluded.expires_at,
+            # A renewal keeps when the holder first took the item; a takeover starts afresh.
+            "created_at": case(
+                (Lease.user_id == stmt.excluded.user_id, Lease.created_at),
+                else_=stmt.excluded.created_at,
+            ),
+            "user_id": stmt.excluded.user_id,
+        },
+        where=or_(Lease.user_id == user_id, Lease.expires_at < now, Lease.round_id != round_id),
+    ).returning(Lease.item_id)
+    return set(db.scalars(upsert))
+
+
+def next_batch(db: Session, *, access: Access, user: User, n: int) -> list[QueueEntry]:
+    """Lease up to ``n`` items of the current batch to the caller, their own leases first."""
+    rnd = current_round(db, project_id=access.project.id)
+    if rnd is None:
+        return []
+    lease_seconds = project_settings(access.project).lease_seconds
+    now = utcnow()
+    until = now + timedelta(seconds=lease_seconds)
+    # A reload loses nothing: the caller's live leases come back first, and are renewed below.
+    chosen = _own_leases(db, round_id=rnd.id, user_id=user.id, now=now, n=n)
+    tried = {c.item_id for c in chosen}
+    won = _take_leases(
+        db, item_ids=list(tried), round_id=rnd.id, user_id=user.id, now=now, until=until
+    )
+    chosen = [c for c in chosen if c.item_id in won]
+    for _ in range(LEASE_ATTEMPTS):
+        wanted = n - len(chosen)
+        if wanted <= 0:
+            break
+        fresh = _open_items(
+            db,
+            round_id=rnd.id,
+            user_id=user.id,
+            now=now,
+            skip_grace=timedelta(seconds=lease_seconds),
+            n=wanted,
+            exclude=tried,
+        )
+        if not fresh:
+            break
+        tried.update(c.item_id for c in fresh)
+        won = _take_leases(
+            db,
+            item_ids=[c.item_id for c in fresh],
+            round_id=rnd.id,
+            user_id=user.id,
+            now=now,
+            until=until,
+        )
+        new = [c for c in fresh if c.item_id in won]
+        metrics.ITEMS_LEASED.inc(len(new))
+        chosen.extend(new)
+    chosen.sort(key=lambda c: c.rank)
+    return [
+        QueueEntry(
+            item_id=c.item_id,
+            name=c.name,
+            rank=c.rank,
+            score=c.score,
+            image_url=f"/api/items/{c.item_id}/image",
+            suggestion=Suggestion(label=c.suggested_label, confidence=c.suggested_prob),
+            lease_expires_at=until,
+        )
+        for c in chosen
+    ]
+
+
+def _project_item(db: Session, *, item_id: int, project_id: int | None, user: User) -> Access:
+    """The item's project as the caller may reach it; 404 for an item they cannot see."""
+    item = db.get(Item, item_id)
+    if item is None or (project_id is not None and item.project_id != project_id):
+        raise NotFound("no such item in this project")
+    return get_access(db, project_id=item.project_id, user=user)
+
+
+def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
+    """Give the caller's lease on an item back to the queue.
+
+    The lease row is kept, ending now, rather than deleted: others may take the item at once,
+    while the caller's own queue passes over it for a lease period (see ``_open_items``).
+    Raises Conflict when the caller holds no live lease on the item.
+    """
+    _project_item(db, item_id=item_id, project_id=access.project.id, user=user)
+    now = utcnow()
+    lease = db.scalar(
+        select(Lease).where(
+            Lease.item_id == item_id, Lease.user_id == user.id, Lease.expires_at >= now
+        )
+    )
+    if lease is None:
+        raise Conflict("you hold no lease on this item")
+    lease.expires_at = now
+    db.flush()
+
+
+def label_read(label: Label, username: str | None) -> LabelRead:
+    """The API shape of a label."""
+    return LabelRead(
+        id=label.id,
+        item_id=label.item_id,
+        label=label.label,
+        user=username,
+        created_at=label.created_at,
+    )
+
+
+def _replay(db: Session, *, key: str, user: User) -> Label | None:
+    """The label stored earlier under ``key`` by this user; Conflict if another user owns it."""
+    existing = db.scalar(select(Label).where(Label.key == key))
+    if existing is not None and existing.user_id != user.id:
+        raise Conflict("this key was used by another user; pick a new key")
+    return existing
+
+
+def submit_label(
+    db: Session, *, user: User, item_id: int, label: str, key: str
+) -> tuple[Label, bool]:
+    """Store a label (or return the one stored under the same key); True when it is new.
+
+    Any member of the item's project may label any of its items: annotators label the batch,
+    engineers relabel and label the test split.
+    """
+    access = _project_item(db, item_id=item_id, project_id=None, user=user)
+    existing = _replay(db, key=key, user=user)
+    if existing is not None:
+        return existing, False
+    if label not in access.project.classes:
+        raise Invalid(
+            f"{label!r} is not a class of this project; its classes are: "
+            + ", ".join(access.project.classes)
+        )
+    row = Label(
+        item_id=item_id,
+        project_id=access.project.id,
+        user_id=user.id,
+        label=label,
+        source=LabelSource.human,
+        key=key,
+    )
+    try:
+        # A savepoint: when a concurrent replay of the same key wins the unique index, only this
+        # insert is rolled back and the request answers with the winner's row.
+        with db.begin_nested():
+            db.add(row)
+            db.flush()
+    except IntegrityError:
+        existing = _replay(db, key=key, user=user)
+        if existing is None:
+            raise
+        return existing, False
+    item = db.get(Item, item_id)
+    assert item is not None
+    item.label = label
+    db.flush()
+    # Selections before leases: a concurrent queue/next locks selection rows, then the lease
+    # row; taking them in the same order here cannot deadlock with it.
+    flows.after_label(db, item=item)
+    # The item is done: whoever held it (the caller, or an annotator an engineer overrode)
+    # holds it no longer.
+    db.execute(delete(Lease).where(Lease.item_id == item_id))
+    metrics.LABELS_SUBMITTED.inc()
+    return row, True
+
+
+def undo_label(db: Session, *, user: User, label_id: int) -> None:
+    """Undo a label: its author, an engineer of the project or an admin may; idempotent."""
+    row = db.get(Label, label_id)
+    if row is None:
+        raise NotFound("no such label")
+    access = get_access(db, project_id=row.project_id, user=user)
+    if row.user_id != user.id and not access.can_engineer:
+        raise PermissionDenied("only its author or an engineer of the project may undo a label")
+    if row.undone_at is not None:
+        return
+    row.undone_at = utcnow()
+    db.flush()
+    item = db.get(Item, row.item_id)
+    assert item is not None
+    # The current label is the newest one still live (ix_labels_item_id_id serves this).
+    item.label = db.scalar(
+        select(Label.label)
+        .where(Label.item_id == item.id, Label.undone_at.is_(None))
+        .order_by(Label.id.desc())
+        .limit(1)
+    )
+    db.flush()
+    flows.after_undo(db, item=item)
+
+
+def username_of(db: Session, *, user_id: int | None) -> str | None:
+    """A user's name, or None for a deleted account."""
+    if user_id is None:
+        return None
+    return db.scalar(select(User.username).where(User.id == user_id))
