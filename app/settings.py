@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=10.0, gt=0)
     # A running job whose worker has not been seen for this long is re-sent or failed.
     worker_dead_after_seconds: float = Field(default=60.0, gt=0)
+    # A queued job handed to the broker this long ago and never started is sent again (a message
+    # lost with a killed worker); a duplicate delivery is harmless, as a job is claimed once.
+    job_resend_after_seconds: float = Field(default=1800.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("data_dir")
