@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session
+
+from app.db import unit_of_work, utcnow
+from app.jobs.models import Job
+from app.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,24 @@ def _drop_pending(session: Session) -> None:
 
 
 def send(*, job_id: int, kind: str) -> None:
-    """Hand a committed job to where it runs: the server's own pool (stopgap before the worker)."""
+    """Hand a committed job to where it runs (the broker, or the server's pool when inline)."""
+    if get_settings().inline_jobs:
+        _submit_inline(job_id)
+    else:
+        # Only the Celery app, never worker.tasks: the server must not import the runners.
+        from worker.celery_app import send_job
+
+        send_job(job_id, kind)
+    _mark_sent(job_id)
+
+
+def _mark_sent(job_id: int) -> None:
+    """Record that the broker has the job; the reconciler re-sends queued jobs never sent."""
+    with unit_of_work() as db:
+        db.execute(update(Job).where(Job.id == job_id).values(sent_at=utcnow()))
+
+
+def _submit_inline(job_id: int) -> None:
     global _executor
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="svp-job")

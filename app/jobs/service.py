@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
 from app.jobs.dispatch import send_after_commit
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
+from app.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,14 @@ class JobContext:
     project_id: int | None
     params: dict[str, Any]
     worker: str | None = None
+    _stage: str | None = field(default=None, repr=False)
 
     def progress(self, stage: str, fraction: float) -> None:
         """Record stage and progress (0..1) in the job's row; raise JobCanceled if asked to stop."""
+        if stage != self._stage:
+            # One line per stage, not per report: a training loop reports every few batches.
+            log.info("job=%s kind=%s stage=%s event=stage", self.job_id, self.kind, stage)
+            self._stage = stage
         with unit_of_work() as db:
             db.execute(
                 update(Job)
@@ -87,38 +96,35 @@ def resolve_runner(kind: str) -> Callable[[JobContext], dict[str, Any]]:
     return fn
 
 
+# A job whose worker died this many times is failed instead of re-sent (a poison job).
+MAX_ATTEMPTS = 3
+
+
+def lost_worker_reason(attempts: int) -> str:
+    """The error of a job given up after its workers died."""
+    return f"worker lost {attempts} times; giving up"
+
+
 def run_job(job_id: int, *, worker: str | None = None) -> str:
-    """Run a job once, idempotently: a finished job is left alone. Returns the final status."""
-    with unit_of_work() as db:
-        job = db.get(Job, job_id)
-        if job is None:
-            log.warning("job %s does not exist; nothing to run", job_id)
-            return "missing"
-        if job.status in FINISHED_JOB_STATUSES:
-            return job.status
-        if job.cancel_requested:
-            _finish(db, job, JobStatus.canceled, error="canceled before it started")
-            return JobStatus.canceled
-        job.status = JobStatus.running
-        job.attempts += 1
-        job.worker = worker
-        job.started_at = job.started_at or utcnow()
-        job.heartbeat_at = utcnow()
-        ctx = JobContext(
-            job_id=job.id,
-            kind=job.kind,
-            project_id=job.project_id,
-            params=dict(job.params),
-            worker=worker,
-        )
+    """Run a job once, idempotently: a finished job is left alone. Returns the final status.
+
+    Only a queued job is claimed, or a running one whose heartbeat stopped (its worker died and
+    the message came back): a second delivery while the first run is alive does nothing.
+    """
+    claimed = _claim(job_id, worker=worker)
+    if isinstance(claimed, str):
+        return claimed
+    ctx = claimed
+    log.info("job=%s kind=%s event=start worker=%s", job_id, ctx.kind, worker)
     result: dict[str, Any] | None = None
     error: str | None = None
     try:
-        result = resolve_runner(ctx.kind)(ctx)
+        with _beating(job_id):
+            result = resolve_runner(ctx.kind)(ctx)
     except JobCanceled:
         status, error = JobStatus.canceled, "canceled"
     except Exception as exc:
-        log.exception("job %s (%s) failed", job_id, ctx.kind)
+        log.exception("job=%s kind=%s event=failed", job_id, ctx.kind)
         status, error = JobStatus.failed, _describe(exc)
     else:
         status = JobStatus.succeeded
@@ -126,7 +132,88 @@ def run_job(job_id: int, *, worker: str | None = None) -> str:
         job = db.get(Job, job_id)
         if job is not None:
             _finish(db, job, status, result=result, error=error)
+    log.info("job=%s kind=%s event=finish status=%s", job_id, ctx.kind, status)
     return status
+
+
+def _claim(job_id: int, *, worker: str | None) -> JobContext | str:
+    """Mark the job running for this worker, or say why not (its status, or "missing")."""
+    now = utcnow()
+    stale = now - timedelta(seconds=get_settings().worker_dead_after_seconds)
+    with unit_of_work() as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            log.warning("job=%s event=missing; nothing to run", job_id)
+            return "missing"
+        if job.status in FINISHED_JOB_STATUSES:
+            return job.status
+        if job.cancel_requested:
+            _finish(db, job, JobStatus.canceled, error="canceled before it started")
+            return JobStatus.canceled
+        dead = job.heartbeat_at is None or job.heartbeat_at < stale
+        if job.status == JobStatus.running and dead and job.attempts >= MAX_ATTEMPTS:
+            _finish(db, job, JobStatus.failed, error=lost_worker_reason(job.attempts))
+            return JobStatus.failed
+        # One statement decides, so two deliveries racing for the job cannot both win it.
+        won = db.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == JobStatus.queued,
+                    and_(
+                        Job.status == JobStatus.running,
+                        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale),
+                    ),
+                ),
+            )
+            .values(
+                status=JobStatus.running,
+                attempts=Job.attempts + 1,
+                worker=worker,
+                started_at=func.coalesce(Job.started_at, now),
+                heartbeat_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if won.rowcount != 1:  # type: ignore[attr-defined]
+            log.info("job=%s event=skipped; it runs elsewhere (%s)", job_id, job.worker)
+            return str(job.status)
+        return JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            project_id=job.project_id,
+            params=dict(job.params),
+            worker=worker,
+        )
+
+
+@contextmanager
+def _beating(job_id: int) -> Iterator[None]:
+    """Refresh the job's heartbeat from a thread while it runs, so a dead worker shows."""
+    stop = threading.Event()
+    interval = get_settings().worker_heartbeat_seconds
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                with unit_of_work() as db:
+                    db.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.status == JobStatus.running)
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception:
+                # A missed beat is harmless unless many are missed; keep trying.
+                log.warning("job=%s event=heartbeat-failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"svp-job-{job_id}-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _finish(
