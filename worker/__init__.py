@@ -1,0 +1,1 @@
+"""Celery workers: the app, the task that runs jobs, heartbeats and the reconciler."""

@@ -1,0 +1,134 @@
+"""The reconciler: no job stays running after its worker died, no queued job stays unsent.
+
+``reconcile`` is a plain function over the database; every worker runs it at start and on each
+heartbeat (``worker.heartbeat``). Each change is a conditional UPDATE that re-checks the state
+it acts on, so several workers reconciling at once change each job once. Jobs are re-sent only
+after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db import unit_of_work, utcnow
+from app.jobs.dispatch import send_after_commit
+from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobStatus, WorkerNode
+from app.jobs.service import MAX_ATTEMPTS, lost_worker_reason
+from app.rounds.models import ACTIVE_ROUND_STATUSES, Round
+from app.rounds.service import follow_jobs
+from app.settings import get_settings
+
+log = logging.getLogger("svp.reconcile")
+
+# A worker row not seen for this many dead-after periods is removed (killed workers leave one).
+FORGET_WORKER_AFTER = 10
+
+
+@dataclass
+class Reconciled:
+    """What one pass changed, by job id (and round id)."""
+
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    resent: list[int] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed or self.resent or self.rounds)
+
+
+def reconcile(now: datetime | None = None) -> Reconciled:
+    """One pass: re-send or fail jobs of dead workers, re-send unsent jobs, align rounds."""
+    settings = get_settings()
+    now = now or utcnow()
+    dead_before = now - timedelta(seconds=settings.worker_dead_after_seconds)
+    resend_before = now - timedelta(seconds=settings.job_resend_after_seconds)
+    dead = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < dead_before)
+    lost = and_(Job.status == JobStatus.running, dead)
+    # A job is sent right after its creating transaction commits; give that a moment.
+    unsent = and_(
+        Job.status == JobStatus.queued,
+        or_(
+            and_(Job.sent_at.is_(None), Job.created_at < now - timedelta(seconds=5)),
+            Job.sent_at < resend_before,
+        ),
+    )
+    done = Reconciled()
+    # Look first without the write lock: on SQLite most passes find nothing and write nothing.
+    with unit_of_work(write=False) as db:
+        lost_jobs = db.execute(select(Job.id, Job.attempts).where(lost)).all()
+        unsent_ids = list(db.scalars(select(Job.id).where(unsent)))
+        rounds_off = bool(_rounds_out_of_step(db))
+        forget_before = now - timedelta(
+            seconds=settings.worker_dead_after_seconds * FORGET_WORKER_AFTER
+        )
+        stale_workers = db.scalar(
+            select(WorkerNode.name).where(WorkerNode.last_seen < forget_before).limit(1)
+        )
+    if not (lost_jobs or unsent_ids or rounds_off or stale_workers):
+        return done
+    with unit_of_work() as db:
+        for job_id, attempts in lost_jobs:
+            if attempts >= MAX_ATTEMPTS:
+                values = {
+                    "status": JobStatus.failed,
+                    "error": lost_worker_reason(attempts),
+                    "finished_at": now,
+                }
+                if _change(db, job_id, lost, values):
+                    done.failed.append(job_id)
+            elif _change(db, job_id, lost, {"status": JobStatus.queued, "sent_at": None}):
+                done.requeued.append(job_id)
+        for job_id in unsent_ids:
+            if _change(db, job_id, unsent, {"sent_at": now}):
+                done.resent.append(job_id)
+        for job_id in (*done.requeued, *done.resent):
+            kind = db.scalar(select(Job.kind).where(Job.id == job_id))
+            send_after_commit(db, job_id=job_id, kind=str(kind))
+        done.rounds = sync_rounds(db)
+        db.execute(delete(WorkerNode).where(WorkerNode.last_seen < forget_before))
+    if done:
+        log.warning(
+            "event=reconciled requeued=%s failed=%s resent=%s rounds=%s",
+            done.requeued,
+            done.failed,
+            done.resent,
+            done.rounds,
+        )
+    return done
+
+
+def sync_rounds(db: Session) -> list[int]:
+    """Rounds whose job finished without them (failed, canceled, gone) follow their job.
+
+    The hook where the rounds' own rules live: ``app.rounds.service.follow_jobs``.
+    """
+    return [r.id for r in follow_jobs(db)]
+
+
+def _rounds_out_of_step(db: Session) -> list[int]:
+    """Ids of queued or running rounds whose job has finished or vanished (cheap check)."""
+    query = (
+        select(Round.id)
+        .outerjoin(Job, Job.id == Round.job_id)
+        .where(Round.status.in_(ACTIVE_ROUND_STATUSES))
+        .where(or_(Job.id.is_(None), Job.status.in_(FINISHED_JOB_STATUSES)))
+        .limit(1)
+    )
+    return list(db.scalars(query))
+
+
+def _change(db: Session, job_id: int, condition: object, values: dict[str, object]) -> bool:
+    """Update one job only if ``condition`` still holds; whether it did."""
+    result = db.execute(
+        update(Job)
+        .where(Job.id == job_id, condition)  # type: ignore[arg-type]
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -1,0 +1,41 @@
+"""The one Celery task: run a job by id through ``app.jobs.service.run_job``.
+
+``run_job`` owns the session, the job row's status and idempotence (it claims only a queued job,
+or a running one whose worker stopped beating), so this task adds only what is Celery's: the
+worker's name, a narrow retry while the database is unreachable, and logging.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError
+
+import worker.heartbeat  # noqa: F401  (connects the worker's signals)
+from app.jobs.service import run_job
+from worker.celery_app import TASK_NAME
+
+log = logging.getLogger("svp.worker")
+
+
+@shared_task(
+    name=TASK_NAME,
+    bind=True,
+    acks_late=True,
+    # Only a database that does not answer is worth retrying; a runner's own error fails the job.
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=8,
+    ignore_result=True,
+)
+def run_job_task(self: Task[Any, Any], job_id: int) -> str:
+    """Run job ``job_id`` on this worker; a second delivery of a finished job does nothing."""
+    worker = self.request.hostname or "worker"
+    log.info("job=%s event=received worker=%s retries=%s", job_id, worker, self.request.retries)
+    status = run_job(int(job_id), worker=worker)
+    log.info("job=%s event=done status=%s worker=%s", job_id, status, worker)
+    return status
