@@ -63,6 +63,14 @@ def _users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import run_worker
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    run_worker(concurrency=args.concurrency, queues=queues, name=args.name, pool=args.pool)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="svplabel", description=__doc__)
@@ -88,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
     create.set_defaults(func=_users_create)
+
+    worker = sub.add_parser("worker", help="run one Celery worker")
+    # Torch on the CPU uses every core for one job: one job at a time per worker is right.
+    worker.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1)")
+    worker.add_argument(
+        "--queues", default=None, help="comma-separated queues to serve (default: default,rounds)"
+    )
+    worker.add_argument("--name", default=None, help="node name (default: svp-<pid>@<host>)")
+    worker.add_argument(
+        "--pool", default="prefork", choices=["prefork", "solo", "threads"], help="Celery pool"
+    )
+    worker.set_defaults(func=_worker)
 
     for register in EXTRA_COMMANDS:
         register(sub)
