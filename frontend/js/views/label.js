@@ -54,6 +54,11 @@ export async function renderLabel(main, ctx, pidText) {
   main.classList.add("label-page");
   const project = await get(`/api/projects/${pid}`);
   const classes = project.classes;
+  // Keys 1-9, 0 stand for the first ten classes; when the classes are themselves the digits
+  // (say 0-9), each digit key means its own class instead, so "3" labels "3".
+  const digitNames = classes.length <= KEYS.length && classes.every((c) => KEYS.includes(c));
+  const keyOf = (i) => (digitNames ? classes[i] : i < KEYS.length ? KEYS[i] : null);
+  const classOfKey = (key) => (digitNames ? (classes.includes(key) ? key : null) : classes[KEYS.indexOf(key)] ?? null);
 
   const state = {
     round: null,
@@ -99,9 +104,9 @@ export async function renderLabel(main, ctx, pidText) {
     type: "button",
     class: "class-btn",
     "data-class": name,
-    "aria-keyshortcuts": i < KEYS.length ? KEYS[i] : undefined,
+    "aria-keyshortcuts": keyOf(i) ?? undefined,
     onclick: () => applyClass(name),
-  }, h("kbd", { "aria-hidden": "true" }, i < KEYS.length ? KEYS[i] : "·"), h("span", { class: "name" }, name), h("span", { class: "conf" })));
+  }, h("kbd", { "aria-hidden": "true" }, keyOf(i) ?? "·"), h("span", { class: "name" }, name), h("span", { class: "conf" })));
   const filter = h("input", {
     type: "search",
     id: "class-filter",
@@ -189,25 +194,33 @@ export async function renderLabel(main, ctx, pidText) {
     const list = Array.isArray(rounds) ? rounds : rounds.items || [];
     list.sort((a, b) => b.number - a.number);
     state.latest = list[0] || null;
-    state.round = list.find((r) => r.status === "labeling") || null;
+    // A batch whose every item is labelled completes its round: that is "done", not "no round".
+    state.round = list.find((r) => r.status === "labeling")
+      || (state.latest && state.latest.status === "completed" ? state.latest : null);
     fill(document.getElementById("round-name") || h("div"),
       state.round ? `Round ${state.round.number} · ${state.round.strategy}` : "");
     if (state.round) {
       const labelled = await batchLabelled(state.round);
       state.total = labelled.total;
       // Acts still in the outbox are not on the server yet but are done as far as the user sees.
-      state.done = labelled.done + outbox.entries()
+      state.done = labelled.local ? labelled.done : labelled.done + outbox.entries()
         .filter((e) => e.project_id === pid && !(labelled.ids && labelled.ids.has(e.item_id))).length;
     }
     renderProgress();
   }
 
+  /**
+   * How many of the round's batch are labelled: a count on the round, else the batch entries'
+   * `labeled` flags, else (neither offered) the acts made on this page.
+   */
   async function batchLabelled(round) {
-    const counted = round.labeled ?? round.labelled ?? round.batch_labeled ?? round.metrics?.batch_labeled;
+    if (round.status === "completed") return { done: round.batch_size, total: round.batch_size, ids: null };
+    const counted = round.labeled ?? round.labelled ?? round.batch_labeled;
     if (typeof counted === "number") return { done: counted, total: round.batch_size, ids: null };
-    const batch = await get(`/api/rounds/${round.id}/selection`);
-    const rows = Array.isArray(batch) ? batch : batch.items || [];
-    const ids = new Set(rows.filter((r) => r.label).map((r) => r.item_id));
+    const rows = await get(`/api/rounds/${round.id}/selection`);
+    const flagged = rows.length && rows.some((r) => "labeled" in r || "label" in r);
+    if (!flagged) return { done: state.done ?? 0, total: rows.length || round.batch_size, ids: new Set(), local: true };
+    const ids = new Set(rows.filter((r) => r.labeled || r.label).map((r) => r.item_id));
     return { done: ids.size, total: rows.length || round.batch_size, ids };
   }
 
@@ -293,7 +306,8 @@ export async function renderLabel(main, ctx, pidText) {
     gridBtn.setAttribute("aria-pressed", String(state.mode === "grid"));
     keyHelp();
     if (state.queue.length === 0) {
-      if (state.fetching) {
+      // Until the server says it has nothing more, an empty queue means "loading", not "done".
+      if (state.fetching || !state.exhausted) {
         state.lastShown = null;
         stage.replaceChildren(h("div", { class: "stage-empty" }, "Loading the next images…"));
         fill(viewBox, stage, caption);
@@ -383,11 +397,12 @@ export async function renderLabel(main, ctx, pidText) {
     highlightSuggestion(null);
     let message;
     if (state.round) {
-      const done = state.done ?? 0;
       const total = state.total ?? state.round.batch_size;
-      message = h("div", { class: "stage-empty", id: "batch-state", "data-state": "done" },
-        h("h2", null, done >= total ? "This batch is done" : "Nothing left for you in this batch"),
-        h("p", null, done >= total
+      const done = state.round.status === "completed" ? total : state.done ?? 0;
+      const complete = done >= total;
+      message = h("div", { class: "stage-empty", id: "batch-state", "data-state": complete ? "done" : "held" },
+        h("h2", null, complete ? "This batch is done" : "Nothing left for you in this batch"),
+        h("p", null, complete
           ? `All ${total} images of round ${state.round.number} are labelled. Thank you!`
           : `${done} of ${total} are labelled; the rest are held by other annotators right now.`),
         state.skipped.size
@@ -594,10 +609,10 @@ export async function renderLabel(main, ctx, pidText) {
     if (isTyping(e.target)) return;
     if (e.repeat) return; // a held key must not label a run of images
     const key = e.key;
-    const index = KEYS.indexOf(key);
-    if (index >= 0 && index < classes.length) {
+    const byKey = KEYS.includes(key) ? classOfKey(key) : null;
+    if (byKey !== null) {
       e.preventDefault();
-      applyClass(classes[index]);
+      applyClass(byKey);
     } else if (key === "Enter") {
       if (e.target instanceof HTMLButtonElement) return; // let a focused button do its own thing
       e.preventDefault();
