@@ -6,7 +6,14 @@ from fastapi import APIRouter
 
 from app.coresets.router import router as coresets_router
 from app.evaluations.router import router as evaluations_router
+from app.jobs.router import router as jobs_router
 from app.labeling.router import router as labeling_router
 from app.rounds.router import router as rounds_router
 
-ROUTERS: list[APIRouter] = [rounds_router, coresets_router, evaluations_router, labeling_router]
+ROUTERS: list[APIRouter] = [
+    rounds_router,
+    coresets_router,
+    evaluations_router,
+    labeling_router,
+    jobs_router,
+]

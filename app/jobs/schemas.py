@@ -24,3 +24,8 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Beyond the contract's shape, for the monitor: who runs it, how often it was started, and
+    # whether a stop was asked of a running job.
+    worker: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
