@@ -9,7 +9,10 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.items.models import Item
+from app.projects.models import Project
+from app.projects.service import project_settings
 from app.rounds.models import Round, RoundStatus, Selection
+from app.rounds.service import start_next_round
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,12 @@ def after_label(db: Session, *, item: Item) -> None:
 def on_round_completed(db: Session, *, rnd: Round) -> None:
     """Hook called in the label's transaction when a round's batch is fully labelled.
 
-    The place to start the next round when the project's ``auto_next_round`` is on (the
-    rounds part fills this in; a job it writes here must be sent only after the commit).
+    With the project's ``auto_next_round`` on, the next round starts with the same strategy,
+    batch size and proxy; its job is sent only after this transaction commits.
     """
+    project = db.get(Project, rnd.project_id)
+    if project is not None and project_settings(project).auto_next_round:
+        start_next_round(db, finished=rnd)
 
 
 def after_undo(db: Session, *, item: Item) -> None:

@@ -9,7 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The names the engine's model registry answers to. Kept here as plain strings because the
 # server never imports svp/ (torch); tests/test_round_runner.py checks both lists agree.
-PROXY_ARCHS = ("tiny_cnn", "small_cnn", "preact20", "preact56", "preact110", "preact164")
+PROXY_ARCHS = (
+    "tiny_cnn",
+    "small_cnn",
+    "preact8",
+    "preact20",
+    "preact56",
+    "preact110",
+    "preact164",
+)
 
 # Active-learning strategies a round can rank the unlabelled pool with (DESIGN 4).
 ROUND_STRATEGIES = ("random", "least_confidence", "entropy", "margin", "kcenter")
