@@ -11,6 +11,7 @@ import os
 import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -78,7 +79,10 @@ def make_celery(settings: Settings) -> Celery:
     kind = broker_kind(url)
     transport_options: dict[str, Any] = {}
     if kind == "redis":
+        url, prefix = _split_key_prefix(url)
         transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+        if prefix:
+            transport_options["global_keyprefix"] = prefix
     elif kind == "embedded":
         # Every option of this transport goes to create_engine, so only engine options here.
         transport_options = {"connect_args": {"timeout": EMBEDDED_BROKER_BUSY_SECONDS}}
@@ -112,6 +116,18 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
     )
     return app
+
+
+def _split_key_prefix(url: str) -> tuple[str, str]:
+    """Take ``global_keyprefix`` out of a Redis URL's query (kombu reads it only as an option).
+
+    Several deployments, or test runs, can then share one Redis without taking each other's jobs.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = "".join(v for k, v in query if k == "global_keyprefix")
+    rest = urlencode([(k, v) for k, v in query if k != "global_keyprefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
 
 
 def _ensure_sqlite_dir(url: str) -> None:

@@ -1,29 +1,127 @@
-"""What the health endpoint reports about the broker and the workers."""
+"""What the health endpoint reports about the broker and the workers.
+
+The broker is asked at most once every ``CACHE_SECONDS`` per process: a load balancer polling
+``/api/health`` must not turn into a stream of broker round trips, and a Redis that does not
+answer costs its timeout once, not on every request.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from kombu import Connection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.jobs.models import WorkerNode
 from app.settings import get_settings
+from worker.celery_app import broker_kind, get_celery
+
+CACHE_SECONDS = 2.0
+# A broker that does not answer in this long is reported as an error.
+BROKER_TIMEOUT_SECONDS = 1.0
+# Celery's ping waits this long for every worker's answer.
+PING_TIMEOUT_SECONDS = 0.5
+
+
+@dataclass
+class _Probe:
+    """The broker's state and the nodes that answered Celery's ping, as of ``at``."""
+
+    at: float
+    url: str
+    state: str
+    pinged: list[str] = field(default_factory=list)
+
+
+_lock = threading.Lock()
+_last: _Probe | None = None
 
 
 def live_workers(db: Session) -> list[dict[str, Any]]:
-    """Workers whose heartbeat is recent."""
+    """Workers whose heartbeat is recent, merged with those that answered Celery's ping."""
     settings = get_settings()
     cutoff = utcnow() - timedelta(seconds=settings.worker_dead_after_seconds)
-    rows = db.scalars(select(WorkerNode).where(WorkerNode.last_seen >= cutoff))
-    return [
-        {"name": w.name, "hostname": w.hostname, "pid": w.pid, "last_seen": w.last_seen.isoformat()}
+    rows = db.scalars(
+        select(WorkerNode).where(WorkerNode.last_seen >= cutoff).order_by(WorkerNode.name)
+    )
+    pinged = set(_probe().pinged)
+    workers: list[dict[str, Any]] = [
+        {
+            "name": w.name,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "concurrency": w.concurrency,
+            "started_at": w.started_at.isoformat(),
+            "last_seen": w.last_seen.isoformat(),
+            "ping": w.name in pinged if broker_kind(settings.broker_url) == "redis" else None,
+        }
         for w in rows
     ]
+    known = {w["name"] for w in workers}
+    # A worker that answers the broker but wrote no heartbeat (its database writes fail, say).
+    workers.extend(
+        {"name": name, "hostname": name.partition("@")[2], "last_seen": None, "ping": True}
+        for name in sorted(pinged - known)
+    )
+    return workers
 
 
 def broker_state() -> str:
-    """Whether the broker answers: "ok", "inline" or an error."""
-    return "inline" if get_settings().inline_jobs else "unknown"
+    """Whether the broker answers: "ok", "ok (embedded)", "inline" or "error: ..."."""
+    return _probe().state
+
+
+def _probe() -> _Probe:
+    """The cached broker check, refreshed when older than ``CACHE_SECONDS``."""
+    global _last
+    url = get_settings().broker_url
+    with _lock:
+        last = _last
+        if last is not None and last.url == url and time.monotonic() - last.at < CACHE_SECONDS:
+            return last
+        _last = probe = _Probe(at=time.monotonic(), url=url, state=_broker_state(), pinged=[])
+        if probe.state == "ok" and broker_kind(url) == "redis":
+            probe.pinged = _ping_workers()
+        return probe
+
+
+def _broker_state() -> str:
+    settings = get_settings()
+    if settings.inline_jobs:
+        return "inline"
+    kind = broker_kind(settings.broker_url)
+    if kind == "embedded":
+        # A file in the data dir: it answers whenever the disk does.
+        return "ok (embedded)"
+    celery = get_celery()
+    options = {
+        **celery.conf.broker_transport_options,
+        "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
+        "socket_timeout": BROKER_TIMEOUT_SECONDS,
+    }
+    try:
+        with Connection(
+            celery.conf.broker_url,
+            transport_options=options,
+            connect_timeout=BROKER_TIMEOUT_SECONDS,
+        ) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+            if kind == "redis":
+                conn.default_channel.client.ping()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+def _ping_workers() -> list[str]:
+    try:
+        replies = get_celery().control.ping(timeout=PING_TIMEOUT_SECONDS)
+    except Exception:
+        return []
+    return sorted(name for reply in replies for name in reply)
