@@ -98,6 +98,20 @@ def factory(settings: Settings) -> Iterator[Factory]:
         yield f
 
 
+@pytest.fixture
+def broker_url(tmp_path: Path) -> str:
+    """The broker for real workers: Redis at SVP_TEST_REDIS_URL when set, else the embedded one.
+
+    Each test gets its own Redis key prefix, so concurrent runs sharing one Redis never take
+    each other's jobs.
+    """
+    redis_url = os.environ.get("SVP_TEST_REDIS_URL")
+    if redis_url:
+        sep = "&" if "?" in redis_url else "?"
+        return f"{redis_url}{sep}global_keyprefix=svptest-{uuid.uuid4().hex[:12]}-"
+    return f"sqla+sqlite:///{tmp_path / 'broker' / 'broker.sqlite3'}"
+
+
 def needs_shared_data() -> pytest.MarkDecorator:
     """Skip a test when ../shared/data (CIFAR-10) is absent, as in a user's clone."""
     return pytest.mark.skipif(

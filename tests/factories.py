@@ -15,6 +15,7 @@ from app.auth.models import User
 from app.auth.service import create_user
 from app.db import unit_of_work
 from app.items.models import Item
+from app.jobs.models import Job
 from app.main import create_app
 from app.projects.models import Member, Project
 from app.rounds.models import Round, Selection
@@ -132,6 +133,14 @@ class Factory:
             )
             db.flush()
             return rnd
+
+    def job(self, project: Project | None = None, kind: str = "import", **fields: Any) -> Job:
+        """A job row inserted directly (nothing is sent), e.g. ``status="failed"``."""
+        with unit_of_work() as db:
+            job = Job(kind=kind, project_id=project.id if project else None, params={}, **fields)
+            db.add(job)
+            db.flush()
+            return job
 
     def anonymous(self) -> TestClient:
         """A client with no credentials."""
