@@ -16,7 +16,10 @@ from app.errors import PermissionDenied, Unauthenticated
 SESSION_COOKIE = "svp_session"
 CSRF_HEADER = "X-CSRF-Token"
 
-DB = Annotated[Session, Depends(get_db)]
+# scope="function": the unit of work commits when the route function returns, before the response
+# is sent. With FastAPI's default ("request") the commit ran after the client had its answer: a
+# 201 could precede a failed commit, and a client's next request could miss what it just wrote.
+DB = Annotated[Session, Depends(get_db, scope="function")]
 
 
 def current_user(request: Request, db: DB) -> User:
