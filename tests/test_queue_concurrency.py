@@ -1,0 +1,188 @@
+"""No collisions: annotators leasing at the same moment, from threads and from processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, insert, select
+
+from app.db import unit_of_work
+from app.items.models import Item
+from app.labeling.models import Label
+from app.rounds.models import Round, RoundStatus, Selection
+from tests.conftest import BACKEND
+from tests.factories import PASSWORD, Factory
+from tests.procs import stack
+from tests.test_labeling import unit_of_work_at
+
+
+def _drain(client: object, pid: int, who: str, barrier: threading.Barrier | None) -> list[int]:
+    """Lease and label until the queue is empty; the items this annotator was given."""
+    got: list[int] = []
+    if barrier is not None:
+        barrier.wait()
+    while True:
+        r = client.post(f"/api/projects/{pid}/queue/next", params={"n": 3})  # type: ignore[attr-defined]
+        assert r.status_code == 200, r.text
+        batch = r.json()
+        if not batch:
+            return got
+        for entry in batch:
+            got.append(entry["item_id"])
+            body = {"item_id": entry["item_id"], "label": "cat", "key": f"{who}-{entry['item_id']}"}
+            r = client.post("/api/labels", json=body)  # type: ignore[attr-defined]
+            assert r.status_code == 201, r.text
+
+
+def test_threads_never_share_an_item(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    annotators = [factory.user("annotator") for _ in range(4)]
+    project = factory.project(eng, members=dict.fromkeys(annotators, "annotator"))
+    items = factory.items(project, 60)
+    rnd = factory.round_with_selection(project, items)
+    clients = [factory.client(a) for a in annotators]
+    barrier = threading.Barrier(len(clients))
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            results[k] = _drain(clients[k], project.id, f"t{k}", barrier)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    given = Counter(i for got in results.values() for i in got)
+    assert sorted(given) == sorted(i.id for i in items)
+    assert max(given.values()) == 1  # no item went to two annotators
+    with unit_of_work(write=False) as db:
+        per_item = db.execute(select(Label.item_id, func.count()).group_by(Label.item_id)).all()
+        status = db.scalar(select(Round.status).where(Round.id == rnd.id))
+    assert len(per_item) == len(items)
+    assert {n for _, n in per_item} == {1}
+    assert status == RoundStatus.completed
+
+
+def test_concurrent_replays_of_one_key_store_one_label(factory: Factory) -> None:
+    eng, ann = factory.user("engineer"), factory.user("annotator")
+    project = factory.project(eng, members={ann: "annotator"})
+    item = factory.items(project, 1)[0]
+    clients = [factory.client(ann) for _ in range(4)]
+    barrier = threading.Barrier(len(clients))
+    answers: list[tuple[int, int]] = []
+
+    def post(c: object) -> None:
+        barrier.wait()
+        r = c.post("/api/labels", json={"item_id": item.id, "label": "dog", "key": "same"})  # type: ignore[attr-defined]
+        answers.append((r.status_code, r.json()["id"]))
+
+    threads = [threading.Thread(target=post, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(code for code, _ in answers) == [200, 200, 200, 201]
+    assert len({lid for _, lid in answers}) == 1
+    with unit_of_work(write=False) as db:
+        assert db.scalar(select(func.count()).select_from(Label)) == 1
+
+
+def _annotator_process(url: str, username: str, pid: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """One annotator in its own process, against the real server."""
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            r = c.post("/api/auth/login", json={"username": username, "password": PASSWORD})
+            r.raise_for_status()
+            c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+            out.put((username, _drain(c, pid, username, None)))
+    except BaseException as exc:
+        out.put((username, repr(exc)))
+
+
+@pytest.mark.slow
+def test_processes_never_share_an_item(tmp_path: Path, database_url: str) -> None:
+    url = f"sqlite:///{tmp_path / 'procs.sqlite3'}" if BACKEND == "sqlite" else database_url
+    names = [f"ann{k}" for k in range(4)]
+    with stack(tmp_path, database_url=url) as s:
+        # Two server processes, so the race is between database sessions, not one event loop.
+        s.serve("--workers", "2")
+        with httpx.Client(base_url=s.url, timeout=30) as admin:
+            r = admin.post(
+                "/api/auth/login", json={"username": "admin", "password": "admin-password"}
+            )
+            admin.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+            for name in names:
+                body = {"username": name, "password": PASSWORD, "role": "annotator"}
+                assert admin.post("/api/users", json=body).status_code in (200, 201)
+            r = admin.post("/api/projects", json={"name": "race", "classes": ["cat", "dog"]})
+            pid = r.json()["id"]
+            for name in names:
+                body = {"username": name, "role": "annotator"}
+                assert admin.put(f"/api/projects/{pid}/members", json=body).status_code == 200
+        with unit_of_work_at(url) as db:
+            ids = list(
+                db.scalars(
+                    insert(Item).returning(Item.id),
+                    [
+                        {
+                            "project_id": pid,
+                            "content_hash": f"{i:064x}",
+                            "name": f"p{i}.png",
+                            "media_type": "image/png",
+                            "width": 8,
+                            "height": 8,
+                        }
+                        for i in range(120)
+                    ],
+                )
+            )
+            rnd = Round(
+                project_id=pid,
+                number=1,
+                status=RoundStatus.labeling,
+                strategy="random",
+                batch_size=len(ids),
+                proxy={},
+                seed=1,
+                metrics={},
+            )
+            db.add(rnd)
+            db.flush()
+            round_id = rnd.id
+            db.execute(
+                insert(Selection),
+                [
+                    {"round_id": round_id, "item_id": iid, "rank": k, "score": 0.0}
+                    for k, iid in enumerate(ids)
+                ],
+            )
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        procs = [
+            ctx.Process(target=_annotator_process, args=(s.url, name, pid, out)) for name in names
+        ]
+        for p in procs:
+            p.start()
+        results = dict(out.get(timeout=180) for _ in procs)
+        for p in procs:
+            p.join(30)
+        failures = {k: v for k, v in results.items() if isinstance(v, str)}
+        assert not failures, failures
+        given = Counter(i for got in results.values() for i in got)
+        assert sorted(given) == sorted(ids)
+        assert max(given.values()) == 1  # no item went to two annotators
+        with unit_of_work_at(url) as db:
+            labels = db.scalar(select(func.count()).select_from(Label))
+            status = db.scalar(select(Round.status).where(Round.id == round_id))
+        assert labels == len(ids)
+        assert status == RoundStatus.completed
