@@ -1,0 +1,345 @@
+"""The round, core-set and evaluation runners, run in-process through ``run_job``.
+
+A project of 60 generated 16x16 images in three colour families (so a tiny proxy learns them in
+a couple of epochs), with real image files in the data dir and the engine's real cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sqlalchemy import func, select
+
+from app.db import unit_of_work
+from app.items.models import Item
+from app.items.storage import ImageStore, image_path
+from app.jobs import dispatch
+from app.jobs.models import Job
+from app.jobs.service import JobContext, run_job
+from app.projects.models import Project
+from app.rounds import service as rounds
+from app.rounds.models import Round, Selection
+from app.rounds.schemas import PROXY_ARCHS, ProxyConfig
+from app.settings import Settings
+from tests.factories import Factory
+
+CLASSES = ["red", "green", "blue"]
+TINY = ProxyConfig(arch="tiny_cnn", epochs=2, batch_size=16, image_size=16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Two cores are shared by everyone: torch gets one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def sent(factory: Factory, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Jobs are run by the test itself, never by the server's pool in the background."""
+    calls: list[int] = []
+    monkeypatch.setattr(dispatch, "send", lambda *, job_id, kind: calls.append(job_id))
+    return calls
+
+
+def colour_png(cls: int, i: int) -> bytes:
+    """A 16x16 image mostly of its class's colour, with noise so each one is distinct."""
+    rng = np.random.default_rng(1000 * cls + i)
+    base = np.zeros((16, 16, 3), dtype=np.int16)
+    base[..., cls] = 200
+    pixels = np.clip(base + rng.integers(-40, 40, size=base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_images(settings: Settings, project: Project, n: int, split: str) -> list[dict[str, Any]]:
+    """``n`` images per class written to the image store and inserted as items."""
+    store = ImageStore(settings.images_dir)
+    out = []
+    with unit_of_work() as db:
+        for cls in range(len(CLASSES)):
+            for i in range(n):
+                data = colour_png(cls, i + (0 if split == "pool" else 500))
+                h = hashlib.sha256(data).hexdigest()
+                store.put(h, data)
+                item = Item(
+                    project_id=project.id,
+                    content_hash=h,
+                    name=f"{split}/{CLASSES[cls]}_{i}.png",
+                    media_type="image/png",
+                    width=16,
+                    height=16,
+                    split=split,
+                )
+                db.add(item)
+                db.flush()
+                out.append({"id": item.id, "cls": CLASSES[cls], "hash": h})
+    return out
+
+
+def set_labels(items: list[dict[str, Any]]) -> None:
+    """Give items their true class as current label."""
+    with unit_of_work() as db:
+        for it in items:
+            db.get(Item, it["id"]).label = it["cls"]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def world(factory: Factory, settings: Settings, sent: list[int]) -> dict[str, Any]:
+    """A project of 60 pool images (20 per class) and 9 test images, none labelled."""
+    eng = factory.user("engineer")
+    project = factory.project(eng, classes=CLASSES, image_size=16)
+    return {
+        "project": project,
+        "pool": make_images(settings, project, 20, "pool"),
+        "test": make_images(settings, project, 3, "test"),
+        "settings": settings,
+    }
+
+
+def start(project_id: int, strategy: str, batch_size: int, **kw: Any) -> tuple[int, int]:
+    """Start a round through the service (as the API does); returns (round id, job id)."""
+    with unit_of_work() as db:
+        project = db.get(Project, project_id)
+        assert project is not None
+        rnd = rounds.start_round(
+            db,
+            project=project,
+            strategy=strategy,
+            batch_size=batch_size,
+            proxy=kw.get("proxy", TINY),
+            seed=kw.get("seed", 7),
+            created_by=None,
+        )
+        assert rnd.job_id is not None
+        return rnd.id, rnd.job_id
+
+
+def load(round_id: int) -> tuple[Round, Job, list[Selection]]:
+    """A round, its job and its batch in rank order."""
+    with unit_of_work(write=False) as db:
+        rnd = db.get(Round, round_id)
+        assert rnd is not None
+        job = db.get(Job, rnd.job_id)
+        assert job is not None
+        batch = list(
+            db.scalars(
+                select(Selection).where(Selection.round_id == round_id).order_by(Selection.rank)
+            )
+        )
+        return rnd, job, batch
+
+
+def test_cold_start_random(world: dict[str, Any]) -> None:
+    rid, jid = start(world["project"].id, "least_confidence", 6)
+    assert run_job(jid, worker="test") == "succeeded"
+    rnd, job, batch = load(rid)
+    assert (rnd.status, job.status, job.stage) == ("labeling", "succeeded", "saving")
+    assert [s.rank for s in batch] == list(range(6))
+    assert len({s.item_id for s in batch}) == 6
+    assert all(s.suggested_label is None for s in batch)  # no proxy yet: nothing to suggest
+    assert rnd.metrics["cold_start"] == "random"
+    assert (rnd.metrics["labeled"], rnd.metrics["pool"], rnd.metrics["seed"]) == (0, 60, 7)
+    assert rnd.started_at is not None
+    assert job.result == {"round_id": rid, "selected": 6, "metrics": rnd.metrics}
+    pool_ids = {it["id"] for it in world["pool"]}
+    assert {s.item_id for s in batch} <= pool_ids
+
+
+def test_cold_start_kcenter_on_pixels_spreads_over_the_classes(
+    world: dict[str, Any], factory: Factory
+) -> None:
+    with unit_of_work() as db:
+        project = db.get(Project, world["project"].id)
+        assert project is not None
+        project.settings = {**project.settings, "cold_start": "kcenter"}
+    rid, jid = start(world["project"].id, "random", 3)
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    assert rnd.metrics["cold_start"] == "kcenter"
+    by_id = {it["id"]: it["cls"] for it in world["pool"]}
+    # Three colour families far apart in pixel space: k-centres takes one of each.
+    assert sorted(by_id[s.item_id] for s in batch) == sorted(CLASSES)
+
+
+@pytest.mark.parametrize("strategy", ["least_confidence", "kcenter", "entropy", "margin"])
+def test_a_trained_round_selects_unlabelled_items_with_suggestions(
+    world: dict[str, Any], strategy: str
+) -> None:
+    labelled = [it for it in world["pool"] if int(it["id"]) % 3 == 0]
+    set_labels(labelled)
+    set_labels(world["test"])
+    rid, jid = start(world["project"].id, strategy, 8)
+    assert run_job(jid) == "succeeded"
+    rnd, job, batch = load(rid)
+    assert rnd.status == "labeling", rnd.error
+    assert len(batch) == 8
+    assert not {s.item_id for s in batch} & {it["id"] for it in labelled}
+    assert all(s.suggested_label in CLASSES for s in batch)
+    assert all(0 < (s.suggested_prob or 0) <= 1 for s in batch)
+    # Ranked by score, most worth labelling first.
+    scores = [s.score for s in batch]
+    assert scores == sorted(scores, reverse=True)
+    m = rnd.metrics
+    assert (m["labeled"], m["pool"], m["test_labeled"]) == (len(labelled), 60 - len(labelled), 9)
+    assert (m["seed"], m["arch"], m["strategy"], m["cold_start"]) == (7, "tiny_cnn", strategy, None)
+    assert 0 <= m["proxy_test_accuracy"] <= 1
+    for key in ("seconds_loading", "seconds_training", "seconds_scoring", "seconds_selecting"):
+        assert m[key] >= 0
+    assert job.progress == 1.0
+
+
+def test_the_proxy_learns_the_colours(world: dict[str, Any]) -> None:
+    set_labels(world["pool"][::2])
+    set_labels(world["test"])
+    rid, jid = start(
+        world["project"].id, "least_confidence", 5, proxy=TINY.model_copy(update={"epochs": 6})
+    )
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    assert rnd.metrics["proxy_test_accuracy"] >= 0.66
+    by_id = {it["id"]: it["cls"] for it in world["pool"]}
+    right = sum(s.suggested_label == by_id[s.item_id] for s in batch)
+    assert right >= 3
+
+
+def test_running_a_round_twice_leaves_one_batch(world: dict[str, Any]) -> None:
+    set_labels(world["pool"][:9])
+    rid, jid = start(world["project"].id, "least_confidence", 5)
+    assert run_job(jid) == "succeeded"
+    first = [s.item_id for s in load(rid)[2]]
+    # A redelivery after the job finished: nothing to do.
+    assert run_job(jid) == "succeeded"
+    # A worker that died after saving, before the job was marked done: the task runs again.
+    with unit_of_work() as db:
+        db.get(Job, jid).status = "queued"  # type: ignore[union-attr]
+    assert run_job(jid) == "succeeded"
+    assert [s.item_id for s in load(rid)[2]] == first
+    # One that died mid-save with the round still running: the batch is replaced, not added to.
+    with unit_of_work() as db:
+        db.get(Job, jid).status = "queued"  # type: ignore[union-attr]
+        db.get(Round, rid).status = "running"  # type: ignore[union-attr]
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    assert rnd.status == "labeling"
+    assert [s.item_id for s in batch] == first  # same seed, same batch
+    with unit_of_work(write=False) as db:
+        n = db.scalar(select(func.count()).select_from(Selection).where(Selection.round_id == rid))
+    assert n == 5
+
+
+def test_cancel_stops_training_at_the_next_epoch(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_labels(world["pool"][:15])
+    rid, jid = start(world["project"].id, "entropy", 5, proxy=TINY.model_copy(update={"epochs": 8}))
+    epochs_seen: list[float] = []
+    original = JobContext.progress
+
+    def progress(self: JobContext, stage: str, fraction: float) -> None:
+        if stage == "training" and fraction > 0:
+            epochs_seen.append(fraction)
+            if len(epochs_seen) == 2:
+                # An engineer presses cancel while the second epoch ends.
+                with unit_of_work() as db:
+                    rounds.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
+        original(self, stage, fraction)
+
+    monkeypatch.setattr(JobContext, "progress", progress)
+    assert run_job(jid) == "canceled"
+    rnd, job, batch = load(rid)
+    assert (rnd.status, job.status, batch) == ("canceled", "canceled", [])
+    assert rnd.finished_at is not None
+    assert len(epochs_seen) == 2  # not the 8 asked for
+
+
+def test_a_failure_fails_the_round_with_the_reason(world: dict[str, Any]) -> None:
+    set_labels(world["pool"][:6])
+    image_path(world["settings"].images_dir, world["pool"][6]["hash"]).unlink()
+    rid, jid = start(world["project"].id, "margin", 4)
+    assert run_job(jid) == "failed"
+    rnd, job, _ = load(rid)
+    assert rnd.status == "failed"
+    assert "FileNotFoundError" in (rnd.error or "")
+    assert "FileNotFoundError" in (job.error or "")
+    # The project is free for the next round.
+    start(world["project"].id, "margin", 4)
+
+
+def test_a_canceled_round_is_not_run(world: dict[str, Any]) -> None:
+    rid, jid = start(world["project"].id, "random", 4)
+    with unit_of_work() as db:
+        rounds.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
+    assert run_job(jid) == "canceled"
+    assert load(rid)[2] == []
+
+
+def test_coreset_and_evaluation(world: dict[str, Any], factory: Factory) -> None:
+    from app.coresets.service import start_coreset
+    from app.evaluations.service import start_evaluation
+
+    set_labels(world["pool"][:30])
+    set_labels(world["test"])
+    labelled = {it["id"] for it in world["pool"][:30]}
+    with unit_of_work() as db:
+        project = db.get(Project, world["project"].id)
+        assert project is not None
+        jobs = [
+            start_coreset(
+                db,
+                project=project,
+                fraction=0.2,
+                strategy=strategy,
+                proxy=TINY,
+                seed=3,
+                created_by=None,
+            ).id
+            for strategy in ("forgetting", "kcenter", "least_confidence")
+        ]
+        ev = start_evaluation(
+            db,
+            project=project,
+            target="tiny_cnn",
+            epochs=2,
+            batch_size=16,
+            lr=None,
+            image_size=16,
+            seed=3,
+            created_by=None,
+        ).id
+    for jid in [*jobs, ev]:
+        assert run_job(jid) == "succeeded"
+    with unit_of_work(write=False) as db:
+        results = [db.get(Job, j).result for j in jobs]  # type: ignore[union-attr]
+        evaluation = db.get(Job, ev).result  # type: ignore[union-attr]
+    for r in results:
+        assert r is not None
+        assert len(r["items"]) == 6
+        assert len(set(r["items"])) == 6
+        assert set(r["items"]) <= labelled
+        assert len(r["scores"]) == 6
+        assert r["fraction"] == 0.2
+        assert 0 <= r["proxy_test_accuracy"] <= 1
+    assert evaluation is not None
+    assert (evaluation["labels"], evaluation["test_items"], evaluation["target"]) == (
+        30,
+        9,
+        "tiny_cnn",
+    )
+    assert 0 <= evaluation["accuracy"] <= 1
+
+
+def test_the_api_knows_the_engines_models() -> None:
+    from svp.models import model_names
+
+    assert set(PROXY_ARCHS) == set(model_names())
