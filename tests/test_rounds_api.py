@@ -461,3 +461,29 @@ def test_the_server_never_imports_torch() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("auto", [True, False])
+def test_a_completed_batch_starts_the_next_round_when_asked(
+    factory: Factory, sent: list[dict[str, Any]], auto: bool
+) -> None:
+    eng, ann = factory.user("engineer"), factory.user("annotator")
+    project = factory.project(eng, members={ann: "annotator"}, auto_next_round=auto)
+    items = factory.items(project, 10)
+    done = factory.round_with_selection(project, items[:3])
+    c = factory.client(ann)
+    for i, it in enumerate(items[:3]):
+        r = c.post("/api/labels", json={"item_id": it.id, "label": "cat", "key": f"k{auto}{i}"})
+        assert r.status_code == 201, r.text
+    listed = c.get(f"/api/projects/{project.id}/rounds").json()
+    assert listed[-1]["status"] == "completed"
+    if not auto:
+        assert [x["id"] for x in listed] == [done.id]
+        assert sent == []
+        return
+    nxt = listed[0]
+    assert (nxt["number"], nxt["status"], nxt["strategy"]) == (2, "queued", done.strategy)
+    assert nxt["batch_size"] == 3
+    assert nxt["seed"] == done.seed + 1
+    # Sent once the label's transaction committed.
+    assert sent == [{"job_id": nxt["job_id"], "kind": "round", "committed": True}]
