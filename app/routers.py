@@ -6,6 +6,8 @@ from fastapi import APIRouter
 
 from app.coresets.router import router as coresets_router
 from app.evaluations.router import router as evaluations_router
+from app.exports.router import router as exports_router
+from app.items.router import router as items_router
 from app.jobs.router import router as jobs_router
 from app.labeling.router import router as labeling_router
 from app.rounds.router import router as rounds_router
@@ -16,4 +18,6 @@ ROUTERS: list[APIRouter] = [
     evaluations_router,
     labeling_router,
     jobs_router,
+    items_router,
+    exports_router,
 ]
