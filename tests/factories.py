@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from types import TracebackType
 from typing import Any
 
@@ -141,6 +142,18 @@ class Factory:
             db.add(job)
             db.flush()
             return job
+
+    def wait_job(self, job_id: int, timeout: float = 60.0) -> Job:
+        """Poll a job's row until it has finished (the inline pool runs it in a thread)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with unit_of_work(write=False) as db:
+                job = db.get(Job, job_id)
+                assert job is not None, f"job {job_id} does not exist"
+                if job.status in ("succeeded", "failed", "canceled"):
+                    return job
+            assert time.monotonic() < deadline, f"job {job_id} still {job.status} after {timeout}s"
+            time.sleep(0.05)
 
     def anonymous(self) -> TestClient:
         """A client with no credentials."""
