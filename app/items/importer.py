@@ -1,0 +1,577 @@
+"""The import job: uploaded files and zip archives become items, each checked and stored once.
+
+Runs in a worker (or the server's stopgap pool) from the job's params alone. Nothing is ever
+extracted to a path: archive entries are read one at a time into memory under a size bound, so an
+entry named ``../x`` or ``/x`` can only be refused, never written. Items are committed in short
+batches together with a checkpoint in the job's row, so a re-run after a crash resumes where the
+last batch ended and counts exactly what a single run would have counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import mmap
+import re
+import time
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
+
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy import Table, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app.db import unit_of_work, utcnow
+from app.items.models import Item, Split
+from app.items.storage import ImageStore, discard
+from app.jobs.models import Job
+from app.jobs.service import JobContext
+from app.labeling.models import Label, LabelSource
+from app.projects.models import Project
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# Rows per transaction: short enough that SQLite's write lock is held for milliseconds while
+# annotators are submitting labels, long enough that 50,000 items take ~125 commits.
+BATCH_SIZE = 400
+# Progress is written at most this often (fraction of the work), besides once per batch.
+PROGRESS_STEP = 0.02
+# The result lists this many rejected files by name; the count covers them all.
+MAX_REJECTED_LISTED = 1000
+# An archive may expand to this multiple of its own size (or 1 GiB): beyond is a zip bomb.
+# Images are already compressed, so a real archive of them expands by little.
+MAX_EXPANSION = 20
+MIN_EXPANSION_BUDGET = 1 << 30
+MAX_NAME = 1024
+# A batch closes early past this many image bytes, bounding what waits in memory for the disk.
+MAX_BATCH_BYTES = 64 << 20
+ZIP_MAGIC = b"PK\x03\x04"
+
+# Formats a browser can show; every other decoder of Pillow stays unreachable from uploads.
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+}
+_DRIVE = re.compile(r"^[A-Za-z]:")
+# What reading one damaged entry can raise: bad CRC or header, bad deflate data, cut short,
+# an unsupported compression method, a password. Anything else is our bug and fails the job.
+_ENTRY_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+)
+# Core tables for the bulk inserts (declarative classes always map a Table).
+ITEMS = cast(Table, Item.__table__)
+LABELS = cast(Table, Label.__table__)
+
+
+class Rejected(Exception):
+    """A file that will not become an item; the message is the reason shown to the uploader."""
+
+
+@dataclass
+class Tally:
+    """What the import has done so far; stored in the job's row as the checkpoint and result."""
+
+    total: int = 0
+    processed: int = 0
+    added: int = 0
+    duplicates: int = 0
+    labeled: int = 0
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    rejected_count: int = 0
+
+    def reject(self, name: str, reason: str) -> None:
+        """Count a refused file, and list it while the list is short enough to read."""
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REJECTED_LISTED:
+            self.rejected.append({"name": name, "reason": reason})
+
+    def as_result(self) -> dict[str, Any]:
+        """The job's result: the contract's ``{added, duplicates, rejected}`` and counts."""
+        return {
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "rejected": list(self.rejected),
+            "rejected_count": self.rejected_count,
+            "labeled": self.labeled,
+            "processed": self.processed,
+            "total": self.total,
+        }
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any] | None) -> Tally:
+        """Resume from a checkpoint (an empty tally when there is none)."""
+        if not result:
+            return cls()
+        return cls(
+            total=int(result.get("total", 0)),
+            processed=int(result.get("processed", 0)),
+            added=int(result.get("added", 0)),
+            duplicates=int(result.get("duplicates", 0)),
+            labeled=int(result.get("labeled", 0)),
+            rejected=list(result.get("rejected", [])),
+            rejected_count=int(result.get("rejected_count", 0)),
+        )
+
+
+@dataclass
+class Entry:
+    """One file to import: its name and how to read its bytes (lazily: resuming skips cheaply)."""
+
+    name: str
+    read: Callable[[], bytes]
+    problem: str | None = None  # known before reading: the entry is refused without being read
+
+
+@dataclass
+class Accepted:
+    """A decoded image waiting for its batch to commit."""
+
+    name: str
+    content_hash: str
+    media_type: str
+    width: int
+    height: int
+    label: str | None
+    data: bytes = b""
+
+
+def run_import(ctx: JobContext) -> dict[str, Any]:
+    """Import an upload's files into the job's project; the result counts added, dupes, refusals."""
+    settings = get_settings()
+    with unit_of_work(write=False) as db:
+        job = db.get(Job, ctx.job_id)
+        project = db.get(Project, ctx.project_id) if ctx.project_id is not None else None
+        if job is None or project is None:
+            raise LookupError(f"job {ctx.job_id} or its project is gone")
+        run = _Import(
+            ctx,
+            project_id=project.id,
+            classes=set(project.classes),
+            uploader=job.created_by,
+            tally=Tally.from_result(job.result),
+        )
+    upload_dir = _inside(settings.uploads_dir, str(ctx.params["upload_dir"]))
+    if not upload_dir.is_dir():
+        if run.tally.total and run.tally.processed >= run.tally.total:
+            # A redelivery after the last commit and the clean-up: the work is done.
+            return run.tally.as_result()
+        raise FileNotFoundError(f"the uploaded files of job {ctx.job_id} are gone")
+    files = [
+        (_inside(settings.uploads_dir, f["path"]), str(f["name"])) for f in ctx.params["files"]
+    ]
+    started = time.perf_counter()
+    result = run.run(files)
+    log.info(
+        "import job %s: %s added, %s duplicates, %s rejected of %s in %.1fs",
+        ctx.job_id,
+        result["added"],
+        result["duplicates"],
+        result["rejected_count"],
+        result["total"],
+        time.perf_counter() - started,
+    )
+    # Only now: a crash before this line re-runs from the checkpoint with the files still there.
+    discard(upload_dir)
+    return result
+
+
+@dataclass
+class _Batch:
+    """Entries up to ``upto`` (a position in the upload) and what they came to, uncommitted."""
+
+    accepted: list[Accepted] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    upto: int = 0
+    entries: int = 0
+    bytes: int = 0
+
+
+class _Import:
+    """One run of an import job over its files, from its checkpoint to the end.
+
+    Two stages overlap: this thread reads and decodes batch N+1 while a writer thread stores the
+    files of batch N (file creation is kernel time and frees the GIL); batch N's rows commit once
+    its files are on disk, so a visible item always has its file.
+    """
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        *,
+        project_id: int,
+        classes: set[str],
+        uploader: int | None,
+        tally: Tally,
+    ) -> None:
+        settings = get_settings()
+        self.ctx = ctx
+        self.project_id = project_id
+        self.classes = classes
+        self.uploader = uploader
+        self.tally = tally
+        self.split = Split(ctx.params.get("split", Split.pool))
+        self.from_folders = bool(ctx.params.get("labels_from_folders", False))
+        self.max_pixels = settings.max_image_pixels
+        # No image within the pixel limit needs more than 8 bytes a pixel, plus headers.
+        self.entry_limit = self.max_pixels * 8 + (1 << 20)
+        self.store = ImageStore(settings.images_dir)
+        self.seen: set[str] = set()
+        self.reported = -1.0
+
+    def run(self, files: list[tuple[Path, str]]) -> dict[str, Any]:
+        """Import every entry after the checkpoint, committing batch by batch."""
+        # Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that; both count as a bomb.
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        self.tally.total = sum(_count_entries(path, name) for path, name in files)
+        resume_after = self.tally.processed
+        position = 0
+        batch = _Batch()
+        in_flight: tuple[_Batch, Future[None]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svp-import-io") as io_pool:
+            for path, name in files:
+                for entry in _entries(path, name, entry_limit=self.entry_limit):
+                    position += 1
+                    if position <= resume_after:
+                        continue  # committed by an earlier run of this job
+                    self._examine_into(batch, entry)
+                    batch.upto = position
+                    if batch.entries >= BATCH_SIZE or batch.bytes >= MAX_BATCH_BYTES:
+                        if in_flight is not None:
+                            self._commit(*in_flight)
+                        in_flight = (batch, io_pool.submit(self._write, batch))
+                        batch = _Batch()
+            if in_flight is not None:
+                self._commit(*in_flight)
+            batch.upto = max(batch.upto, position)
+            self._commit(batch, io_pool.submit(self._write, batch))
+        return self.tally.as_result()
+
+    def _examine_into(self, batch: _Batch, entry: Entry) -> None:
+        batch.entries += 1
+        try:
+            data = _read(entry)
+            accepted = _examine(
+                entry.name,
+                data,
+                from_folders=self.from_folders,
+                classes=self.classes,
+                max_pixels=self.max_pixels,
+            )
+        except Rejected as exc:
+            batch.rejected.append((entry.name, str(exc)))
+            return
+        if accepted.content_hash in self.seen:
+            batch.duplicates += 1  # twice in this upload: counted, stored once
+            return
+        self.seen.add(accepted.content_hash)
+        accepted.data = data
+        batch.accepted.append(accepted)
+        batch.bytes += len(data)
+
+    def _write(self, batch: _Batch) -> None:
+        for accepted in batch.accepted:
+            self.store.put(accepted.content_hash, accepted.data)
+            accepted.data = b""  # the bytes are on disk; let them go
+
+    def _commit(self, batch: _Batch, written: Future[None]) -> None:
+        written.result()  # re-raises a failed write: better a failed job than an item without file
+        tally = self.tally
+        with unit_of_work() as db:
+            added, labeled = _insert_items(
+                db,
+                batch.accepted,
+                project_id=self.project_id,
+                split=self.split,
+                uploader=self.uploader,
+            )
+            # Not added: already in the project (an earlier upload, or a concurrent one).
+            tally.duplicates += batch.duplicates + len(batch.accepted) - added
+            tally.added += added
+            tally.labeled += labeled
+            for name, reason in batch.rejected:
+                tally.reject(name, reason)
+            tally.processed = batch.upto
+            # The checkpoint commits with the rows it describes: a re-run resumes exactly here.
+            db.execute(
+                update(Job).where(Job.id == self.ctx.job_id).values(result=tally.as_result())
+            )
+        fraction = tally.processed / tally.total if tally.total else 1.0
+        if fraction - self.reported >= PROGRESS_STEP or fraction >= 1.0:
+            self.ctx.progress("importing", fraction)  # also where a cancel request stops it
+            self.reported = fraction
+
+
+def _insert_items(
+    db: Session, batch: list[Accepted], *, project_id: int, split: str, uploader: int | None
+) -> tuple[int, int]:
+    """Insert items skipping content already in the project; returns (items added, labels added)."""
+    if not batch:
+        return 0, 0
+    now = utcnow()
+    rows = [
+        {
+            "project_id": project_id,
+            "content_hash": a.content_hash,
+            "name": a.name,
+            "media_type": a.media_type,
+            "width": a.width,
+            "height": a.height,
+            "split": split,
+            "label": a.label,
+            "created_at": now,
+        }
+        for a in batch
+    ]
+    dialect = db.get_bind().dialect.name
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # ON CONFLICT DO NOTHING: the unique (project, hash) decides duplicates even when two
+    # imports of the same project race; RETURNING says which rows are new. Core tables and
+    # executemany: compiled once and cached, where a multi-VALUES ORM insert recompiles.
+    stmt = (
+        upsert(ITEMS)
+        .on_conflict_do_nothing(index_elements=["project_id", "content_hash"])
+        .returning(ITEMS.c.id, ITEMS.c.content_hash)
+    )
+    new = {h: iid for iid, h in db.execute(stmt, rows).tuples()}
+    labels = [
+        {
+            "item_id": new[a.content_hash],
+            "project_id": project_id,
+            "user_id": uploader,
+            "label": a.label,
+            "source": LabelSource.imported,
+            "key": None,
+            "created_at": now,
+            "undone_at": None,
+        }
+        for a in batch
+        if a.label is not None and a.content_hash in new
+    ]
+    if labels:
+        db.execute(insert(LABELS), labels)
+    return len(new), len(labels)
+
+
+def _inside(root: Path, relative: str) -> Path:
+    """A path under ``root``; a job's params naming anything outside it are refused."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"upload path {relative!r} is outside the uploads dir")
+    return path
+
+
+def _is_zip(path: Path, name: str) -> bool:
+    if name.lower().endswith(".zip"):
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == ZIP_MAGIC
+
+
+def _count_entries(path: Path, name: str) -> int:
+    """How many files an uploaded file contributes: 1, or an archive's file entries."""
+    if not _is_zip(path, name):
+        return 1
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return sum(1 for info in zf.infolist() if not _skipped(info))
+    except (zipfile.BadZipFile, OSError):
+        return 1  # refused as a whole, counted as one
+
+
+def _skipped(info: zipfile.ZipInfo) -> bool:
+    """Folders and macOS resource forks: not files anyone meant to upload."""
+    return info.is_dir() or info.filename.startswith("__MACOSX/")
+
+
+def _entries(path: Path, name: str, *, entry_limit: int) -> Iterator[Entry]:
+    """The files of one upload part: the part itself, or each file entry of an archive."""
+    if not _is_zip(path, name):
+        yield Entry(name=_clean_name(name), read=path.read_bytes, problem=_name_problem(name))
+        return
+    with open(path, "rb") as raw:
+        try:
+            # Mapped, not read: entries are sliced from the page cache without a seek and a
+            # read syscall each, and the archive never has to fit in memory.
+            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+            zf = zipfile.ZipFile(_MappedFile(mapped))
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            yield Entry(
+                name=_clean_name(name), read=bytes, problem=f"not a valid zip archive: {exc}"
+            )
+            return
+        with mapped, zf:
+            yield from _archive_entries(zf, path, entry_limit=entry_limit)
+
+
+class _MappedFile(io.RawIOBase):
+    """A read-only file over a memory map (mmap has no ``seekable`` before Python 3.13)."""
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        super().__init__()
+        self.mapped = mapped
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self.mapped.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.mapped.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.mapped.tell(), io.SEEK_END: len(self.mapped)}
+        self.mapped.seek(base[whence] + offset)
+        return self.mapped.tell()
+
+    def tell(self) -> int:
+        return self.mapped.tell()
+
+
+def _archive_entries(zf: zipfile.ZipFile, path: Path, *, entry_limit: int) -> Iterator[Entry]:
+    """An archive's file entries, each refused up front when its name or sizes are unsafe."""
+    budget = max(MIN_EXPANSION_BUDGET, MAX_EXPANSION * path.stat().st_size)
+    for info in zf.infolist():
+        if _skipped(info):
+            continue
+        problem = _name_problem(info.filename)
+        if problem is None:
+            if info.flag_bits & 0x1:
+                problem = "encrypted archive entry"
+            elif info.file_size > entry_limit:
+                problem = f"too large: {info.file_size} bytes uncompressed (zip bomb?)"
+            elif info.file_size > budget:
+                problem = "the archive expands far beyond its own size (zip bomb?)"
+        if problem is None:
+            budget -= info.file_size
+        yield Entry(
+            name=_clean_name(info.filename),
+            read=_zip_reader(zf, info, entry_limit),
+            problem=problem,
+        )
+
+
+def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            with zf.open(info) as f:
+                # The declared size was checked; this bounds what is actually inflated.
+                data = f.read(limit + 1)
+        except _ENTRY_ERRORS as exc:
+            raise Rejected(f"corrupt archive entry: {exc}") from exc
+        if len(data) > limit:
+            raise Rejected("too large once uncompressed (zip bomb?)")
+        return data
+
+    return read
+
+
+def _read(entry: Entry) -> bytes:
+    if entry.problem:
+        raise Rejected(entry.problem)
+    return entry.read()
+
+
+def _clean_name(name: str) -> str:
+    """The name an item keeps: its path inside the archive with forward slashes."""
+    cleaned = name.replace("\\", "/")
+    while cleaned.startswith("./"):
+        cleaned = cleaned[2:]
+    return cleaned[:MAX_NAME] or "unnamed"
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a path from a client or an archive is refused, or None when it is safe."""
+    path = name.replace("\\", "/")
+    if not path:
+        return "empty file name"
+    if "\x00" in path:
+        return "file name contains a NUL byte"
+    if path.startswith("/") or _DRIVE.match(path):
+        return "absolute path"
+    if ".." in path.split("/"):
+        return "path with '..'"
+    if len(path) > MAX_NAME:
+        return f"file name longer than {MAX_NAME} characters"
+    return None
+
+
+def _examine(
+    name: str, data: bytes, *, from_folders: bool, classes: set[str], max_pixels: int
+) -> Accepted:
+    """Check one file and describe it; raise Rejected with the reason when it is refused."""
+    if not data:
+        raise Rejected("empty file")
+    if data[:4] == ZIP_MAGIC or name.lower().endswith(".zip"):
+        raise Rejected("nested archive (zip inside an upload's zip) is not imported")
+    label = None
+    if from_folders:
+        label = PurePosixPath(name).parent.name
+        if not label:
+            raise Rejected("no folder to take the class from")
+        if label not in classes:
+            raise Rejected(f"folder {label!r} is not a class of the project")
+    width, height, media_type = _decode(data, max_pixels=max_pixels)
+    return Accepted(
+        name=name,
+        content_hash=hashlib.sha256(data).hexdigest(),
+        media_type=media_type,
+        width=width,
+        height=height,
+        label=label,
+    )
+
+
+def _decode(data: bytes, *, max_pixels: int) -> tuple[int, int, str]:
+    """Fully decode an image; returns (width, height, media type) or raises Rejected."""
+    formats = tuple(MEDIA_TYPES)
+    try:
+        im = Image.open(io.BytesIO(data), formats=formats)
+        if im.format == "PNG":
+            # Only PNG's verify() checks anything (chunk CRCs), and it leaves the image unusable.
+            im.verify()
+            im = Image.open(io.BytesIO(data), formats=formats)
+        with im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise Rejected(
+                    f"image bomb: {width}x{height} pixels is more than {max_pixels} allowed"
+                )
+            # Decoding every pixel is what catches a truncated or corrupt file.
+            im.load()
+            media_type = MEDIA_TYPES[str(im.format)]
+    except Rejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise Rejected(f"image bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise Rejected("not an image (accepted: JPEG, PNG, GIF, WebP, BMP)") from exc
+    except Exception as exc:  # Pillow raises many types on malformed data; all mean corrupt
+        raise Rejected(f"truncated or corrupt image: {exc}") from exc
+    if width < 1 or height < 1:
+        raise Rejected("image has no pixels")
+    return width, height, media_type

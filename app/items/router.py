@@ -1,0 +1,180 @@
+"""Items: upload (an import job), keyset pages, one item, its image bytes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from app.auth.deps import DB, CurrentUser, current_user
+from app.db import unit_of_work
+from app.errors import Invalid, TooLarge
+from app.items import service, storage
+from app.items.models import Split
+from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead
+from app.jobs.schemas import JobRead
+from app.projects.service import get_access
+from app.settings import get_settings
+
+router = APIRouter(tags=["items"])
+
+# Images never change under a content hash: browsers may keep them for a day without asking.
+IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "image files or .zip archives; repeat the field",
+                        },
+                        "split": {"type": "string", "enum": ["pool", "test"], "default": "pool"},
+                        "labels_from_folders": {"type": "boolean", "default": False},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _authorize_upload(request: Request, project_id: int) -> None:
+    # A read-only unit of work: on SQLite a write transaction would hold the database's write
+    # lock for as long as the client takes to send its upload.
+    with unit_of_work(write=False) as db:
+        user = current_user(request, db)
+        get_access(db, project_id=project_id, user=user, engineer=True)
+
+
+def _start_import(
+    request: Request, project_id: int, upload: storage.SpooledUpload, fields: dict[str, str]
+) -> JobRead:
+    settings = get_settings()
+    options = service.import_options(fields)
+    with unit_of_work() as db:
+        user = current_user(request, db)
+        access = get_access(db, project_id=project_id, user=user, engineer=True)
+        job = service.start_import(
+            db,
+            access=access,
+            user=user,
+            upload=upload,
+            options=options,
+            uploads_dir=settings.uploads_dir,
+        )
+        read = JobRead.model_validate(job)
+    return read
+
+
+@router.post(
+    "/api/projects/{project_id}/items",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload_items(project_id: int, request: Request) -> JobRead:
+    """Stream images or zips to disk and start their import job (engineers of the project)."""
+    settings = get_settings()
+    await run_in_threadpool(_authorize_upload, request, project_id)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise Invalid("bad Content-Length")
+        if int(declared) > settings.max_upload_bytes:
+            # Refused before a byte of the body is read.
+            raise TooLarge(
+                f"the upload is larger than the server accepts ({settings.max_upload_mb} MiB)"
+            )
+    upload = await storage.receive_multipart(
+        chunks=request.stream(),
+        content_type=request.headers.get("content-type", ""),
+        uploads_dir=settings.uploads_dir,
+        max_bytes=settings.max_upload_bytes,
+    )
+    try:
+        return await run_in_threadpool(_start_import, request, project_id, upload, upload.fields)
+    except BaseException:
+        # No job will ever read these files.
+        storage.discard(upload.dir)
+        raise
+
+
+@router.get("/api/projects/{project_id}/items")
+def list_items(
+    project_id: int,
+    user: CurrentUser,
+    db: DB,
+    status: Literal["labeled", "unlabeled"] | None = None,
+    split: Split | None = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = service.DEFAULT_PAGE,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> ItemPage:
+    """Keyset pages of the project's items in id order (members)."""
+    get_access(db, project_id=project_id, user=user)
+    items, cursor = service.list_items(
+        db, project_id=project_id, status=status, split=split, limit=limit, after=after
+    )
+    return ItemPage(items=[ItemRead.model_validate(i) for i in items], next=cursor)
+
+
+@router.get("/api/items/{item_id}")
+def get_item(item_id: int, user: CurrentUser, db: DB) -> ItemDetail:
+    """One item with its live label history, newest first (members of its project)."""
+    item, _ = service.get_item(db, item_id=item_id, user=user)
+    labels = [
+        ItemLabelRead(
+            id=label.id,
+            item_id=label.item_id,
+            label=label.label,
+            user=username,
+            source=label.source,
+            created_at=label.created_at,
+        )
+        for label, username in service.item_labels(db, item_id=item.id)
+    ]
+    return ItemDetail(
+        id=item.id,
+        name=item.name,
+        split=item.split,
+        width=item.width,
+        height=item.height,
+        label=item.label,
+        project_id=item.project_id,
+        media_type=item.media_type,
+        content_hash=item.content_hash,
+        created_at=item.created_at,
+        image_url=f"/api/items/{item.id}/image",
+        labels=labels,
+    )
+
+
+@router.get(
+    "/api/items/{item_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}},
+)
+def get_image(item_id: int, request: Request, user: CurrentUser, db: DB) -> Response:
+    """The image bytes with a strong ETag (the content hash); 304 when the client has them."""
+    item, _ = service.get_item(db, item_id=item_id, user=user)
+    etag = f'"{item.content_hash}"'
+    headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    path = service.image_file(get_settings().images_dir, item)
+    return FileResponse(path, media_type=item.media_type, headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match uses the weak comparison: W/ prefixes are ignored, * matches anything."""
+    if not if_none_match:
+        return False
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return any(t == "*" or t.removeprefix("W/") == etag for t in tags)

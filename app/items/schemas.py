@@ -1,0 +1,49 @@
+"""Shapes of items, item pages and an item's label history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ItemRead(BaseModel):
+    """An item as clients rely on it: ``name`` is its path in the upload, ``label`` its class."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    split: str
+    width: int
+    height: int
+    label: str | None
+
+
+class ItemPage(BaseModel):
+    """One keyset page; ``next`` is an opaque cursor for the following page, null on the last."""
+
+    items: list[ItemRead]
+    next: str | None
+
+
+class ItemLabelRead(BaseModel):
+    """One live label of an item's history; ``user`` is the author's username."""
+
+    id: int
+    item_id: int
+    label: str
+    user: str | None
+    source: str
+    created_at: datetime
+
+
+class ItemDetail(ItemRead):
+    """An item with its stored facts and its label history, newest first (undone ones left out)."""
+
+    project_id: int
+    media_type: str
+    content_hash: str
+    created_at: datetime
+    image_url: str
+    labels: list[ItemLabelRead]

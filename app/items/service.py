@@ -1,0 +1,159 @@
+"""Items: starting imports, keyset pages, one item with its history, its image file."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth.models import User
+from app.errors import Invalid, NotFound
+from app.items.models import Item, Split
+from app.items.storage import SpooledUpload, image_path
+from app.jobs.models import Job, JobKind
+from app.jobs.service import create_job
+from app.labeling.models import Label
+from app.projects.service import Access, get_access
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """The form fields of an upload besides its files."""
+
+    split: Split
+    labels_from_folders: bool
+
+
+def import_options(fields: dict[str, str]) -> ImportOptions:
+    """Read ``split`` and ``labels_from_folders`` from an upload's fields; 422 when they are bad."""
+    unknown = set(fields) - {"split", "labels_from_folders"}
+    if unknown:
+        raise Invalid(f"unknown form fields: {', '.join(sorted(unknown))}")
+    raw_split = fields.get("split", Split.pool).strip().lower() or Split.pool
+    if raw_split not in Split.__members__:
+        raise Invalid("split must be 'pool' or 'test'")
+    flag = fields.get("labels_from_folders", "false").strip().lower()
+    if flag not in _TRUE | _FALSE:
+        raise Invalid("labels_from_folders must be true or false")
+    return ImportOptions(split=Split(raw_split), labels_from_folders=flag in _TRUE)
+
+
+def start_import(
+    db: Session,
+    *,
+    access: Access,
+    user: User,
+    upload: SpooledUpload,
+    options: ImportOptions,
+    uploads_dir: Path,
+) -> Job:
+    """Write the import job for a spooled upload; it runs once the request commits."""
+    if not upload.files:
+        raise Invalid("the upload has no file: send images or a .zip in the 'file' field")
+    strays = sorted({f.field for f in upload.files} - {"file"})
+    if strays:
+        raise Invalid(f"files go in the 'file' field, not {', '.join(map(repr, strays))}")
+    return create_job(
+        db,
+        kind=JobKind.import_,
+        project_id=access.project.id,
+        params={
+            # Relative to the uploads dir, so a worker with the data dir elsewhere finds them.
+            "upload_dir": str(upload.dir.relative_to(uploads_dir)),
+            "files": [{"path": f.path, "name": f.name, "size": f.size} for f in upload.files],
+            "split": options.split.value,
+            "labels_from_folders": options.labels_from_folders,
+        },
+        created_by=user.id,
+    )
+
+
+def encode_cursor(item_id: int) -> str:
+    """An opaque cursor for the page after this item."""
+    return base64.urlsafe_b64encode(str(item_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The item id behind a cursor; 422 for anything this server did not hand out."""
+    if not _CURSOR.fullmatch(cursor):
+        raise Invalid("after is not a cursor from a previous page")
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise Invalid("after is not a cursor from a previous page") from exc
+    if not text.isdigit() or len(text) > 18:
+        raise Invalid("after is not a cursor from a previous page")
+    return int(text)
+
+
+def list_items(
+    db: Session,
+    *,
+    project_id: int,
+    status: str | None = None,
+    split: str | None = None,
+    limit: int = DEFAULT_PAGE,
+    after: str | None = None,
+) -> tuple[list[Item], str | None]:
+    """One keyset page of a project's items in id order, and the cursor of the next (no COUNT)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise Invalid(f"limit must be between 1 and {MAX_PAGE}")
+    query = select(Item).where(Item.project_id == project_id)
+    if split is not None:
+        query = query.where(Item.split == split)
+    if status == "labeled":
+        query = query.where(Item.label.is_not(None))
+    elif status == "unlabeled":
+        query = query.where(Item.label.is_(None))
+    elif status is not None:
+        raise Invalid("status must be 'labeled' or 'unlabeled'")
+    if after is not None:
+        query = query.where(Item.id > decode_cursor(after))
+    # One row more than asked says whether a next page exists without counting.
+    rows = list(db.scalars(query.order_by(Item.id).limit(limit + 1)))
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].id)
+    return rows, None
+
+
+def get_item(db: Session, *, item_id: int, user: User) -> tuple[Item, Access]:
+    """An item the caller may see; 404 when it is missing or in a project they cannot see."""
+    item = db.get(Item, item_id)
+    if item is None:
+        raise NotFound("no such item")
+    try:
+        access = get_access(db, project_id=item.project_id, user=user)
+    except NotFound:
+        raise NotFound("no such item") from None
+    return item, access
+
+
+def item_labels(db: Session, *, item_id: int) -> list[tuple[Label, str | None]]:
+    """An item's live labels, newest first, with their authors' usernames."""
+    rows = db.execute(
+        select(Label, User.username)
+        .outerjoin(User, User.id == Label.user_id)
+        .where(Label.item_id == item_id, Label.undone_at.is_(None))
+        .order_by(Label.id.desc())
+    )
+    return [(label, username) for label, username in rows.tuples()]
+
+
+def image_file(images_dir: Path, item: Item) -> Path:
+    """The stored file of an item's image; 404 if it has gone missing from the disk."""
+    path = image_path(images_dir, item.content_hash)
+    if not path.is_file():
+        raise NotFound("the image file of this item is missing")
+    return path
