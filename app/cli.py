@@ -71,6 +71,12 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="svplabel", description=__doc__)
@@ -108,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool", default="prefork", choices=["prefork", "solo", "threads"], help="Celery pool"
     )
     worker.set_defaults(func=_worker)
+
+    demo = sub.add_parser("demo", help="demo project, users, server and worker together")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.set_defaults(func=_demo)
 
     for register in EXTRA_COMMANDS:
         register(sub)
