@@ -67,7 +67,13 @@ def _worker(args: argparse.Namespace) -> int:
     from worker.celery_app import run_worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    run_worker(concurrency=args.concurrency, queues=queues, name=args.name, pool=args.pool)
+    run_worker(
+        concurrency=args.concurrency,
+        queues=queues,
+        name=args.name,
+        pool=args.pool,
+        events=args.events,
+    )
     return 0
 
 
@@ -112,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", default=None, help="node name (default: svp-<pid>@<host>)")
     worker.add_argument(
         "--pool", default="prefork", choices=["prefork", "solo", "threads"], help="Celery pool"
+    )
+    worker.add_argument(
+        "--events", action="store_true", help="send task events (for Flower's task views)"
     )
     worker.set_defaults(func=_worker)
 

@@ -173,6 +173,7 @@ def run_worker(
     name: str | None = None,
     pool: str = "prefork",
     loglevel: str | None = None,
+    events: bool = False,
 ) -> None:
     """Run one Celery worker in this process until it is stopped."""
     settings = get_settings()
@@ -188,6 +189,8 @@ def run_worker(
         "--without-gossip",
         "--without-mingle",
     ]
+    if events:
+        argv.append("--task-events")
     celery.worker_main(argv)
 
 
