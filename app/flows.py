@@ -40,6 +40,9 @@ def _batch_done(db: Session, *, round_id: int) -> bool:
     open_item = db.scalar(
         select(Selection.id)
         .where(Selection.round_id == round_id, Selection.labeled == false())
+        # The order pins the plan to ix_selections_round_labeled_rank: a seq scan "finds" an
+        # open row at once in a fresh batch, but walks the whole batch when it is nearly done.
+        .order_by(Selection.labeled, Selection.rank)
         .limit(1)
     )
     return open_item is None

@@ -114,8 +114,8 @@ def test_processes_never_share_an_item(tmp_path: Path, database_url: str) -> Non
     url = f"sqlite:///{tmp_path / 'procs.sqlite3'}" if BACKEND == "sqlite" else database_url
     names = [f"ann{k}" for k in range(4)]
     with stack(tmp_path, database_url=url) as s:
-        # Two server processes, so the race is between database sessions, not one event loop.
-        s.serve("--workers", "2")
+        # One process first: it makes the first admin (two would race to create it).
+        first = s.serve()
         with httpx.Client(base_url=s.url, timeout=30) as admin:
             r = admin.post(
                 "/api/auth/login", json={"username": "admin", "password": "admin-password"}
@@ -166,6 +166,9 @@ def test_processes_never_share_an_item(tmp_path: Path, database_url: str) -> Non
                     for k, iid in enumerate(ids)
                 ],
             )
+        first.stop()
+        # Two server processes, so the race is between database sessions, not one event loop.
+        s.serve("--workers", "2")
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         procs = [

@@ -117,7 +117,10 @@ def _open_items(
             Item.label.is_(None),
             free,
         )
-        .order_by(Selection.rank)
+        # "labeled, rank", not just "rank": with labeled fixed this is the same order, but only
+        # ix_selections_round_labeled_rank delivers it, so the planner cannot pick the unique
+        # (round_id, rank) index and filter its way past every labelled item of the batch.
+        .order_by(Selection.labeled, Selection.rank)
         .limit(n)
     )
     if exclude:
