@@ -1,0 +1,40 @@
+# The production image: one image for the server and the workers (docker-compose.yml runs both).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /srv/svp-label
+
+# CPU wheels of torch from the PyTorch CPU index, installed before the package: the default
+# wheels on PyPI bundle CUDA (gigabytes) that CPU workers never use. This layer changes only when
+# the torch pin does, so code changes rebuild in seconds. (A GPU worker image would take the
+# matching CUDA index instead.)
+RUN pip install --index-url https://download.pytorch.org/whl/cpu \
+        "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
+
+COPY pyproject.toml README.md alembic.ini ./
+COPY app ./app
+COPY worker ./worker
+COPY svp ./svp
+COPY migrations ./migrations
+COPY frontend ./frontend
+# Installed in place (editable): the server serves frontend/ from beside the app package, and
+# frontend/ is not a Python package that a wheel would carry.
+RUN pip install -e .
+
+RUN useradd --create-home --uid 10001 svp \
+    && mkdir -p /data \
+    && chown svp /data
+USER svp
+
+# Images, uploads and caches; shared by the server and every worker (a volume in compose).
+ENV SVP_DATA_DIR=/data \
+    SVP_ENVIRONMENT=production
+VOLUME ["/data"]
+EXPOSE 8000
+
+# `serve` migrates the database first; workers run `svplabel worker` from the same image.
+CMD ["svplabel", "serve", "--host", "0.0.0.0", "--port", "8000"]
