@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import struct
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from app.jobs.models import Job
 from app.jobs.service import JobContext, run_job
 from app.labeling.models import Label
 from app.settings import Settings, get_settings
+from tests.conftest import SHARED_DATA, needs_shared_data
 from tests.factories import Factory, png_bytes
 
 
@@ -292,14 +294,23 @@ def test_zip_bombs_by_declared_and_actual_size(
     eng = factory.user("engineer")
     project = factory.project(eng)
     c = factory.client(eng)
-    done = factory.wait_job(
-        upload(c, project.id, [("honest.zip", honest), ("liar.zip", bytes(liar))])[1]["id"]
-    )
+    monkeypatch.setattr(importer, "MAX_ARCHIVE_ENTRIES", 3)
+    crowded = zip_bytes({f"{i}.png": png_bytes(i) for i in range(10, 14)})
+    files = [
+        ("honest.zip", honest),
+        ("liar.zip", bytes(liar)),
+        ("crowded.zip", crowded),
+        ("plain.bmp", b"BM" + b"\0" * (2 << 20)),
+    ]
+    done = factory.wait_job(upload(c, project.id, files)[1]["id"])
     assert done.result is not None
     reasons = {r["name"]: r["reason"] for r in done.result["rejected"]}
     assert done.result["added"] == 1
     assert "too large" in reasons["bomb.bmp"]
     assert "corrupt archive entry" in reasons["liar.png"]
+    assert "more than 3 entries" in reasons["crowded.zip"]
+    assert "too large" in reasons["plain.bmp"]
+    assert len(reasons) == 4
 
 
 def test_a_broken_zip_is_refused_and_the_rest_imports(factory: Factory) -> None:
@@ -477,3 +488,27 @@ def test_import_resumes_after_a_crash_without_double_counting(
     assert result["processed"] == result["total"] == 9
     assert len(item_rows(project.id)) == 7
     assert files_under(settings.uploads_dir) == set()
+
+
+@pytest.mark.slow
+@pytest.mark.cifar
+@needs_shared_data()
+def test_cifar10_train_zip_imports_fast(factory: Factory, settings: Settings) -> None:
+    """50,000 JPEGs in class folders: all imported and labelled; prints the rate."""
+    eng = factory.user("engineer")
+    classes = ["airplane", "automobile", "bird", "cat", "deer"]
+    classes += ["dog", "frog", "horse", "ship", "truck"]
+    project = factory.project(eng, classes=classes)
+    data = (SHARED_DATA / "cifar10" / "train.zip").read_bytes()
+    job_id = _make_job(factory, settings, project.id, eng.id, data)
+    started = time.perf_counter()
+    assert run_job(job_id) == "succeeded"
+    elapsed = time.perf_counter() - started
+    result = factory.wait_job(job_id).result
+    assert result is not None
+    assert (result["added"], result["labeled"], result["rejected_count"]) == (50_000, 50_000, 0)
+    print(
+        f"\nCIFAR-10 train.zip: 50,000 images in {elapsed:.1f}s = {50_000 / elapsed:.0f} images/s"
+    )
+    # Loose on purpose (a shared CI box): an order of magnitude below what it does alone.
+    assert 50_000 / elapsed > 300

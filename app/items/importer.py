@@ -20,9 +20,10 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import Table, insert, update
@@ -52,6 +53,9 @@ MAX_REJECTED_LISTED = 1000
 MAX_EXPANSION = 20
 MIN_EXPANSION_BUDGET = 1 << 30
 MAX_NAME = 1024
+# zipfile holds every entry's header in memory: a million is ~0.5 GB, and more than any upload
+# of images needs (a larger collection goes in several archives).
+MAX_ARCHIVE_ENTRIES = 1_000_000
 # A batch closes early past this many image bytes, bounding what waits in memory for the disk.
 MAX_BATCH_BYTES = 64 << 20
 ZIP_MAGIC = b"PK\x03\x04"
@@ -387,14 +391,50 @@ def _is_zip(path: Path, name: str) -> bool:
 
 
 def _count_entries(path: Path, name: str) -> int:
-    """How many files an uploaded file contributes: 1, or an archive's file entries."""
+    """How many entries ``_entries`` yields for an uploaded file (positions must agree)."""
     if not _is_zip(path, name):
         return 1
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return sum(1 for info in zf.infolist() if not _skipped(info))
-    except (zipfile.BadZipFile, OSError):
-        return 1  # refused as a whole, counted as one
+    with _open_archive(path) as opened:
+        if isinstance(opened, str):
+            return 1  # refused as a whole, counted as one
+        return sum(1 for info in opened.infolist() if not _skipped(info))
+
+
+@contextmanager
+def _open_archive(path: Path) -> Iterator[zipfile.ZipFile | str]:
+    """The archive, memory-mapped; or why it cannot be opened."""
+    with open(path, "rb") as raw:
+        try:
+            entries = _declared_entries(raw)
+            # Mapped, not read: entries are sliced from the page cache without a seek and a
+            # read syscall each, and the archive never has to fit in memory.
+            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            yield f"not a valid zip archive: {exc}"
+            return
+        with mapped:
+            if entries is not None and entries > MAX_ARCHIVE_ENTRIES:
+                # Refused before zipfile parses a central directory that could fill the memory.
+                yield f"more than {MAX_ARCHIVE_ENTRIES} entries in one archive"
+                return
+            try:
+                zf = zipfile.ZipFile(_MappedFile(mapped))
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                problem = f"not a valid zip archive: {exc}"
+            else:
+                with zf:
+                    yield zf
+                return
+            yield problem
+
+
+def _declared_entries(raw: BinaryIO) -> int | None:
+    """The entry count an archive's end record declares (None when there is no end record)."""
+    # zipfile's own reader of the end record: private, but unchanged since Python 2.
+    end_record = getattr(zipfile, "_EndRecData")(raw)  # noqa: B009
+    if not end_record:
+        return None
+    return int(end_record[getattr(zipfile, "_ECD_ENTRIES_TOTAL")])  # noqa: B009
 
 
 def _skipped(info: zipfile.ZipInfo) -> bool:
@@ -405,21 +445,16 @@ def _skipped(info: zipfile.ZipInfo) -> bool:
 def _entries(path: Path, name: str, *, entry_limit: int) -> Iterator[Entry]:
     """The files of one upload part: the part itself, or each file entry of an archive."""
     if not _is_zip(path, name):
-        yield Entry(name=_clean_name(name), read=path.read_bytes, problem=_name_problem(name))
+        problem = _name_problem(name)
+        if problem is None and path.stat().st_size > entry_limit:
+            problem = f"too large: {path.stat().st_size} bytes for one image"
+        yield Entry(name=_clean_name(name), read=path.read_bytes, problem=problem)
         return
-    with open(path, "rb") as raw:
-        try:
-            # Mapped, not read: entries are sliced from the page cache without a seek and a
-            # read syscall each, and the archive never has to fit in memory.
-            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
-            zf = zipfile.ZipFile(_MappedFile(mapped))
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            yield Entry(
-                name=_clean_name(name), read=bytes, problem=f"not a valid zip archive: {exc}"
-            )
+    with _open_archive(path) as opened:
+        if isinstance(opened, str):
+            yield Entry(name=_clean_name(name), read=bytes, problem=opened)
             return
-        with mapped, zf:
-            yield from _archive_entries(zf, path, entry_limit=entry_limit)
+        yield from _archive_entries(opened, path, entry_limit=entry_limit)
 
 
 class _MappedFile(io.RawIOBase):
