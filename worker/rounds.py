@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.db import unit_of_work
 from app.items.models import Item, Split
@@ -149,7 +150,7 @@ def run_round(ctx: JobContext) -> dict[str, Any]:
         raise
 
 
-def _already_settled(db: Any, round_id: int) -> dict[str, Any]:
+def _already_settled(db: Session, round_id: int) -> dict[str, Any]:
     """What a redelivered or late job finds: a batch already chosen, or a round ended."""
     rnd = db.get(Round, round_id)
     if rnd is None:
