@@ -44,11 +44,12 @@ export async function renderAdmin(main, ctx) {
     }
     const workers = health.workers || [];
     const dbOk = health.database === "ok";
-    const brokerOk = ["ok", "inline"].includes(health.broker);
+    const broker = String(health.broker || "unknown");
+    const brokerOk = broker.startsWith("ok") || broker === "inline";
     fill(healthBox,
       h("div", { class: "stats" },
         h("div", { class: "stat", "data-health": "database" }, h("b", null, statusPill(dbOk ? "ok" : "failed")), h("span", null, `database: ${health.database}`)),
-        h("div", { class: "stat", "data-health": "broker" }, h("b", null, statusPill(brokerOk ? "ok" : health.broker === "unknown" ? "queued" : "failed")), h("span", null, `broker: ${health.broker}`)),
+        h("div", { class: "stat", "data-health": "broker" }, h("b", null, statusPill(brokerOk ? "ok" : broker === "unknown" ? "unknown" : "failed")), h("span", null, `broker: ${health.broker}`)),
         h("div", { class: "stat", "data-health": "workers" }, h("b", null, workers.length), h("span", null, workers.length === 1 ? "worker alive" : "workers alive"))),
       workers.length
         ? h("div", { class: "table-wrap" }, h("table", { id: "workers" },
@@ -93,7 +94,9 @@ export async function renderAdmin(main, ctx) {
       h("td", { class: "num" }, j.id),
       h("td", null, j.kind),
       h("td", null, project),
-      h("td", null, statusPill(j.status)),
+      h("td", null, statusPill(j.status),
+        j.cancel_requested && !["canceled", "failed", "succeeded"].includes(j.status) ? h("div", { class: "small muted" }, "stopping…") : null,
+        j.attempts > 1 ? h("div", { class: "small muted" }, `attempt ${j.attempts}`) : null),
       h("td", null, j.stage || "—"),
       h("td", null, progressBar(j.progress, `job ${j.id} progress`)),
       h("td", { class: "mono small" }, j.worker || "—"),
@@ -103,7 +106,9 @@ export async function renderAdmin(main, ctx) {
         j.finished_at ? h("div", null, "finished ", when(j.finished_at)) : null),
       h("td", { class: "nowrap" }, actions))];
     if (j.error) {
-      const firstLine = j.error.split("\n").find((l) => l.trim()) || j.error;
+      // A traceback ends with the exception and its message: that line says what went wrong.
+      const lines = j.error.split("\n").filter((l) => l.trim());
+      const firstLine = (lines[0] || "").startsWith("Traceback") ? lines[lines.length - 1] : lines[0] || j.error;
       rows.push(h("tr", { class: "job-error", "data-job-error": j.id },
         h("td", { colspan: "9" },
           h("details", { "data-job": j.id, open: open.has(String(j.id)) },
@@ -170,7 +175,7 @@ export async function renderAdmin(main, ctx) {
   main.append(h("h1", null, "Monitor"), h("div", { class: "stack" },
     section("Workers and broker", "health-section", healthBox),
     section("Jobs", "jobs-section",
-      h("div", { class: "form-row", style: { marginBottom: "0.6rem" } },
+      h("div", { class: "form-row filters", style: { marginBottom: "0.6rem" } },
         h("div", { class: "field" }, h("label", { for: "job-status" }, "Status"), statusFilter),
         h("div", { class: "field" }, h("label", { for: "job-kind" }, "Kind"), kindFilter)),
       h("div", { class: "table-wrap" }, h("table", { id: "jobs" },

@@ -64,7 +64,8 @@ export async function renderLabel(main, ctx, pidText) {
     round: null,
     queue: [], // leased entries, the one on screen first
     handled: new Set(), // items labelled (or being labelled) on this page
-    skipped: new Set(),
+    // Skipped on this tab (kept over a reload): the server passes them over for this user a while.
+    skipped: new Set(JSON.parse(sessionStorage.getItem(`svp.skipped.${pid}`) || "[]")),
     acts: [], // undo stack: {items: [{entry, key, labelId, undo}], }
     fetching: null,
     exhausted: false,
@@ -134,7 +135,7 @@ export async function renderLabel(main, ctx, pidText) {
     onRejected: (entry, err) => {
       const act = findAct(entry.key);
       toast(`The label “${entry.label}” was refused: ${err.message}`, { bad: true, ms: 8000 });
-      if (act) {
+      if (act && !act.undo) {
         state.handled.delete(entry.item_id);
         bumpDone(-1);
       }
@@ -146,12 +147,13 @@ export async function renderLabel(main, ctx, pidText) {
     },
   });
 
+  // Acts not yet acknowledged, by key, whether or not they are still on the undo stack: an act
+  // undone while its request was on the way is found here when the answer comes.
+  const unacked = new Map();
   function findAct(key) {
-    for (const group of state.acts) {
-      const act = group.items.find((a) => a.key === key);
-      if (act) return act;
-    }
-    return null;
+    const act = unacked.get(key) || null;
+    unacked.delete(key);
+    return act;
   }
 
   function renderSync() {
@@ -211,7 +213,8 @@ export async function renderLabel(main, ctx, pidText) {
 
   /**
    * How many of the round's batch are labelled: a count on the round, else the batch entries'
-   * `labeled` flags, else (neither offered) the acts made on this page.
+   * `labeled` flags, else the project's labelled count less the one the round began with,
+   * else (none of these offered) the acts made on this page.
    */
   async function batchLabelled(round) {
     if (round.status === "completed") return { done: round.batch_size, total: round.batch_size, ids: null };
@@ -219,7 +222,17 @@ export async function renderLabel(main, ctx, pidText) {
     if (typeof counted === "number") return { done: counted, total: round.batch_size, ids: null };
     const rows = await get(`/api/rounds/${round.id}/selection`);
     const flagged = rows.length && rows.some((r) => "labeled" in r || "label" in r);
-    if (!flagged) return { done: state.done ?? 0, total: rows.length || round.batch_size, ids: new Set(), local: true };
+    if (!flagged) {
+      // The round recorded how many items were labelled when it began: labels since then are
+      // (nearly always) labels of its batch.
+      const before = round.metrics && round.metrics.labeled;
+      if (typeof before === "number") {
+        const now = await get(`/api/projects/${pid}`);
+        const labelled = (now.counts ? now.counts.labeled : now.labeled) - before;
+        return { done: Math.max(0, Math.min(labelled, rows.length || round.batch_size)), total: rows.length || round.batch_size, ids: null };
+      }
+      return { done: state.done ?? 0, total: rows.length || round.batch_size, ids: new Set(), local: true };
+    }
     const ids = new Set(rows.filter((r) => r.labeled || r.label).map((r) => r.item_id));
     return { done: ids.size, total: rows.length || round.batch_size, ids };
   }
@@ -249,6 +262,7 @@ export async function renderLabel(main, ctx, pidText) {
         state.exhausted = added === 0;
         return added;
       } catch (err) {
+        if (state.stopped) return 0;
         if (err instanceof NetworkError) {
           state.offline = true;
           renderSync();
@@ -400,15 +414,16 @@ export async function renderLabel(main, ctx, pidText) {
       const total = state.total ?? state.round.batch_size;
       const done = state.round.status === "completed" ? total : state.done ?? 0;
       const complete = done >= total;
+      const skipped = complete ? 0 : state.skipped.size;
+      const minutes = Math.round((project.settings?.lease_seconds ?? 600) / 60);
       message = h("div", { class: "stage-empty", id: "batch-state", "data-state": complete ? "done" : "held" },
         h("h2", null, complete ? "This batch is done" : "Nothing left for you in this batch"),
         h("p", null, complete
           ? `All ${total} images of round ${state.round.number} are labelled. Thank you!`
-          : `${done} of ${total} are labelled; the rest are held by other annotators right now.`),
-        state.skipped.size
-          ? [h("p", null, `You skipped ${state.skipped.size}.`),
-            h("button", { type: "button", class: "btn", onclick: () => { state.skipped.clear(); checkAgain(); } }, "Show skipped images again")]
-          : null,
+          : `${done} of ${total} are labelled.`),
+        !complete ? h("p", null, skipped
+          ? `You skipped ${skipped}: skipped images go to other annotators first, and come back to you after about ${minutes} minute${minutes === 1 ? "" : "s"}.`
+          : "The rest are held by other annotators right now.") : null,
         h("button", { type: "button", class: "btn", onclick: checkAgain }, "Check for more"));
     } else {
       const latest = state.latest;
@@ -457,7 +472,9 @@ export async function renderLabel(main, ctx, pidText) {
       const label = name ?? (entry.suggestion && entry.suggestion.label);
       if (!label) continue;
       const key = newKey();
-      group.items.push({ entry, key, label, labelId: null, undo: false });
+      const act = { entry, key, label, labelId: null, undo: false };
+      group.items.push(act);
+      unacked.set(key, act);
       state.handled.add(entry.item_id);
     }
     if (!group.items.length) {
@@ -471,6 +488,8 @@ export async function renderLabel(main, ctx, pidText) {
     for (const id of gone) state.selected.delete(id);
     if (name) flash(name);
     bumpDone(group.items.length);
+    // The queue ran dry: say "loading" while the server is asked, never a premature "done".
+    if (state.queue.length === 0) state.exhausted = false;
     // Show the next image first, then hand the labels to the outbox: the user never waits.
     render();
     for (const act of group.items) outbox.add({ key: act.key, item_id: act.entry.item_id, label: act.label, project_id: pid });
@@ -483,12 +502,14 @@ export async function renderLabel(main, ctx, pidText) {
     const gone = new Set(items.map((e) => e.item_id));
     for (const id of gone) {
       state.skipped.add(id);
+      sessionStorage.setItem(`svp.skipped.${pid}`, JSON.stringify([...state.skipped].slice(-500)));
       state.selected.delete(id);
       post(`/api/projects/${pid}/queue/skip`, { item_id: id }).catch(() => {
         // The lease lapses by itself if this does not arrive.
       });
     }
     state.queue = state.queue.filter((e) => !gone.has(e.item_id));
+    if (state.queue.length === 0) state.exhausted = false;
     render();
     ensure();
   }
@@ -519,7 +540,9 @@ export async function renderLabel(main, ctx, pidText) {
             return;
           }
         }
-      } else if (!outbox.cancel(act.key)) {
+      } else if (outbox.cancel(act.key)) {
+        unacked.delete(act.key);
+      } else {
         // On its way right now: undo it as soon as the server has it.
         act.undo = true;
       }

@@ -12,7 +12,7 @@ const STRATEGIES = [
   ["kcenter", "k-centre (core-set)"],
   ["random", "Random"],
 ];
-const PROXIES = ["tiny_cnn", "small_cnn", "preact20", "preact56", "preact110", "preact164"];
+const PROXIES = ["tiny_cnn", "small_cnn", "preact8", "preact20", "preact56", "preact110", "preact164"];
 const ACTIVE = new Set(["queued", "running"]);
 const JOB_DONE = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -30,6 +30,12 @@ function evaluationPoint(job) {
   const labels = r.labeled ?? r.labelled ?? r.n_labeled ?? r.labels ?? r.train_size;
   const acc = r.test_accuracy ?? r.accuracy ?? r.target_accuracy;
   return { labels: typeof labels === "number" ? labels : null, acc: typeof acc === "number" ? acc : null };
+}
+
+/** What a round is doing: its job's stage while it runs, then what its status means. */
+function stageText(status, stage) {
+  if (ACTIVE.has(status)) return stage || (status === "queued" ? "waiting for a worker" : "starting");
+  return { labeling: "batch ready", completed: "labelled", failed: "—", canceled: "—" }[status] || "—";
 }
 
 function section(title, id, ...children) {
@@ -162,9 +168,13 @@ export async function renderProject(main, ctx, pidText) {
     }
     const r = job.result || {};
     const rejected = r.rejected || [];
+    // The server lists the first rejected files by name and counts them all.
+    const rejectedCount = r.rejected_count ?? rejected.length;
     return h("div", { id: "import-report", class: "stack" },
-      h("p", { class: rejected.length ? "notice warn" : "notice ok" },
-        `Added ${r.added ?? 0}, duplicates ${r.duplicates ?? 0}, rejected ${rejected.length}.`),
+      h("p", { class: rejectedCount ? "notice warn" : "notice ok" },
+        `Added ${r.added ?? 0}, duplicates ${r.duplicates ?? 0}, rejected ${rejectedCount}.`,
+        r.labeled ? ` ${r.labeled} labelled from folder names.` : ""),
+      rejectedCount > rejected.length ? h("p", { class: "small muted" }, `Showing the first ${rejected.length} rejected files.`) : null,
       rejected.length
         ? h("div", { class: "table-wrap" }, h("table", { id: "rejected" },
           h("caption", { class: "small muted", style: { textAlign: "left" } }, "Rejected files"),
@@ -230,7 +240,7 @@ export async function renderProject(main, ctx, pidText) {
       h("td", { class: "round-status" }, statusPill(r.status)),
       h("td", null, r.strategy),
       h("td", { class: "num" }, r.batch_size),
-      h("td", { class: "round-stage" }, r.stage || "—"),
+      h("td", { class: "round-stage" }, stageText(r.status, r.stage)),
       h("td", { class: "round-progress" }, progressBar(r.progress, `round ${r.number} progress`)),
       h("td", { class: "num" }, point.labels ?? "—"),
       h("td", { class: "num" }, pct(point.acc)),
@@ -271,7 +281,7 @@ export async function renderProject(main, ctx, pidText) {
       if (row) {
         row.dataset.status = data.status;
         fill(row.querySelector(".round-status"), statusPill(data.status));
-        fill(row.querySelector(".round-stage"), data.stage || "—");
+        fill(row.querySelector(".round-stage"), stageText(data.status, data.stage));
         fill(row.querySelector(".round-progress"), progressBar(data.progress, `round ${r.number} progress`));
       }
       if (!ACTIVE.has(data.status)) {
@@ -310,7 +320,7 @@ export async function renderProject(main, ctx, pidText) {
     fill(batchBox,
       h("p", { class: "small muted" }, `Round ${r.number}: ${entries.length} items, ranked by ${r.strategy} score.`),
       h("div", { class: "thumbs" }, entries.slice(0, 200).map((e) => h("figure", { class: "thumb", "data-item-id": e.item_id },
-        h("img", { src: e.image_url, alt: e.name, loading: "lazy", width: "96", height: "96" }),
+        h("img", { src: e.image_url, alt: e.name, width: "96", height: "96" }),
         h("figcaption", null,
           h("div", { class: "mono" }, `#${e.rank} · ${e.score.toFixed(3)}`),
           h("div", null, e.suggestion && e.suggestion.label ? `${e.suggestion.label} ${pct(e.suggestion.confidence)}` : "—"))))),

@@ -1,0 +1,247 @@
+"""Helpers for driving the front end in Debian's chromium against real ``svplabel`` processes.
+
+Used by tests/test_browser.py and bench/ui_label_speed.py. Data that a test needs but that is not
+what it tests (users, a project, images, a round already in labelling) is made through the real
+API, or written straight into the test's database and data dir the way the server would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+
+from app.items.models import Item
+from app.items.storage import image_path
+from app.rounds.models import Round, Selection
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "correct horse battery"
+ADMIN = ("admin", "admin-password")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+
+
+def chromium_missing_reason() -> str | None:
+    """Why browser tests cannot run here, or None when they can."""
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed"
+    return None
+
+
+@contextmanager
+def launched_browser() -> Iterator[Any]:
+    """Debian's chromium, headless, through playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """Save a full-page screenshot under test-output/screenshots/ (gitignored)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    # From the top: a full-page capture of a scrolled page draws the sticky bar mid-page.
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def sign_in(page: Any, base_url: str, username: str, password: str = PASSWORD) -> None:
+    """Sign in through the login form and wait for the project list."""
+    page.goto(f"{base_url}/#/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/#/projects")
+    page.get_by_role("heading", name="Projects").wait_for()
+
+
+class Api:
+    """A signed-in HTTP client for setting up data through the real API."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        r = self.http.post("/api/auth/login", json={"username": username, "password": password})
+        r.raise_for_status()
+        self.http.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+
+    def __call__(self, method: str, path: str, **kw: Any) -> Any:
+        r = self.http.request(method, path, **kw)
+        assert r.status_code < 400, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json() if r.content else None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+
+def make_user(admin: Api, username: str, role: str) -> dict[str, Any]:
+    """A user with the shared test password."""
+    return admin(
+        "POST", "/api/users", json={"username": username, "password": PASSWORD, "role": role}
+    )
+
+
+def digit_png(seed: int, size: int = 32) -> bytes:
+    """A small, distinct PNG: a coloured square with a few random blocks (like a CIFAR image)."""
+    rnd = random.Random(seed)
+    img = Image.new(
+        "RGB", (size, size), (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256))
+    )
+    for _ in range(6):
+        x, y = rnd.randrange(size - 6), rnd.randrange(size - 6)
+        colour = (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256))
+        for dx in range(6):
+            for dy in range(6):
+                img.putpixel((x + dx, y + dy), colour)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class Batch:
+    """A round in labelling with its batch, written straight to the database."""
+
+    round_id: int
+    item_ids: list[int]
+
+
+def engine_for(database_url: str) -> Any:
+    """An engine on the test's database that waits for the server's writes instead of failing."""
+    if database_url.startswith("sqlite"):
+        return create_engine(database_url, connect_args={"timeout": 30})
+    return create_engine(database_url)
+
+
+def insert_items(
+    database_url: str,
+    data_dir: Path,
+    project_id: int,
+    n: int,
+    *,
+    split: str = "pool",
+    seed: int = 0,
+) -> list[int]:
+    """Store ``n`` distinct PNGs in the data dir and their items in the database."""
+    images = data_dir / "images"
+    rows = []
+    for i in range(n):
+        data = digit_png(seed * 100_000 + i)
+        digest = hashlib.sha256(data).hexdigest()
+        path = image_path(images, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        rows.append(
+            Item(
+                project_id=project_id,
+                content_hash=digest,
+                name=f"{split}/img_{seed}_{i:05d}.png",
+                media_type="image/png",
+                width=32,
+                height=32,
+                split=split,
+            )
+        )
+    engine = engine_for(database_url)
+    try:
+        with Session(engine) as db, db.begin():
+            db.add_all(rows)
+            db.flush()
+            return [r.id for r in rows]
+    finally:
+        engine.dispose()
+
+
+def insert_labeling_round(
+    database_url: str, project_id: int, item_ids: list[int], classes: list[str]
+) -> Batch:
+    """A round already in ``labeling`` whose batch is ``item_ids``, with suggestions."""
+    engine = engine_for(database_url)
+    rnd = random.Random(7)
+    try:
+        with Session(engine) as db, db.begin():
+            number = (
+                db.scalar(
+                    select(Round.number)
+                    .where(Round.project_id == project_id)
+                    .order_by(Round.number.desc())
+                )
+                or 0
+            ) + 1
+            # As the worker does: how many items were labelled when the round began.
+            labeled = db.scalar(
+                select(func.count(Item.id)).where(
+                    Item.project_id == project_id, Item.label.is_not(None)
+                )
+            )
+            r = Round(
+                project_id=project_id,
+                number=number,
+                status="labeling",
+                strategy="least_confidence",
+                batch_size=len(item_ids),
+                proxy={"arch": "tiny_cnn", "epochs": 1},
+                seed=0,
+                metrics={"labeled": labeled},
+            )
+            db.add(r)
+            db.flush()
+            db.add_all(
+                Selection(
+                    round_id=r.id,
+                    item_id=item_id,
+                    rank=rank,
+                    score=1.0 - rank / (len(item_ids) + 1),
+                    suggested_label=classes[rank % len(classes)],
+                    suggested_prob=round(0.4 + 0.5 * rnd.random(), 3),
+                )
+                for rank, item_id in enumerate(item_ids)
+            )
+            return Batch(round_id=r.id, item_ids=list(item_ids))
+    finally:
+        engine.dispose()
+
+
+def current_labels(database_url: str, item_ids: list[int]) -> dict[int, str | None]:
+    """Each item's current label, read from the database."""
+    engine = engine_for(database_url)
+    try:
+        with Session(engine) as db:
+            rows = db.execute(select(Item.id, Item.label).where(Item.id.in_(item_ids))).tuples()
+            return dict(rows.all())
+    finally:
+        engine.dispose()
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without SVP_ settings (the stack sets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SVP_")}
