@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -23,6 +25,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WRITE_OPTION = "svp_write"
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+# Connections per process: (pool_size, max_overflow) of each backend's pool.
+SQLITE_POOL = (20, 20)
+POSTGRES_POOL = (10, 20)
+# Connections left outside the request slots, for work that takes one on its own for a moment
+# (health checks, event streams, the start-up admin).
+UNSLOTTED_CONNECTIONS = 4
 
 
 def utcnow() -> datetime:
@@ -65,8 +74,8 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-            pool_size=20,
-            max_overflow=20,
+            pool_size=SQLITE_POOL[0],
+            max_overflow=SQLITE_POOL[1],
         )
 
         @event.listens_for(engine, "connect")
@@ -89,7 +98,9 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=POSTGRES_POOL[0], max_overflow=POSTGRES_POOL[1]
+    )
 
 
 @lru_cache
@@ -124,7 +135,32 @@ def unit_of_work(*, write: bool = True) -> Iterator[Session]:
         session.close()
 
 
-def get_db(request: Request) -> Iterator[Session]:
+_request_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def db_slot() -> AsyncIterator[None]:
+    """FastAPI dependency: wait, in the event loop, for one of the pool's connections.
+
+    A request holds its connection across several thread-pool hops (this unit of work, the
+    auth dependency, the route, the commit). With more requests in flight than the pool holds,
+    threads blocked in the pool's checkout starve the requests that hold every connection of the
+    threads they need next, and all wait out the pool timeout (seen at 50 annotators: 30 s
+    answers, then 500s). Waiting here instead costs no thread, so the pool never blocks.
+    """
+    loop = asyncio.get_running_loop()
+    slots = _request_slots.get(loop)
+    if slots is None:
+        size, overflow = SQLITE_POOL if get_settings().is_sqlite else POSTGRES_POOL
+        slots = _request_slots[loop] = asyncio.Semaphore(
+            max(1, size + overflow - UNSLOTTED_CONNECTIONS)
+        )
+    async with slots:
+        yield
+
+
+def get_db(request: Request, _slot: Annotated[None, Depends(db_slot)]) -> Iterator[Session]:
     """FastAPI dependency: the request's unit of work; safe methods do not take the write lock."""
     with unit_of_work(write=request.method not in SAFE_METHODS) as session:
         yield session
