@@ -24,6 +24,8 @@ def test_bad_projects_get_422_or_409(factory: Factory) -> None:
     assert c.post("/api/projects", json={"name": "a", "classes": []}).status_code == 422
     assert c.post("/api/projects", json={"name": "a", "classes": ["x", "x"]}).status_code == 422
     assert c.post("/api/projects", json={"name": "a", "classes": ["../etc"]}).status_code == 422
+    assert c.post("/api/projects", json={"name": "a", "classes": [".."]}).status_code == 422
+    assert c.post("/api/projects", json={"name": "a", "classes": ["."]}).status_code == 422
     assert (
         c.post(
             "/api/projects", json={"name": "a", "classes": ["x"], "settings": {"nope": 1}}

@@ -45,8 +45,9 @@ class ProjectCreate(BaseModel):
     @classmethod
     def _clean_classes(cls, value: list[str]) -> list[str]:
         cleaned = [c.strip() for c in value]
-        if any(not c or len(c) > 200 or "/" in c or "\\" in c for c in cleaned):
-            raise ValueError("class names must be 1-200 characters without slashes")
+        # Class names become folder names in image-folder exports and imports: no path tricks.
+        if any(not c or len(c) > 200 or "/" in c or "\\" in c or c in (".", "..") for c in cleaned):
+            raise ValueError("class names must be 1-200 characters, without slashes, not . or ..")
         if len(set(cleaned)) != len(cleaned):
             raise ValueError("class names must be unique")
         return cleaned
