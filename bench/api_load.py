@@ -165,51 +165,58 @@ class Record:
     done: int = 0
 
 
-async def annotator(k: int, base: str, pid: int, deadline: float, n: int, rec: Record) -> None:
-    """Sign in, then lease and label until the deadline or the batch runs out."""
-    async with httpx.AsyncClient(base_url=base, timeout=60) as c:
-        r = await c.post("/api/auth/login", json={"username": f"ann{k}", "password": PASSWORD})
-        r.raise_for_status()
-        c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
-        seq = 0
-        while time.monotonic() < deadline:
+async def sign_in(base: str, k: int) -> httpx.AsyncClient:
+    """A client signed in as annotator ``k``, carrying its CSRF token."""
+    c = httpx.AsyncClient(base_url=base, timeout=60)
+    r = await c.post("/api/auth/login", json={"username": f"ann{k}", "password": PASSWORD})
+    r.raise_for_status()
+    c.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+    return c
+
+
+async def annotator(
+    k: int, c: httpx.AsyncClient, pid: int, deadline: float, n: int, rec: Record
+) -> None:
+    """Lease and label until the deadline or the batch runs out."""
+    seq = 0
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            r = await c.post(f"/api/projects/{pid}/queue/next", params={"n": n})
+        except httpx.HTTPError as exc:
+            rec.statuses[f"next {type(exc).__name__}"] += 1
+            continue
+        rec.next_ms.append((time.perf_counter() - t0) * 1000)
+        rec.statuses[f"next {r.status_code}"] += 1
+        if r.status_code != 200:
+            continue
+        got = time.time()
+        batch = r.json()
+        if not batch:
+            rec.done += 1
+            return
+        for entry in batch:
+            item = entry["item_id"]
+            rec.leased_by[item].add(k)
+            expires = datetime.fromisoformat(entry["lease_expires_at"]).timestamp()
+            if time.monotonic() >= deadline:
+                # Left leased at the end: held until it expires.
+                rec.holds[item].append((k, got, expires))
+                continue
+            seq += 1
+            body = {"item_id": item, "label": entry["suggestion"]["label"], "key": f"{k}-{seq}"}
+            sent = time.time()
+            rec.holds[item].append((k, got, min(sent, expires)))
             t0 = time.perf_counter()
             try:
-                r = await c.post(f"/api/projects/{pid}/queue/next", params={"n": n})
+                r = await c.post("/api/labels", json=body)
             except httpx.HTTPError as exc:
-                rec.statuses[f"next {type(exc).__name__}"] += 1
+                rec.statuses[f"label {type(exc).__name__}"] += 1
                 continue
-            rec.next_ms.append((time.perf_counter() - t0) * 1000)
-            rec.statuses[f"next {r.status_code}"] += 1
-            if r.status_code != 200:
-                continue
-            got = time.time()
-            batch = r.json()
-            if not batch:
-                rec.done += 1
-                return
-            for entry in batch:
-                item = entry["item_id"]
-                rec.leased_by[item].add(k)
-                expires = datetime.fromisoformat(entry["lease_expires_at"]).timestamp()
-                if time.monotonic() >= deadline:
-                    # Left leased at the end: held until it expires.
-                    rec.holds[item].append((k, got, expires))
-                    continue
-                seq += 1
-                body = {"item_id": item, "label": entry["suggestion"]["label"], "key": f"{k}-{seq}"}
-                sent = time.time()
-                rec.holds[item].append((k, got, min(sent, expires)))
-                t0 = time.perf_counter()
-                try:
-                    r = await c.post("/api/labels", json=body)
-                except httpx.HTTPError as exc:
-                    rec.statuses[f"label {type(exc).__name__}"] += 1
-                    continue
-                rec.label_ms.append((time.perf_counter() - t0) * 1000)
-                rec.statuses[f"label {r.status_code}"] += 1
-                if r.status_code == 201:
-                    rec.created[r.json()["id"]] = item
+            rec.label_ms.append((time.perf_counter() - t0) * 1000)
+            rec.statuses[f"label {r.status_code}"] += 1
+            if r.status_code == 201:
+                rec.created[r.json()["id"]] = item
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -260,11 +267,17 @@ def check_database(url: str, pid: int, rec: Record) -> dict[str, int]:
 async def run_load(args: argparse.Namespace, base: str, pid: int) -> tuple[Record, float]:
     """All annotators at once; the wall time they ran."""
     rec = Record()
+    # Sign-ins (a slow argon2 check each, on purpose) happen before the clock starts.
+    clients = await asyncio.gather(*(sign_in(base, k) for k in range(args.annotators)))
     started = time.monotonic()
     deadline = started + args.duration
-    await asyncio.gather(
-        *(annotator(k, base, pid, deadline, args.n, rec) for k in range(args.annotators))
-    )
+    try:
+        await asyncio.gather(
+            *(annotator(k, c, pid, deadline, args.n, rec) for k, c in enumerate(clients))
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
     return rec, time.monotonic() - started
 
 
@@ -338,6 +351,8 @@ def main() -> int:
             server.terminate()
             server.wait(30)
         server_log = log_path.read_text(errors="replace")
+    if args.out:
+        args.out.with_suffix(".server.log").write_text(server_log)
 
     checks = check_database(args.database_url, pid, rec)
     held_by_many = sum(1 for who in rec.leased_by.values() if len(who) > 1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -189,3 +191,43 @@ def test_processes_never_share_an_item(tmp_path: Path, database_url: str) -> Non
             status = db.scalar(select(Round.status).where(Round.id == round_id))
         assert labels == len(ids)
         assert status == RoundStatus.completed
+
+
+# More requests at once than the pool's connections (30 or 40) plus the thread pool's 40.
+BURST = 150
+
+
+@pytest.mark.slow
+def test_more_requests_than_pooled_connections_do_not_stall(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Regression: a burst beyond pool plus thread pool deadlocked until the 30 s pool timeout."""
+    url = f"sqlite:///{tmp_path / 'burst.sqlite3'}" if BACKEND == "sqlite" else database_url
+    with stack(tmp_path, database_url=url) as s:
+        s.serve()
+        with httpx.Client(base_url=s.url, timeout=30) as admin:
+            r = admin.post(
+                "/api/auth/login", json={"username": "admin", "password": "admin-password"}
+            )
+            admin.headers["X-CSRF-Token"] = r.json()["csrf_token"]
+            pid = admin.post("/api/projects", json={"name": "burst", "classes": ["a"]}).json()["id"]
+            csrf = admin.headers["X-CSRF-Token"]
+            cookies = dict(admin.cookies)
+
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(
+                base_url=s.url,
+                timeout=60,
+                cookies=cookies,
+                headers={"X-CSRF-Token": csrf},
+                limits=httpx.Limits(max_connections=BURST),
+            ) as c:
+                answers = await asyncio.gather(
+                    *(c.post(f"/api/projects/{pid}/queue/next") for _ in range(BURST))
+                )
+            return [a.status_code for a in answers]
+
+        started = time.monotonic()
+        codes = asyncio.run(burst())
+        assert codes == [200] * BURST
+        assert time.monotonic() - started < 25
