@@ -22,6 +22,7 @@ from PIL import Image
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
+import app.models  # noqa: F401  (every table, so foreign keys resolve outside the app)
 from app.items.models import Item
 from app.items.storage import image_path
 from app.rounds.models import Round, Selection
@@ -82,6 +83,7 @@ def sign_in(page: Any, base_url: str, username: str, password: str = PASSWORD) -
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/#/projects")
     page.get_by_role("heading", name="Projects").wait_for()
+    page.wait_for_selector("[data-project], .notice")
 
 
 class Api:

@@ -160,6 +160,7 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     screenshot(page, "projects-annotator")
     # An annotator's card offers labelling only, not the engineer's project view.
     card = page.locator(f"[data-project='{team['project']['id']}']")
+    card.wait_for()
     assert card.get_by_role("link", name="Label").is_visible()
     assert card.get_by_role("link", name="Open project").count() == 0
     card.get_by_role("link", name="Label").click()

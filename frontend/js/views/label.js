@@ -7,8 +7,10 @@ import { Outbox, newKey } from "../outbox.js";
 
 const KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"];
 // Items leased ahead of the one on screen; their images are fetched and decoded in advance.
-const SINGLE_AHEAD = 8;
+const SINGLE_AHEAD = 11;
 const GRID_SIZE = 24;
+// Ask the server for more once this many of the items held are gone.
+const REFILL_GAP = 4;
 const MAX_LEASE = 100;
 const EMPTY_POLL_MS = 10000;
 const PROGRESS_POLL_MS = 15000;
@@ -40,6 +42,7 @@ function preload(entry) {
     () => {
       // Small images are scaled up with hard pixel edges instead of a blur.
       if (img.naturalWidth < 256 && img.naturalHeight < 256) img.classList.add("pixelated");
+      entry.decoded = true;
     },
     () => {
       entry.broken = true;
@@ -244,11 +247,14 @@ export async function renderLabel(main, ctx, pidText) {
 
   async function topUp() {
     if (state.fetching || state.stopped) return state.fetching;
-    if (state.queue.length >= wanted() / 2 && state.queue.length > 0) return null;
+    if (state.queue.length > wanted() - REFILL_GAP) return null;
     state.fetching = (async () => {
       try {
-        // The server answers the caller's own unexpired leases first, so ask for those plus more.
-        const n = Math.min(MAX_LEASE, state.queue.length + wanted());
+        // The server answers the caller's own live leases first, then new ones up to n. Own
+        // leases are the queue plus items labelled here whose labels are still on their way, so
+        // asking for the target plus those tops the queue up to the target.
+        const unsent = outbox.entries().filter((e) => e.project_id === pid).length;
+        const n = Math.min(MAX_LEASE, Math.max(wanted(), state.queue.length + 1) + unsent);
         const got = await post(`/api/projects/${pid}/queue/next?n=${n}`);
         const have = new Set(state.queue.map((e) => e.item_id));
         let added = 0;
@@ -279,7 +285,7 @@ export async function renderLabel(main, ctx, pidText) {
 
   /** Keep the queue topped up; show the end-of-batch state when the server has nothing more. */
   async function ensure() {
-    if (state.queue.length === 0 || state.queue.length < wanted() / 2) {
+    if (state.queue.length <= wanted() - REFILL_GAP) {
       await topUp();
       if (state.stopped) return;
       if (state.queue.length === 0) {
@@ -347,9 +353,10 @@ export async function renderLabel(main, ctx, pidText) {
     state.lastShown = entry;
     for (const next of state.queue.slice(1, SINGLE_AHEAD + 1)) preload(next);
     const shownAt = entry;
+    const prefetched = Boolean(entry.decoded);
     entry.ready.then(() => afterPaint(() => {
       if (state.lastShown !== shownAt) return;
-      window.dispatchEvent(new CustomEvent("svp:shown", { detail: { itemId: entry.item_id, t: performance.now() } }));
+      window.dispatchEvent(new CustomEvent("svp:shown", { detail: { itemId: entry.item_id, t: performance.now(), prefetched } }));
     }));
   }
 
