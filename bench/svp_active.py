@@ -42,11 +42,22 @@ from svp import (
 )
 from svp.strategies import top_k, uncertainty_scores
 
-# Sized on this machine kind (2 CPU cores shared with other jobs): the default run takes about
-# 20 minutes, --quick about 3-5. preact20 trains at roughly 45-60 images/s here, tiny_cnn at
-# roughly 900; both slow down a lot when other processes load the machine. CPU seconds
+# Sized on this machine kind (2 CPU cores): on an idle machine preact20 trains at about 800
+# images/s and tiny_cnn at about 8,000, so the default takes about 9 minutes and --quick about 1.
+# Other processes on the same cores can slow both by 10x or more (measured); CPU seconds
 # (process time) are reported next to wall seconds for that reason.
 DEFAULTS = {
+    "pool": 10000,
+    "initial": 1000,
+    "batch": 1000,
+    "rounds": 3,
+    "target": "preact20",
+    "target_epochs": 20,
+    "proxy": "tiny_cnn",
+    "proxy_epochs": 10,
+    "test_size": 10000,
+}
+QUICK = {
     "pool": 4000,
     "initial": 400,
     "batch": 400,
@@ -56,17 +67,6 @@ DEFAULTS = {
     "proxy": "tiny_cnn",
     "proxy_epochs": 6,
     "test_size": 3000,
-}
-QUICK = {
-    "pool": 1000,
-    "initial": 100,
-    "batch": 100,
-    "rounds": 2,
-    "target": "preact20",
-    "target_epochs": 5,
-    "proxy": "tiny_cnn",
-    "proxy_epochs": 4,
-    "test_size": 1000,
 }
 
 

@@ -29,8 +29,18 @@ from bench.svp_common import (
 )
 from svp import Strategy, TrainConfig, coreset, evaluate, load_cifar10, train
 
-# Sized for 2 shared CPU cores: the default takes about 12 minutes, --quick about 3.
+# Sized for 2 CPU cores: about 8 minutes on an idle machine, --quick about 1 (much longer when
+# other processes share the cores).
 DEFAULTS = {
+    "train_size": 10000,
+    "fraction": 0.5,
+    "target": "preact20",
+    "target_epochs": 15,
+    "proxy": "tiny_cnn",
+    "proxy_epochs": 15,
+    "test_size": 10000,
+}
+QUICK = {
     "train_size": 2000,
     "fraction": 0.5,
     "target": "preact20",
@@ -38,15 +48,6 @@ DEFAULTS = {
     "proxy": "tiny_cnn",
     "proxy_epochs": 10,
     "test_size": 3000,
-}
-QUICK = {
-    "train_size": 600,
-    "fraction": 0.5,
-    "target": "preact20",
-    "target_epochs": 3,
-    "proxy": "tiny_cnn",
-    "proxy_epochs": 6,
-    "test_size": 1000,
 }
 
 
