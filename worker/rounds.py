@@ -18,6 +18,7 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+import svp
 from app.db import unit_of_work
 from app.items.models import Item, Split
 from app.items.storage import image_path
@@ -194,20 +195,13 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
         "proxy_test_accuracy": None,
         "cold_start": None,
     }
-    suggestions: list[tuple[str | None, float | None]] = [(None, None)] * n_cand
-
     if n_lab == 0:
         # Cold start: no labels to train on, so the batch comes from the images alone.
         metrics["cold_start"] = plan.cold_start
         timings["seconds_training"] = timings["seconds_scoring"] = 0.0
         ctx.progress("selecting", 0.0)
         started = time.perf_counter()
-        if plan.cold_start == "kcenter":
-            chosen, scores = engine.select(
-                "kcenter", k, features=engine.pixel_features(cand_x), seed=plan.seed
-            )
-        else:
-            chosen, scores = engine.select("random", k, seed=plan.seed, n=n_cand)
+        result = svp.cold_start(cand_x, k, plan.cold_start, seed=plan.seed)
         timings["seconds_selecting"] = time.perf_counter() - started
     else:
         started = time.perf_counter()
@@ -226,30 +220,27 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
         )
         timings["seconds_training"] = time.perf_counter() - started
 
-        started = time.perf_counter()
         ctx.progress("scoring", 0.0)
-        scored = engine.predict(trained.model, cand_x, device=device)
-        if len(pool.test):
-            test_scored = engine.predict(trained.model, test_x, device=device)
-            metrics["proxy_test_accuracy"] = engine.accuracy(test_scored.probs, _labels(pool.test))
-        labeled_feats = None
-        if plan.strategy == "kcenter":
-            labeled_feats = engine.predict(trained.model, lab_x, device=device).features
-        timings["seconds_scoring"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        ctx.progress("selecting", 0.0)
-        chosen, scores = engine.select(
-            plan.strategy,
+        # The images are loaded candidates first, then the labelled set: k-centre starts its cover
+        # from the labelled items, and the mask keeps every one of them out of the batch.
+        labeled = torch.arange(n_cand, n_cand + n_lab)
+        result = svp.select(
+            trained.model,
+            images[: n_cand + n_lab],
+            labeled,
             k,
-            probs=scored.probs,
-            features=scored.features,
-            labeled_features=labeled_feats,
+            plan.strategy,
             seed=plan.seed,
+            device=device,
         )
-        timings["seconds_selecting"] = time.perf_counter() - started
-        conf, guess = scored.probs.max(dim=1)
-        suggestions = [(pool.classes[int(g)], float(c)) for g, c in zip(guess, conf, strict=True)]
+        started = time.perf_counter()
+        if len(pool.test):
+            metrics["proxy_test_accuracy"] = svp.evaluate(
+                trained.model, test_x, _labels(pool.test), device=device
+            )
+        timings["seconds_scoring"] = result.scoring_seconds + time.perf_counter() - started
+        timings["seconds_selecting"] = result.selecting_seconds
+        ctx.progress("selecting", 1.0)
 
     started = time.perf_counter()
     ctx.progress("saving", 0.0)
@@ -257,12 +248,20 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
         {
             "item_id": pool.candidates[i][0],
             "rank": rank,
-            "score": float(scores[rank]),
-            "suggested_label": suggestions[i][0],
-            "suggested_prob": suggestions[i][1],
+            "score": score,
+            "suggested_label": None if guess is None else pool.classes[guess],
+            "suggested_prob": prob,
             "labeled": False,
         }
-        for rank, i in enumerate(chosen.tolist())
+        for rank, (i, score, guess, prob) in enumerate(
+            zip(
+                result.indices,
+                result.scores,
+                result.predicted_class,
+                result.predicted_prob,
+                strict=True,
+            )
+        )
     ]
     timings["seconds_saving"] = time.perf_counter() - started
     metrics.update({key: round(value, 4) for key, value in timings.items()})
@@ -291,7 +290,6 @@ def run_coreset(ctx: JobContext) -> dict[str, Any]:
     images = _load_images(ctx, [r[1] for r in pool.labeled + pool.test], size)
     lab_x, test_x = images[: len(pool.labeled)], images[len(pool.labeled) :]
     y = _labels(pool.labeled)
-    m = max(1, int(fraction * len(pool.labeled)))
 
     started = time.perf_counter()
     ctx.progress("training", 0.0)
@@ -311,28 +309,26 @@ def run_coreset(ctx: JobContext) -> dict[str, Any]:
     seconds_training = time.perf_counter() - started
     started = time.perf_counter()
     ctx.progress("scoring", 0.0)
-    scored = engine.predict(trained.model, lab_x, device=device)
     accuracy = None
     if pool.test:
-        accuracy = engine.accuracy(
-            engine.predict(trained.model, test_x, device=device).probs, _labels(pool.test)
-        )
-    seconds_scoring = time.perf_counter() - started
-    started = time.perf_counter()
-    ctx.progress("selecting", 0.0)
-    if strategy == "forgetting":
-        assert trained.forgetting is not None
-        chosen, scores = engine.top_k(trained.forgetting.to(torch.float64), m)
-    else:
-        # No "already labelled" set here: every labelled item is a candidate for the core-set.
-        chosen, scores = engine.select(
-            strategy, m, probs=scored.probs, features=scored.features, seed=seed
-        )
-    seconds_selecting = time.perf_counter() - started
-    ids = [pool.labeled[i][0] for i in chosen.tolist()]
+        accuracy = svp.evaluate(trained.model, test_x, _labels(pool.test), device=device)
+    # Every labelled item is a candidate for the core-set; forgetting ranks by its counts.
+    result = svp.coreset(
+        trained.model,
+        lab_x,
+        fraction,
+        strategy,
+        forgetting=trained.forgetting,
+        seed=seed,
+        device=device,
+    )
+    seconds_scoring = time.perf_counter() - started - result.selecting_seconds
+    seconds_selecting = result.selecting_seconds
+    ctx.progress("selecting", 1.0)
+    ids = [pool.labeled[i][0] for i in result.indices]
     return {
         "items": ids,
-        "scores": [float(s) for s in scores],
+        "scores": result.scores,
         "fraction": fraction,
         "strategy": strategy,
         "size": len(ids),
@@ -378,7 +374,7 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     )
     seconds_training = time.perf_counter() - started
     ctx.progress("scoring", 0.0)
-    probs = engine.predict(trained.model, test_x, device=device).probs
+    accuracy = svp.evaluate(trained.model, test_x, _labels(pool.test), device=device)
     with unit_of_work(write=False) as db:
         rounds_done = db.scalar(
             select(Round.number)
@@ -391,7 +387,7 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
         "epochs": int(target["epochs"]),
         "labels": len(pool.labeled),
         "test_items": len(pool.test),
-        "accuracy": engine.accuracy(probs, _labels(pool.test)),
+        "accuracy": accuracy,
         "rounds_completed": rounds_done or 0,
         "seed": seed,
         "seconds_training": round(seconds_training, 4),
