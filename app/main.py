@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app import metrics
 from app.auth.models import Role, User
@@ -35,15 +36,19 @@ def ensure_first_admin() -> None:
     settings = get_settings()
     if not (settings.admin_username and settings.admin_password):
         return
-    with unit_of_work() as db:
-        if db.scalar(select(User.id).limit(1)) is None:
-            create_user(
-                db,
-                username=settings.admin_username,
-                password=settings.admin_password,
-                role=Role.admin,
-            )
-            log.info("created the first admin %s", settings.admin_username)
+    try:
+        with unit_of_work() as db:
+            if db.scalar(select(User.id).limit(1)) is None:
+                create_user(
+                    db,
+                    username=settings.admin_username,
+                    password=settings.admin_password,
+                    role=Role.admin,
+                )
+                log.info("created the first admin %s", settings.admin_username)
+    except IntegrityError:
+        # Several server processes starting at once on an empty database: one of them made it.
+        log.info("the first admin was created by another server process")
 
 
 @asynccontextmanager

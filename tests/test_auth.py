@@ -171,3 +171,33 @@ def test_first_admin_comes_from_settings(settings, monkeypatch) -> None:  # type
         r = c.post("/api/auth/login", json={"username": "root", "password": "rootpassword"})
         assert r.status_code == 200
         assert r.json()["user"]["role"] == "admin"
+
+
+def test_first_admin_survives_two_servers_starting_at_once(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from app.auth.models import User
+    from app.db import reset_caches, unit_of_work
+    from app.main import ensure_first_admin
+
+    monkeypatch.setenv("SVP_ADMIN_USERNAME", "root")
+    monkeypatch.setenv("SVP_ADMIN_PASSWORD", "rootpassword")
+    reset_caches()
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            ensure_first_admin()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with unit_of_work() as db:
+        assert list(db.scalars(select(User.username))) == ["root"]
