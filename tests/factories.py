@@ -106,8 +106,7 @@ class Factory:
         """A round written directly with ``items`` as its batch, ranked in the order given."""
         with unit_of_work() as db:
             number = (
-                db.scalar(select(func.max(Round.number)).where(Round.project_id == project.id))
-                or 0
+                db.scalar(select(func.max(Round.number)).where(Round.project_id == project.id)) or 0
             ) + 1
             rnd = Round(
                 project_id=project.id,
