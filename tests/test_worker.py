@@ -300,9 +300,7 @@ def test_a_job_whose_worker_is_killed_is_finished_by_another(
         first = s.worker("worker-1")
         c = _client(s)
         pid, job = _upload(c, n)
-        wait_for(
-            lambda: _job(c, job["id"])["status"] != "queued", 60, "never started", first, 0.02
-        )
+        wait_for(lambda: _job(c, job["id"])["status"] != "queued", 60, "never started", first, 0.02)
         first.kill()  # SIGKILL to the worker and its pool child, mid-import
         first.popen.wait(10)
         killed = _job(c, job["id"])
