@@ -1,5 +1,5 @@
-"""SVP's selection engine: images as tensors, a model zoo, frozen pretrained backbones, a
-trainer, strategies and metrics.
+"""SVP's selection engine: images as tensors, a model zoo, frozen backbones and their embedding
+cache, a trainer, strategies and metrics.
 
 Pure Python and torch: no web framework, no database, no task queue.
 """
@@ -24,6 +24,7 @@ from svp.data import (
     load_cifar10,
     read_image_folder_zip,
 )
+from svp.embeddings import EmbeddingStore
 from svp.metrics import accuracy, overlap, rankdata, spearman
 from svp.models import MODELS, Classifier, create_model, model_names
 from svp.strategies import (
@@ -56,6 +57,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "Classifier",
+    "EmbeddingStore",
     "ForgettingTracker",
     "ImageStore",
     "LabeledImages",
