@@ -1,8 +1,18 @@
-"""SVP's selection engine: images as tensors, a model zoo, a trainer, strategies and metrics.
+"""SVP's selection engine: images as tensors, a model zoo, frozen backbones and their embedding
+cache, a trainer, strategies and metrics.
 
 Pure Python and torch: no web framework, no database, no task queue.
 """
 
+from svp.backbones import (
+    Backbone,
+    BackboneSpec,
+    backbone_names,
+    get_spec,
+    load_backbone,
+    register_backbone,
+    register_torchvision_backbone,
+)
 from svp.config import PAPER_SCHEDULE, TrainConfig, scaled_schedule
 from svp.data import (
     ImageStore,
@@ -14,6 +24,7 @@ from svp.data import (
     load_cifar10,
     read_image_folder_zip,
 )
+from svp.embeddings import EmbeddingStore
 from svp.metrics import accuracy, overlap, rankdata, spearman
 from svp.models import MODELS, Classifier, create_model, model_names
 from svp.strategies import (
@@ -43,7 +54,10 @@ from svp.train import (
 __all__ = [
     "MODELS",
     "PAPER_SCHEDULE",
+    "Backbone",
+    "BackboneSpec",
     "Classifier",
+    "EmbeddingStore",
     "ForgettingTracker",
     "ImageStore",
     "LabeledImages",
@@ -56,6 +70,7 @@ __all__ = [
     "TrainingCancelled",
     "accuracy",
     "augment",
+    "backbone_names",
     "channel_stats",
     "cold_start",
     "content_key",
@@ -65,8 +80,10 @@ __all__ = [
     "entropy",
     "evaluate",
     "forgetting_events",
+    "get_spec",
     "kcenter_greedy",
     "least_confidence",
+    "load_backbone",
     "load_cifar10",
     "margin",
     "model_names",
@@ -74,6 +91,8 @@ __all__ = [
     "predict",
     "rankdata",
     "read_image_folder_zip",
+    "register_backbone",
+    "register_torchvision_backbone",
     "scaled_schedule",
     "seed_everything",
     "select",
