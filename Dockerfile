@@ -8,11 +8,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv/svp-label
 
-# CPU wheels of torch from the PyTorch CPU index, installed before the package: the default
-# wheels on PyPI bundle CUDA (gigabytes) that CPU workers never use. This layer changes only when
-# the torch pin does, so code changes rebuild in seconds. (A GPU worker image would take the
-# matching CUDA index instead.)
-RUN pip install --index-url https://download.pytorch.org/whl/cpu \
+# torch from the PyTorch index named by TORCH_INDEX, installed before the package. The default
+# is CPU wheels: PyPI's bundle CUDA (gigabytes) that CPU workers never use. The GPU worker image
+# (compose profile "gpu") builds with a CUDA index, e.g. .../whl/cu126: those wheels carry the
+# CUDA runtime themselves, so this slim base works and the host needs only the NVIDIA driver and
+# container toolkit. This layer changes only when the index or the pin does, so code changes
+# rebuild in seconds.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "$TORCH_INDEX" \
         "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
 
 COPY pyproject.toml README.md alembic.ini ./

@@ -117,7 +117,16 @@ def ensure_project(base: str) -> None:
                     "name": PROJECT_NAME,
                     "classes": CLASSES,
                     "description": "Handwritten digits from scikit-learn, 8x8 shown at 64x64.",
-                    "settings": {"image_size": 32, "batch_size": 20, "cold_start": "random"},
+                    # The product's default, stated so the demo shows it whatever the defaults
+                    # become: a linear head on EfficientNet-Lite0 embeddings, typical points
+                    # first and uncertainty across clusters once labels per class grow.
+                    "settings": {
+                        "default_proxy": "linear",
+                        "backbone": "efficientnet_lite0",
+                        "strategy": "auto",
+                        "cold_start": "auto",
+                        "batch_size": 20,
+                    },
                 },
             )
             .raise_for_status()

@@ -12,7 +12,7 @@ from app.items.models import Item
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.rounds.models import Round, RoundStatus, Selection
-from app.rounds.service import start_next_round
+from app.rounds.service import record_suggestion_accuracy, start_next_round
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def after_label(db: Session, *, item: Item) -> None:
             rnd.finished_at = utcnow()
             db.flush()
             log.info("round %s of project %s completed", rnd.number, rnd.project_id)
+            record_suggestion_accuracy(db, rnd=rnd)
             on_round_completed(db, rnd=rnd)
 
 

@@ -2,6 +2,7 @@
 
 from app.auth.models import ApiToken, AuthSession, Role, User
 from app.db import Base
+from app.embeddings.models import ChunkStatus, EmbedChunk
 from app.items.models import Item, Split
 from app.jobs.models import Job, JobKind, JobStatus, WorkerNode
 from app.labeling.models import Label, LabelSource, Lease
@@ -12,6 +13,8 @@ __all__ = [
     "ApiToken",
     "AuthSession",
     "Base",
+    "ChunkStatus",
+    "EmbedChunk",
     "Item",
     "Job",
     "JobKind",

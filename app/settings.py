@@ -7,11 +7,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development secrets are made per data dir; this is the literal we refuse outside development.
 _UNSAFE_SECRETS = {"", "changeme", "secret", "dev"}
+
+
+class BackboneSetting(BaseModel):
+    """A user-supplied backbone: a torchvision architecture and a local weights file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")
+    weights: Path
+    image_size: int = Field(default=224, ge=16, le=1024)
 
 
 class Settings(BaseSettings):
@@ -42,6 +52,16 @@ class Settings(BaseSettings):
     # lost with a killed worker); a duplicate delivery is harmless, as a job is claimed once.
     job_resend_after_seconds: float = Field(default=1800.0, gt=0)
     log_level: str = "INFO"
+    # Where torch runs in a worker: "cuda", "cuda:1", "cpu"; empty picks CUDA when present.
+    torch_device: str = ""
+    # Threads torch uses in one worker process; 0 leaves torch's default (every core).
+    torch_threads: int = Field(default=0, ge=0, le=256)
+    # A user's own frozen backbones, by name: {"name": {"arch": "resnet18", "weights":
+    # "/path/weights.pth", "image_size": 224}} with a torchvision architecture and a local file.
+    backbones: dict[str, BackboneSetting] = Field(default_factory=dict)
+    # Images per chunk of an embedding job, and how many other workers one job asks for help.
+    embed_chunk_size: int = Field(default=512, ge=1, le=100_000)
+    embed_fanout: int = Field(default=8, ge=0, le=1024)
 
     @field_validator("data_dir")
     @classmethod

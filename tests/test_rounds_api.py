@@ -43,7 +43,10 @@ def sent(factory: Factory, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, An
 def setup(factory: Factory, sent: list[dict[str, Any]]) -> dict[str, Any]:
     """A project with an engineer, an annotator, a stranger and 30 pool items (5 labelled)."""
     eng, ann, stranger = factory.user("engineer"), factory.user("annotator"), factory.user()
-    project = factory.project(eng, members={ann: "annotator"}, proxy_epochs=3)
+    # A from-scratch proxy by name: these tests read its epochs and sizes back.
+    project = factory.project(
+        eng, members={ann: "annotator"}, proxy_epochs=3, default_proxy="tiny_cnn"
+    )
     items = factory.items(project, 30)
     factory.items(project, 4, split="test")
     label(items[:5], "cat")
@@ -106,6 +109,7 @@ def test_engineer_starts_a_round_202_queued_and_sent_after_commit(
         "batch_size": 128,
         "lr": None,
         "image_size": 32,
+        "backbone": "efficientnet_lite0",
     }
     assert sent == [{"job_id": body["job_id"], "kind": "round", "committed": True}]
     with unit_of_work(write=False) as db:
@@ -124,6 +128,7 @@ def test_proxy_overrides_and_a_drawn_seed(setup: dict[str, Any]) -> None:
         "batch_size": 128,
         "lr": 0.01,
         "image_size": 32,
+        "backbone": "efficientnet_lite0",
     }
     assert isinstance(r.json()["seed"], int)
 
@@ -136,8 +141,12 @@ def test_409_while_a_round_is_queued_or_running(setup: dict[str, Any]) -> None:
     r = start(c, pid)
     assert r.status_code == 409
     assert "still queued or running" in r.json()["detail"]
+    # DESIGN 5: a batch still being labelled blocks the next round too, unless superseded.
     set_status(first["id"], "labeling")
-    second = start(c, pid)
+    r = start(c, pid)
+    assert r.status_code == 409
+    assert "still being labelled" in r.json()["detail"]
+    second = start(c, pid, supersede=True)
     assert second.status_code == 202
     assert second.json()["number"] == 2
 
@@ -203,9 +212,13 @@ def test_items_in_an_open_batch_are_not_offered_twice(setup: dict[str, Any]) -> 
         for rank, it in enumerate(items[5:15]):
             db.add(Selection(round_id=first["id"], item_id=it.id, rank=rank, score=0.5))
     set_status(first["id"], "labeling")
-    r = start(c, pid, batch_size=16)
+    # While the batch is open its items are someone's work: no second round takes them.
+    assert start(c, pid, batch_size=16).status_code == 409
+    # Superseding closes the batch: its unlabelled items are back in the pool for the new one.
+    r = start(c, pid, batch_size=26, supersede=True)
     assert r.status_code == 422
-    assert "larger than the 15" in r.json()["detail"]
+    assert "larger than the 25" in r.json()["detail"]
+    assert start(c, pid, batch_size=25, supersede=True).status_code == 202
 
 
 def test_422_when_the_pool_is_exhausted(setup: dict[str, Any]) -> None:
@@ -227,7 +240,7 @@ def test_list_and_get(setup: dict[str, Any]) -> None:
         0.25,
     )
     set_status(first["id"], "labeling")
-    second = start(c, pid).json()
+    second = start(c, pid, supersede=True).json()
     listed = setup["ann"].get(f"/api/projects/{pid}/rounds")
     assert listed.status_code == 200
     assert [x["id"] for x in listed.json()] == [second["id"], first["id"]]

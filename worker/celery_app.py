@@ -19,6 +19,8 @@ from kombu import Exchange, Queue
 from app.settings import Settings, get_settings
 
 TASK_NAME = "svp.run_job"
+# A request to help a running job with its embedding chunks (worker/embed.py).
+EMBED_HELP_TASK_NAME = "svp.embed_help"
 QUEUE_DEFAULT = "default"
 QUEUE_ROUNDS = "rounds"
 QUEUES = (QUEUE_DEFAULT, QUEUE_ROUNDS)
@@ -31,6 +33,7 @@ KIND_QUEUES = {
     "round": QUEUE_ROUNDS,
     "coreset": QUEUE_ROUNDS,
     "evaluate": QUEUE_ROUNDS,
+    "embed": QUEUE_ROUNDS,
 }
 
 # (soft, hard) seconds per kind. The soft limit raises inside the runner, so the job fails with
@@ -41,6 +44,7 @@ TIME_LIMITS: dict[str, tuple[int, int]] = {
     "round": (4 * 3600, 4 * 3600 + 300),
     "coreset": (4 * 3600, 4 * 3600 + 300),
     "evaluate": (2 * 3600, 2 * 3600 + 300),
+    "embed": (4 * 3600, 4 * 3600 + 300),
 }
 DEFAULT_TIME_LIMITS = (3600, 3600 + 300)
 
@@ -159,6 +163,20 @@ def send_job(job_id: int, kind: str) -> None:
         soft_time_limit=soft,
         time_limit=hard,
     )
+
+
+def send_embed_help(job_id: int, backbone: str, image_size: int, *, count: int) -> None:
+    """Ask up to ``count`` other workers to take chunks of a job's embedding work."""
+    soft, hard = time_limits_for("embed")
+    celery = get_celery()
+    for _ in range(count):
+        celery.send_task(
+            EMBED_HELP_TASK_NAME,
+            args=[job_id, backbone, image_size],
+            queue=QUEUE_ROUNDS,
+            soft_time_limit=soft,
+            time_limit=hard,
+        )
 
 
 def default_node_name() -> str:

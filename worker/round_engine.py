@@ -7,7 +7,6 @@ itself is the engine's own ``svp.select`` / ``svp.cold_start`` / ``svp.coreset``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -15,10 +14,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from app.embeddings.schemas import known_backbones
+from app.settings import get_settings
 from svp.config import TrainConfig
 from svp.data import ImageStore
 from svp.train import TrainResult, pick_device
 from svp.train import train as svp_train
+from worker.celery_app import send_embed_help
 
 # The paper's proxies train with SGD at 0.1 on batches of 128 (Coleman et al. 2020).
 DEFAULT_LR = 0.1
@@ -43,8 +45,18 @@ def empty_images(image_size: int) -> Tensor:
 
 
 def device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return pick_device(os.environ.get("SVP_TORCH_DEVICE") or None)
+    """The device from ``SVP_TORCH_DEVICE``, else CUDA when available, else the CPU."""
+    return pick_device(get_settings().torch_device or None)
+
+
+def backbone_size(name: str) -> int:
+    """The side a backbone embeds at by default (its registry entry on the server's side)."""
+    return known_backbones()[name]
+
+
+def ask_for_help(job_id: int, backbone: str, image_size: int, *, count: int) -> None:
+    """Send help requests for a job's embedding chunks through the broker."""
+    send_embed_help(job_id, backbone, image_size, count=count)
 
 
 def train(

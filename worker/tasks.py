@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 import worker.heartbeat  # noqa: F401  (connects the worker's signals)
 from app.jobs.service import run_job
-from worker.celery_app import TASK_NAME
+from worker.celery_app import EMBED_HELP_TASK_NAME, TASK_NAME
 
 log = logging.getLogger("svp.worker")
 
@@ -39,3 +39,23 @@ def run_job_task(self: Task[Any, Any], job_id: int) -> str:
     status = run_job(int(job_id), worker=worker)
     log.info("job=%s event=done status=%s worker=%s", job_id, status, worker)
     return status
+
+
+@shared_task(
+    name=EMBED_HELP_TASK_NAME,
+    bind=True,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=8,
+    ignore_result=True,
+)
+def embed_help_task(self: Task[Any, Any], job_id: int, backbone: str, image_size: int) -> int:
+    """Embed chunks of a running job until none is left; a late request finds none and ends."""
+    # Imported here: torch loads only in a worker that is asked to embed.
+    from worker.embed import help_with
+
+    worker = self.request.hostname or "worker"
+    return help_with(int(job_id), str(backbone), int(image_size), worker=worker)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal, get_args
 
-from app.rounds.schemas import ROUND_STRATEGIES, ProxyConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.rounds.schemas import ProxyConfig, RoundStrategy
 
 # Core-set selection ranks labelled items: the round strategies plus forgetting events (DESIGN 4).
-CORESET_STRATEGIES = (*ROUND_STRATEGIES, "forgetting")
+CoresetStrategy = Literal[RoundStrategy, "forgetting"]
+CORESET_STRATEGIES: tuple[str, ...] = get_args(CoresetStrategy)
 
 
 class CoresetCreate(BaseModel):
@@ -16,14 +19,6 @@ class CoresetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fraction: float = Field(gt=0, le=1)
-    strategy: str
+    strategy: CoresetStrategy
     proxy: ProxyConfig | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        if value not in CORESET_STRATEGIES:
-            known = ", ".join(CORESET_STRATEGIES)
-            raise ValueError(f"unknown core-set strategy {value!r}; known: {known}")
-        return value

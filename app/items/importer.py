@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
+from app.embeddings.service import embed_new_images
 from app.items.models import Item, Split
 from app.items.storage import ImageStore, discard
 from app.jobs.models import Job
@@ -193,6 +194,9 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
     )
     # Only now: a crash before this line re-runs from the checkpoint with the files still there.
     discard(upload_dir)
+    if result["added"]:
+        with unit_of_work() as db:
+            embed_new_images(db, project_id=run.project_id, created_by=run.uploader)
     return result
 
 

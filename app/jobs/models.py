@@ -19,6 +19,8 @@ class JobKind(StrEnum):
     round = "round"
     coreset = "coreset"
     evaluate = "evaluate"
+    # Frozen-backbone features of a project's images, split in chunks that workers share.
+    embed = "embed"
     export = "export"
 
 

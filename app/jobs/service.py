@@ -38,6 +38,7 @@ RUNNERS: dict[str, str] = {
     JobKind.round: "worker.rounds:run_round",
     JobKind.coreset: "worker.rounds:run_coreset",
     JobKind.evaluate: "worker.rounds:run_evaluate",
+    JobKind.embed: "worker.embed:run_embed",
 }
 
 

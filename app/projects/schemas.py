@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.embeddings.schemas import DEFAULT_BACKBONE, check_backbone
 from app.projects.models import MemberRole
+from app.rounds.schemas import ProxyArch, RoundStrategy, ScratchArch
 
 MAX_CLASSES = 1000
 
@@ -17,20 +19,31 @@ class ProjectSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    default_proxy: str = "tiny_cnn"
-    default_target: str = "preact20"
+    # A linear head on a pretrained backbone's embeddings picks well from the first labels
+    # (DESIGN 4b); the paper's from-scratch proxies stay available by name.
+    default_proxy: ProxyArch = "linear"
+    backbone: str = DEFAULT_BACKBONE
+    default_target: ScratchArch = "preact20"
+    # The side images are trained at by from-scratch proxies (a backbone has its own).
     image_size: int = Field(default=32, ge=8, le=256)
-    strategy: str = "least_confidence"
+    strategy: RoundStrategy = "auto"
     batch_size: int = Field(default=20, ge=1, le=100_000)
     proxy_epochs: int = Field(default=10, ge=1, le=500)
     proxy_batch_size: int = Field(default=128, ge=1, le=4096)
     # None: the engine's own default for the architecture.
     proxy_lr: float | None = Field(default=None, gt=0, le=10)
-    cold_start: Literal["random", "kcenter"] = "random"
+    # The first batch, before any label. auto: typiclust on embeddings when the proxy is linear,
+    # random otherwise; kcenter covers the embeddings (linear) or the pixels (from scratch).
+    cold_start: Literal["auto", "random", "kcenter", "typiclust"] = "auto"
     # How long an annotator holds an item of the batch before it returns to the queue.
     lease_seconds: int = Field(default=600, ge=10, le=86_400)
     # Off by default, as the contract says: a finished batch does not start a round by itself.
     auto_next_round: bool = False
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        return check_backbone(value)
 
 
 class ProjectCreate(BaseModel):

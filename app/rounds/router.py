@@ -33,7 +33,8 @@ def _one(db: DB, round_id: int) -> RoundRead:
 
 @router.post("/projects/{project_id}/rounds", status_code=status.HTTP_202_ACCEPTED)
 def start_round(project_id: int, body: RoundCreate, user: CurrentUser, db: DB) -> RoundRead:
-    """Start a round (engineers): 202 with the queued round; 409 while another is active."""
+    """Start a round (engineers): 202 with the queued round; 409 while another is active or
+    labelling, unless ``supersede`` closes the open batch first."""
     access = get_access(db, project_id=project_id, user=user, engineer=True)
     rnd = service.start_round(
         db,
@@ -43,6 +44,7 @@ def start_round(project_id: int, body: RoundCreate, user: CurrentUser, db: DB) -
         proxy=body.proxy,
         seed=body.seed,
         created_by=user.id,
+        supersede=body.supersede,
     )
     return _one(db, rnd.id)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.embeddings.schemas import check_backbone
+
 # The names the engine's model registry answers to. Kept here as plain strings because the
 # server never imports svp/ (torch); tests/test_round_runner.py checks both lists agree.
-PROXY_ARCHS = (
+ScratchArch = Literal[
     "tiny_cnn",
     "small_cnn",
     "preact8",
@@ -17,17 +19,28 @@ PROXY_ARCHS = (
     "preact56",
     "preact110",
     "preact164",
-)
+]
+SCRATCH_ARCHS: tuple[str, ...] = get_args(ScratchArch)
+# A proxy is trained from scratch on the images, or is ``linear``: a head on a frozen
+# backbone's embeddings (DESIGN 4b).
+ProxyArch = Literal["linear", ScratchArch]
+PROXY_ARCHS: tuple[str, ...] = ("linear", *SCRATCH_ARCHS)
 
-# Active-learning strategies a round can rank the unlabelled pool with (DESIGN 4).
-ROUND_STRATEGIES = ("random", "least_confidence", "entropy", "margin", "kcenter")
-
-
-def check_arch(value: str) -> str:
-    """Refuse an architecture the engine does not know."""
-    if value not in PROXY_ARCHS:
-        raise ValueError(f"unknown proxy architecture {value!r}; known: {', '.join(PROXY_ARCHS)}")
-    return value
+# Active-learning strategies a round can rank the unlabelled pool with (DESIGN 4 and 4b); the
+# engine's svp.Strategy has each of these (tests/test_round_runner.py checks).
+RoundStrategy = Literal[
+    "random",
+    "least_confidence",
+    "entropy",
+    "margin",
+    "kcenter",
+    "typiclust",
+    "margin_clusters",
+    "auto",
+]
+ROUND_STRATEGIES: tuple[str, ...] = get_args(RoundStrategy)
+# Strategies that need embeddings whatever the proxy: they cluster the pool's features.
+EMBEDDING_STRATEGIES = ("typiclust", "margin_clusters", "auto")
 
 
 class ProxyConfig(BaseModel):
@@ -35,16 +48,18 @@ class ProxyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: str | None = None
+    arch: ProxyArch | None = None
+    # With ``linear``: the registered frozen backbone whose embeddings the head is trained on.
+    backbone: str | None = None
     epochs: int | None = Field(default=None, ge=1, le=500)
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     lr: float | None = Field(default=None, gt=0, le=10)
-    image_size: int | None = Field(default=None, ge=8, le=256)
+    image_size: int | None = Field(default=None, ge=8, le=1024)
 
-    @field_validator("arch")
+    @field_validator("backbone")
     @classmethod
-    def _known_arch(cls, value: str | None) -> str | None:
-        return None if value is None else check_arch(value)
+    def _known_backbone(cls, value: str | None) -> str | None:
+        return None if value is None else check_backbone(value)
 
 
 class RoundCreate(BaseModel):
@@ -52,17 +67,12 @@ class RoundCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: str
+    strategy: RoundStrategy
     batch_size: int = Field(ge=1, le=100_000)
     proxy: ProxyConfig | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        if value not in ROUND_STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; known: {', '.join(ROUND_STRATEGIES)}")
-        return value
+    # Close the batch still being labelled (its open items return to the pool) and start anyway.
+    supersede: bool = False
 
 
 class RoundRead(BaseModel):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
+from app.embeddings.schemas import known_backbones
 from app.errors import Conflict, Invalid, NotFound
 from app.items.models import Item, Split
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
@@ -35,14 +36,31 @@ LEFT_RUNNING = (RoundStatus.labeling, *FINISHED_ROUND_STATUSES)
 
 
 def resolve_proxy(settings: ProjectSettings, proxy: ProxyConfig | None) -> dict[str, Any]:
-    """The full proxy configuration: what the caller gave, the project's settings for the rest."""
+    """The full proxy configuration: what the caller gave, the project's settings for the rest.
+
+    A ``linear`` proxy is a head on a backbone's embeddings: its ``image_size`` is the side the
+    backbone embeds at (the backbone's own by default), and it has no epochs or learning rate.
+    """
     given = proxy or ProxyConfig()
+    arch = given.arch or settings.default_proxy
+    backbone = given.backbone or settings.backbone
+    if arch == "linear":
+        known = known_backbones()
+        if backbone not in known:
+            raise Invalid(f"backbone {backbone!r} is not installed here")
+        return {
+            "arch": arch,
+            "backbone": backbone,
+            "image_size": given.image_size or known[backbone],
+        }
     return {
-        "arch": given.arch or settings.default_proxy,
+        "arch": arch,
         "epochs": given.epochs or settings.proxy_epochs,
         "batch_size": given.batch_size or settings.proxy_batch_size,
         "lr": given.lr if given.lr is not None else settings.proxy_lr,
         "image_size": given.image_size or settings.image_size,
+        # Clustering strategies (typiclust, auto) and their cold starts work on embeddings.
+        "backbone": backbone,
     }
 
 
@@ -90,8 +108,13 @@ def start_round(
     proxy: ProxyConfig | None,
     seed: int | None,
     created_by: int | None,
+    supersede: bool = False,
 ) -> Round:
-    """Write a queued round and its job; the job is sent once the transaction commits."""
+    """Write a queued round and its job; the job is sent once the transaction commits.
+
+    A round still being labelled blocks a new one (its open items would be stranded), unless
+    ``supersede`` closes that batch first: its open items go back to the pool.
+    """
     _lock_project(db, project.id)
     follow_jobs(db, project_id=project.id)
     active = db.scalar(
@@ -101,6 +124,20 @@ def start_round(
     )
     if active is not None:
         raise Conflict(f"round {active} of this project is still queued or running")
+    labeling = list(
+        db.scalars(
+            select(Round).where(
+                Round.project_id == project.id, Round.status == RoundStatus.labeling
+            )
+        )
+    )
+    if labeling and not supersede:
+        raise Conflict(
+            f"round {labeling[0].number} of this project is still being labelled; "
+            'finish its batch, cancel it, or send {"supersede": true} to close it'
+        )
+    for open_round in labeling:
+        _close_batch(db, rnd=open_round)
     if batch_size < 1:
         raise Invalid("batch_size must be at least 1")
     candidates = count_candidates(db, project_id=project.id)
@@ -138,6 +175,16 @@ def start_round(
     rnd.job_id = job.id
     db.flush()
     return rnd
+
+
+def _close_batch(db: Session, *, rnd: Round) -> None:
+    """End a labelling round early: its labelled items stay, the rest return to the pool."""
+    db.execute(delete(Lease).where(Lease.round_id == rnd.id))
+    rnd.status = RoundStatus.completed
+    # Closed before every item had a label: the learning curve and suggestion accuracy say so.
+    rnd.metrics = {**rnd.metrics, "superseded": True}
+    rnd.finished_at = utcnow()
+    record_suggestion_accuracy(db, rnd=rnd)
 
 
 def start_next_round(db: Session, *, finished: Round) -> Round | None:
@@ -368,6 +415,33 @@ def save_selection(
     rnd.error = None
     db.flush()
     return True
+
+
+def record_suggestion_accuracy(db: Session, *, rnd: Round) -> None:
+    """Put in the round's metrics how often its proxy's suggestion was the label given.
+
+    Counted over the batch's labelled items that had a suggestion (a cold start has none), so
+    an annotator sees whether pre-selected guesses deserve trust.
+    """
+    suggested, right = db.execute(
+        select(
+            func.count(),
+            func.count().filter(Item.label == Selection.suggested_label),
+        )
+        .select_from(Selection)
+        .join(Item, Item.id == Selection.item_id)
+        .where(
+            Selection.round_id == rnd.id,
+            Selection.suggested_label.is_not(None),
+            Item.label.is_not(None),
+        )
+    ).one()
+    rnd.metrics = {
+        **rnd.metrics,
+        "suggestion_accuracy": round(right / suggested, 4) if suggested else None,
+        "suggestions_checked": int(suggested),
+    }
+    db.flush()
 
 
 def end_round(db: Session, *, round_id: int, status: str, error: str | None) -> None:

@@ -340,15 +340,26 @@ export async function renderProject(main, ctx, pidText) {
     drawCurve();
   }
   function drawCurve() {
-    const proxyPoints = rounds.map(roundPoint).filter((p) => p.labels !== null && p.acc !== null);
+    // One line per strategy: the curve is how a team compares them on its own data.
+    const byStrategy = new Map();
+    for (const r of [...rounds].sort((a, b) => a.number - b.number)) {
+      const p = roundPoint(r);
+      if (p.labels === null || p.acc === null) continue;
+      const name = `${r.strategy} (${r.proxy.arch})`;
+      if (!byStrategy.has(name)) byStrategy.set(name, []);
+      byStrategy.get(name).push(p);
+    }
     const targetPoints = evaluations.filter((j) => j.status === "succeeded").map(evaluationPoint).filter((p) => p.labels !== null && p.acc !== null);
-    if (!proxyPoints.length && !targetPoints.length) {
+    const lines = [...byStrategy].map(([name, points]) => ({ name, points }));
+    if (targetPoints.length) lines.push({ name: "target", points: targetPoints, target: true });
+    if (!lines.length) {
       fill(chartBox, h("p", { class: "muted" }, "The curve appears once a round has measured its proxy on the labelled test split."));
       chartNote.textContent = "";
       return;
     }
-    drawLearningCurve(chartBox, proxyPoints, targetPoints);
-    chartNote.textContent = `${proxyPoints.length} round${proxyPoints.length === 1 ? "" : "s"} with a proxy accuracy${targetPoints.length ? `, ${targetPoints.length} target evaluation${targetPoints.length === 1 ? "" : "s"}` : ""}. Accuracy is on the labelled test split.`;
+    drawLearningCurve(chartBox, lines);
+    const proxyCount = [...byStrategy.values()].reduce((n, pts) => n + pts.length, 0);
+    chartNote.textContent = `${proxyCount} round${proxyCount === 1 ? "" : "s"} with a proxy accuracy${targetPoints.length ? `, ${targetPoints.length} target evaluation${targetPoints.length === 1 ? "" : "s"}` : ""}. Accuracy is on the labelled test split.`;
   }
 
   // ---- export ----

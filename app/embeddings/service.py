@@ -1,0 +1,173 @@
+"""Embedding jobs and their chunks: planned once, claimed one at a time by any worker.
+
+A job that must embed images (an ``embed`` job, or a round whose proxy is ``linear``) writes
+its missing images as chunks, asks other workers for help through the broker, and works through
+the chunks itself too; each worker claims a chunk with one conditional UPDATE, so no chunk is
+embedded by two live workers. A claim older than the dead-worker timeout is taken over, so a
+killed helper delays a job but never strands it. Progress lives in the job's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.embeddings.models import ChunkStatus, EmbedChunk
+from app.embeddings.schemas import DEFAULT_BACKBONE, known_backbones
+from app.errors import Invalid
+from app.jobs.models import Job, JobKind, JobStatus
+from app.jobs.service import create_job
+from app.projects.models import Project
+from app.projects.service import project_settings
+
+
+def embedding_params(backbone: str | None, image_size: int | None) -> dict[str, object]:
+    """A job's backbone and input side, the backbone's own side when none is given."""
+    name = backbone or DEFAULT_BACKBONE
+    known = known_backbones()
+    if name not in known:
+        raise Invalid(f"backbone {name!r} is not installed here; known: {', '.join(known)}")
+    return {"backbone": name, "image_size": image_size or known[name]}
+
+
+def start_embedding(
+    db: Session,
+    *,
+    project: Project,
+    backbone: str | None,
+    image_size: int | None,
+    created_by: int | None,
+) -> Job:
+    """Queue an embedding job for the project's images, or return the one already queued or
+    running with the same backbone and size (a second would only wait on the same chunks)."""
+    params = embedding_params(backbone, image_size)
+    for job in db.scalars(
+        select(Job).where(
+            Job.project_id == project.id,
+            Job.kind == JobKind.embed,
+            Job.status.in_((JobStatus.queued, JobStatus.running)),
+        )
+    ):
+        if job.params == params:
+            return job
+    return create_job(
+        db, kind=JobKind.embed, project_id=project.id, params=params, created_by=created_by
+    )
+
+
+def embed_new_images(db: Session, *, project_id: int, created_by: int | None) -> Job | None:
+    """After an import: queue the embedding of what is new, when the project's proxy is linear,
+    so its next round starts from warm embeddings (the store skips what it has)."""
+    project = db.get(Project, project_id)
+    if project is None:
+        return None
+    settings = project_settings(project)
+    if settings.default_proxy != "linear" or settings.backbone not in known_backbones():
+        return None
+    return start_embedding(
+        db, project=project, backbone=settings.backbone, image_size=None, created_by=created_by
+    )
+
+
+def plan_chunks(db: Session, *, job_id: int, keys: Sequence[str], chunk_size: int) -> int:
+    """Split the keys into chunks of the job, once: a redelivered job keeps its first plan.
+
+    Returns the number of chunks the job has.
+    """
+    existing = db.scalar(select(func.count()).where(EmbedChunk.job_id == job_id)) or 0
+    if existing:
+        return existing
+    rows = [
+        {"job_id": job_id, "seq": i, "keys": list(keys[start : start + chunk_size])}
+        for i, start in enumerate(range(0, len(keys), chunk_size))
+    ]
+    if rows:
+        db.execute(insert(EmbedChunk), rows)
+    return len(rows)
+
+
+def _claimable(job_id: int, stale_before: datetime) -> object:
+    return and_(
+        EmbedChunk.job_id == job_id,
+        or_(
+            EmbedChunk.status == ChunkStatus.queued,
+            and_(EmbedChunk.status == ChunkStatus.running, EmbedChunk.claimed_at < stale_before),
+        ),
+    )
+
+
+def claim_chunk(
+    db: Session, *, job_id: int, worker: str, stale_before: datetime
+) -> tuple[int, list[str]] | None:
+    """Take the job's next chunk for this worker: (chunk id, keys), or None when none is left.
+
+    The UPDATE re-checks the condition, so of two workers racing for a chunk one gets it and
+    the other finds the next (PostgreSQL re-evaluates the WHERE after the row lock; SQLite runs
+    one writer at a time).
+    """
+    condition = _claimable(job_id, stale_before)
+    for _ in range(8):
+        chunk_id = db.scalar(
+            select(EmbedChunk.id).where(condition).order_by(EmbedChunk.seq).limit(1)  # type: ignore[arg-type]  # and_() is a ColumnElement[bool]
+        )
+        if chunk_id is None:
+            return None
+        row = db.execute(
+            update(EmbedChunk)
+            .where(EmbedChunk.id == chunk_id, condition)  # type: ignore[arg-type]  # as above
+            .values(status=ChunkStatus.running, worker=worker, claimed_at=utcnow())
+            .returning(EmbedChunk.keys)
+        ).first()
+        if row is not None:
+            return chunk_id, list(row[0])
+    return None
+
+
+def finish_chunk(db: Session, *, chunk_id: int) -> None:
+    """Mark a chunk embedded and stored."""
+    db.execute(
+        update(EmbedChunk)
+        .where(EmbedChunk.id == chunk_id)
+        .values(status=ChunkStatus.done, done_at=utcnow())
+    )
+
+
+def chunk_progress(db: Session, *, job_id: int) -> tuple[int, int]:
+    """(chunks done, chunks in all) of a job."""
+    done, total = db.execute(
+        select(
+            func.count().filter(EmbedChunk.status == ChunkStatus.done),
+            func.count(),
+        ).where(EmbedChunk.job_id == job_id)
+    ).one()
+    return int(done or 0), int(total or 0)
+
+
+def chunk_workers(db: Session, *, job_id: int) -> dict[str, int]:
+    """How many of a job's chunks each worker embedded (the fan-out, for the job's result)."""
+    rows = db.execute(
+        select(EmbedChunk.worker, func.count())
+        .where(EmbedChunk.job_id == job_id, EmbedChunk.status == ChunkStatus.done)
+        .group_by(EmbedChunk.worker)
+    ).tuples()
+    return {str(worker): int(n) for worker, n in rows}
+
+
+def drop_chunks(db: Session, *, job_id: int) -> None:
+    """Forget a finished plan: the embeddings are on disk, the chunk rows served their turn."""
+    db.execute(delete(EmbedChunk).where(EmbedChunk.job_id == job_id))
+
+
+def jobs(db: Session, *, project_id: int) -> list[Job]:
+    """A project's embedding jobs, newest first."""
+    return list(
+        db.scalars(
+            select(Job)
+            .where(Job.project_id == project_id, Job.kind == JobKind.embed)
+            .order_by(Job.id.desc())
+        )
+    )

@@ -1,0 +1,232 @@
+"""Embedding a project's images with a frozen backbone, the work shared by every free worker.
+
+A job that needs embeddings (an ``embed`` job, or a round whose proxy is ``linear``) plans the
+missing images as chunks in the database (``app.embeddings.service``), sends one help request per
+chunk beyond its own, up to ``SVP_EMBED_FANOUT``, and works through the chunks itself too, so it
+finishes even when no other worker is free. A helper claims chunks until none is left and never
+touches the job's status; the job that planned the chunks reports progress, waits for chunks held
+by others, and takes over a chunk whose claim went stale (its worker died). Vectors go to the
+engine's ``EmbeddingStore`` on the shared data volume, which skips keys already there: a chunk
+embedded twice after a takeover costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from svp.backbones import Backbone, backbone_names, load_backbone, register_torchvision_backbone
+from svp.embeddings import EmbeddingStore
+
+from app.db import unit_of_work, utcnow
+from app.embeddings import service as embeddings
+from app.items.models import Item
+from app.items.storage import image_path
+from app.jobs.models import FINISHED_JOB_STATUSES, Job
+from app.jobs.service import JobCanceled, JobContext
+from app.settings import get_settings
+from svp.data import decode_image
+from worker import round_engine as engine
+
+log = logging.getLogger("svp.worker.embed")
+
+# How often the planning job looks at chunks other workers hold.
+WAIT_SECONDS = 0.5
+# Images decoded at once by the reader threads ahead of the backbone (Pillow frees the GIL).
+DECODE_THREADS = 2
+
+
+def backbone(name: str) -> Backbone:
+    """A loaded backbone by name; the user's own from ``SVP_BACKBONES`` are registered first."""
+    settings = get_settings()
+    for user_name, spec in settings.backbones.items():
+        if user_name not in backbone_names():
+            register_torchvision_backbone(
+                user_name, spec.arch, spec.weights, image_size=spec.image_size
+            )
+    return load_backbone(name, device=engine.device())
+
+
+@lru_cache(maxsize=8)
+def _store(cache_dir: str, name: str, image_size: int, dim: int) -> EmbeddingStore:
+    return EmbeddingStore(cache_dir, name, image_size, dim)
+
+
+def store(name: str, image_size: int) -> EmbeddingStore:
+    """The embedding store of a backbone and input side, refreshed with other workers' rows."""
+    dim = backbone(name).spec.dim
+    found = _store(str(get_settings().cache_dir), name, image_size, dim)
+    found.refresh()
+    return found
+
+
+def embed_files(model: Backbone, keys: Sequence[str], image_size: int) -> torch.Tensor:
+    """Decode the images with these content hashes at ``image_size`` and embed them."""
+    images_dir = get_settings().images_dir
+
+    def read(key: str) -> np.ndarray:
+        return decode_image(image_path(images_dir, key).read_bytes(), image_size)
+
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        pixels = np.stack(list(pool.map(read, keys)))
+    threads = get_settings().torch_threads or None
+    return model.embed(torch.from_numpy(pixels), num_threads=threads)
+
+
+def work_chunks(
+    *,
+    job_id: int,
+    name: str,
+    image_size: int,
+    worker: str,
+    on_chunk: Callable[[], None] | None = None,
+) -> int:
+    """Claim and embed the job's chunks until none is left to claim; returns how many."""
+    model = backbone(name)
+    target = store(name, image_size)
+    stale = timedelta(seconds=get_settings().worker_dead_after_seconds)
+    done = 0
+    while True:
+        with unit_of_work() as db:
+            claimed = embeddings.claim_chunk(
+                db, job_id=job_id, worker=worker, stale_before=utcnow() - stale
+            )
+        if claimed is None:
+            return done
+        chunk_id, keys = claimed
+        missing = target.missing(keys)
+        if missing:
+            target.add(missing, embed_files(model, missing, image_size))
+        with unit_of_work() as db:
+            embeddings.finish_chunk(db, chunk_id=chunk_id)
+        done += 1
+        if on_chunk is not None:
+            on_chunk()
+
+
+def help_with(job_id: int, name: str, image_size: int, *, worker: str) -> int:
+    """A help request's work: embed chunks of a job that is still running; how many."""
+    with unit_of_work(write=False) as db:
+        job = db.get(Job, job_id)
+        if job is None or job.status in FINISHED_JOB_STATUSES or job.cancel_requested:
+            return 0
+    done = work_chunks(job_id=job_id, name=name, image_size=image_size, worker=worker)
+    log.info("job=%s event=helped chunks=%s worker=%s", job_id, done, worker)
+    return done
+
+
+@dataclass
+class EmbeddingReport:
+    """What one job's embedding step did: images embedded, seconds, chunks per worker."""
+
+    images: int = 0
+    seconds: float = 0.0
+    chunks: int = 0
+    workers: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON for a job's result or a round's metrics."""
+        rate = self.images / self.seconds if self.images and self.seconds > 0 else None
+        return {
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": None if rate is None else round(rate, 1),
+            "chunks": self.chunks,
+            "workers": self.workers,
+        }
+
+
+def ensure_embeddings(
+    ctx: JobContext,
+    keys: Sequence[str],
+    name: str,
+    image_size: int,
+    *,
+    stage: str = "embedding",
+    report: EmbeddingReport | None = None,
+) -> EmbeddingStore:
+    """Make sure every key has an embedding, sharing the work with other workers; the store.
+
+    ``report``, when given, is filled with what was embedded and by which workers.
+    """
+    started = time.perf_counter()
+    target = store(name, image_size)
+    missing = target.missing(keys)
+    if not missing:
+        return target
+    settings = get_settings()
+    with unit_of_work() as db:
+        total = embeddings.plan_chunks(
+            db, job_id=ctx.job_id, keys=missing, chunk_size=settings.embed_chunk_size
+        )
+    helpers = min(total - 1, settings.embed_fanout)
+    if helpers > 0:
+        engine.ask_for_help(ctx.job_id, name, image_size, count=helpers)
+    worker = ctx.worker or "worker"
+
+    def progress() -> None:
+        with unit_of_work(write=False) as db:
+            finished, planned = embeddings.chunk_progress(db, job_id=ctx.job_id)
+        # Raises JobCanceled when someone asked the job to stop: helpers then stop too.
+        ctx.progress(stage, finished / max(planned, 1))
+
+    ctx.progress(stage, 0.0)
+    while True:
+        work_chunks(
+            job_id=ctx.job_id, name=name, image_size=image_size, worker=worker, on_chunk=progress
+        )
+        with unit_of_work(write=False) as db:
+            finished, planned = embeddings.chunk_progress(db, job_id=ctx.job_id)
+        if finished >= planned:
+            break
+        progress()
+        time.sleep(WAIT_SECONDS)
+    with unit_of_work() as db:
+        workers = embeddings.chunk_workers(db, job_id=ctx.job_id)
+        embeddings.drop_chunks(db, job_id=ctx.job_id)
+    target.refresh()
+    still = target.missing(keys)
+    if still:
+        raise RuntimeError(f"{len(still)} images have no embedding after every chunk was done")
+    if report is not None:
+        report.images = len(missing)
+        report.seconds = time.perf_counter() - started
+        report.chunks = total
+        report.workers = workers
+    return target
+
+
+def run_embed(ctx: JobContext) -> dict[str, Any]:
+    """The ``embed`` job: every image of the project that the store lacks, fanned out."""
+    assert ctx.project_id is not None
+    name, image_size = str(ctx.params["backbone"]), int(ctx.params["image_size"])
+    with unit_of_work(write=False) as db:
+        keys = list(
+            dict.fromkeys(
+                db.scalars(
+                    select(Item.content_hash)
+                    .where(Item.project_id == ctx.project_id)
+                    .order_by(Item.id)
+                )
+            )
+        )
+    report = EmbeddingReport()
+    try:
+        ensure_embeddings(ctx, keys, name, image_size, report=report)
+    except JobCanceled:
+        with unit_of_work() as db:
+            embeddings.drop_chunks(db, job_id=ctx.job_id)
+        raise
+    return {"backbone": name, "image_size": image_size, "total": len(keys), **report.as_dict()}
+
+
+__all__ = ["EmbeddingReport", "ensure_embeddings", "help_with", "run_embed", "store"]
