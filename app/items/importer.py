@@ -34,7 +34,7 @@ from app.db import unit_of_work, utcnow
 from app.items.models import Item, Split
 from app.items.storage import ImageStore, discard
 from app.jobs.models import Job
-from app.jobs.service import JobContext
+from app.jobs.runtime import JobContext
 from app.labeling.models import Label, LabelSource
 from app.projects.models import Project
 from app.settings import get_settings
