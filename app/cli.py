@@ -6,7 +6,7 @@ import argparse
 import getpass
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import select
 
@@ -64,6 +64,7 @@ def _users_create(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    # The one import of worker/ in app/: this command is the worker (tests/test_import_graph.py).
     from worker.celery_app import run_worker
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
@@ -129,13 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000)
     demo.set_defaults(func=_demo)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
     return parser
-
-
-# Sub-commands owned by other parts (the worker, the demo) register themselves here.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,9 @@ from app.auth.router import router as auth_router
 from app.auth.service import LoginLimiter, create_user
 from app.db import unit_of_work
 from app.errors import DomainError
+from app.items.importer import run_import
+from app.jobs.models import JobKind
+from app.jobs.runtime import register_runner
 from app.projects.router import router as projects_router
 from app.routers import ROUTERS
 from app.settings import get_settings
@@ -67,6 +70,8 @@ def _route_template(request: Request) -> str:
 def create_app() -> FastAPI:
     """Build the application with every router."""
     settings = get_settings()
+    # The only runner the server's own pool may run (SVP_INLINE_JOBS): imports need no torch.
+    register_runner(JobKind.import_, run_import)
     app = FastAPI(
         title="SVP Label",
         version="0.1.0",

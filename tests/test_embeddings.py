@@ -226,10 +226,12 @@ def test_a_dead_workers_chunk_is_taken_over_and_a_live_ones_is_not(factory: Fact
         later = embeddings.claim_chunk(
             db, job_id=job_id, worker="b", stale_before=utcnow() + timedelta(seconds=1)
         )
-    assert later is not None and later[0] == first[0]
+    assert later is not None
+    assert later[0] == first[0]
     with unit_of_work(write=False) as db:
         chunk = db.scalar(select(EmbedChunk).where(EmbedChunk.id == first[0]))
-        assert chunk is not None and chunk.worker == "b"
+        assert chunk is not None
+        assert chunk.worker == "b"
 
 
 def test_chunks_go_with_their_job(factory: Factory) -> None:

@@ -21,7 +21,7 @@ from app.db import unit_of_work
 from app.items import importer
 from app.items.models import Item
 from app.jobs.models import Job
-from app.jobs.service import JobContext, run_job
+from app.jobs.runtime import JobContext, run_job
 from app.labeling.models import Label
 from app.settings import Settings, get_settings
 from tests.conftest import SHARED_DATA, needs_shared_data

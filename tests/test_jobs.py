@@ -9,7 +9,7 @@ import pytest
 
 from app.db import unit_of_work, utcnow
 from app.jobs.models import Job
-from app.jobs.service import JobCanceled, JobContext
+from app.jobs.runtime import JobCanceled, JobContext
 from app.rounds.models import Round
 from app.settings import Settings, get_settings
 from tests.factories import Factory

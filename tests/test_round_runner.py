@@ -22,16 +22,23 @@ from app.items.models import Item
 from app.items.storage import ImageStore, image_path
 from app.jobs import dispatch
 from app.jobs.models import Job
-from app.jobs.service import JobContext, run_job
+from app.jobs.runtime import JobContext, run_job
 from app.projects.models import Project
 from app.rounds import service as rounds
 from app.rounds.models import Round, Selection
 from app.rounds.schemas import PROXY_ARCHS, ProxyConfig
 from app.settings import Settings
 from tests.factories import Factory
+from worker import runners
 
 CLASSES = ["red", "green", "blue"]
 TINY = ProxyConfig(arch="tiny_cnn", epochs=2, batch_size=16, image_size=16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def worker_runners() -> None:
+    """These tests run jobs as a worker does: with the worker's runners registered."""
+    runners.register()
 
 
 @pytest.fixture(autouse=True)

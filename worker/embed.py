@@ -24,17 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 from sqlalchemy import select
-from svp.backbones import Backbone, backbone_names, load_backbone, register_torchvision_backbone
-from svp.embeddings import EmbeddingStore
 
 from app.db import unit_of_work, utcnow
 from app.embeddings import service as embeddings
 from app.items.models import Item
 from app.items.storage import image_path
 from app.jobs.models import FINISHED_JOB_STATUSES, Job
-from app.jobs.service import JobCanceled, JobContext
+from app.jobs.runtime import JobCanceled, JobContext
 from app.settings import get_settings
+from svp.backbones import Backbone, backbone_names, load_backbone, register_torchvision_backbone
 from svp.data import decode_image
+from svp.embeddings import EmbeddingStore
 from worker import round_engine as engine
 
 log = logging.getLogger("svp.worker.embed")

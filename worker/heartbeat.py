@@ -2,7 +2,7 @@
 
 The worker's main process registers its row when it is ready, refreshes ``last_seen`` every
 ``SVP_WORKER_HEARTBEAT_SECONDS`` from a daemon thread and removes the row on a clean shutdown.
-The same thread runs the reconciler (``worker.reconcile``) at start and on every beat: no beat
+The same thread runs the reconciler (``app.jobs.reconcile``) at start and on every beat: no beat
 scheduler to deploy, and every worker reconciles, so the fleet needs no leader (the reconciler's
 updates are conditional, so two workers reconciling at once do each change once). Each running
 job's own heartbeat is kept by ``run_job`` in the process that runs it, so a killed pool child
@@ -22,8 +22,8 @@ from sqlalchemy import delete, update
 
 from app.db import get_engine, unit_of_work, utcnow
 from app.jobs.models import WorkerNode
+from app.jobs.reconcile import reconcile
 from app.settings import get_settings
-from worker.reconcile import reconcile
 
 log = logging.getLogger("svp.worker")
 

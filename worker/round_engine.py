@@ -15,12 +15,13 @@ import torch
 from torch import Tensor
 
 from app.embeddings.schemas import known_backbones
+from app.jobs.broker import EMBED_HELP_TASK_NAME, send_task
+from app.jobs.models import JobKind
 from app.settings import get_settings
 from svp.config import TrainConfig
 from svp.data import ImageStore
 from svp.train import TrainResult, pick_device
 from svp.train import train as svp_train
-from worker.celery_app import send_embed_help
 
 # The paper's proxies train with SGD at 0.1 on batches of 128 (Coleman et al. 2020).
 DEFAULT_LR = 0.1
@@ -56,7 +57,8 @@ def backbone_size(name: str) -> int:
 
 def ask_for_help(job_id: int, backbone: str, image_size: int, *, count: int) -> None:
     """Send help requests for a job's embedding chunks through the broker."""
-    send_embed_help(job_id, backbone, image_size, count=count)
+    for _ in range(count):
+        send_task(EMBED_HELP_TASK_NAME, [job_id, backbone, image_size], kind=JobKind.embed)
 
 
 def train(

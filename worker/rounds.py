@@ -1,9 +1,9 @@
 """Runners of the torch jobs: a labelling round, a core-set, an evaluation.
 
-Each is ``fn(ctx: JobContext) -> dict``, run by the job runtime in a worker. They read ids and
-labels in short transactions, do the torch work outside any transaction, and write results in
-one; every round write goes through ``app.rounds.service``. A runner is idempotent: a redelivered
-round reloads its row first, and one that already has its batch returns at once.
+Each is ``fn(ctx: JobContext) -> dict``, run by ``app.jobs.runtime.run_job`` in a worker. They
+read ids and labels in short transactions, do the torch work outside any transaction, and write
+results in one; every round write goes through ``app.rounds.service``. A runner is idempotent:
+a redelivered round reloads its row first, and one that already has its batch returns at once.
 
 All three share one path: read the pool (``_read_pool``), turn it into the engine's inputs
 (``_inputs``: uint8 pixels for a proxy trained from scratch, a backbone's embeddings for a
@@ -28,7 +28,7 @@ import svp
 from app.db import unit_of_work
 from app.items.models import Item, Split
 from app.items.storage import image_path
-from app.jobs.service import JobCanceled, JobContext
+from app.jobs.runtime import JobCanceled, JobContext
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.rounds import service as rounds

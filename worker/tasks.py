@@ -1,8 +1,9 @@
-"""The one Celery task: run a job by id through ``app.jobs.service.run_job``.
+"""The one Celery task: run a job by id through ``app.jobs.runtime.run_job``.
 
 ``run_job`` owns the session, the job row's status and idempotence (it claims only a queued job,
 or a running one whose worker stopped beating), so this task adds only what is Celery's: the
-worker's name, a narrow retry while the database is unreachable, and logging.
+worker's name, a narrow retry while the database is unreachable, and logging. Importing this
+module registers the worker's runners (``worker.runners``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 import worker.heartbeat  # noqa: F401  (connects the worker's signals)
-from app.jobs.service import run_job
-from worker.celery_app import EMBED_HELP_TASK_NAME, TASK_NAME
+from app.jobs.broker import EMBED_HELP_TASK_NAME, TASK_NAME
+from app.jobs.runtime import run_job
+from worker import runners
+from worker.embed import help_with
 
 log = logging.getLogger("svp.worker")
+
+runners.register()
 
 
 @shared_task(
@@ -54,8 +59,5 @@ def run_job_task(self: Task[Any, Any], job_id: int) -> str:
 )
 def embed_help_task(self: Task[Any, Any], job_id: int, backbone: str, image_size: int) -> int:
     """Embed chunks of a running job until none is left; a late request finds none and ends."""
-    # Imported here: torch loads only in a worker that is asked to embed.
-    from worker.embed import help_with
-
     worker = self.request.hostname or "worker"
     return help_with(int(job_id), str(backbone), int(image_size), worker=worker)

@@ -35,7 +35,7 @@ from app.embeddings.service import embed_new_images
 from app.items.models import Item, Split
 from app.items.storage import ImageStore, discard
 from app.jobs.models import Job
-from app.jobs.service import JobContext
+from app.jobs.runtime import JobContext
 from app.labeling.models import Label, LabelSource
 from app.projects.models import Project
 from app.settings import get_settings

@@ -8,8 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.db import unit_of_work, utcnow
+from app.jobs.broker import send_job
 from app.jobs.models import Job
+from app.jobs.runtime import run_job
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,8 @@ def send(*, job_id: int, kind: str) -> None:
     if get_settings().inline_jobs:
         _submit_inline(job_id)
     else:
-        # Only the Celery app, never worker.tasks: the server must not import the runners.
-        from worker.celery_app import send_job
-
         send_job(job_id, kind)
+    metrics.JOBS_ENQUEUED.labels(kind).inc()
     _mark_sent(job_id)
 
 
@@ -66,8 +67,6 @@ def _submit_inline(job_id: int) -> None:
 
 
 def _run_guarded(job_id: int) -> None:
-    from app.jobs.service import run_job
-
     try:
         run_job(job_id, worker="server")
     except Exception:

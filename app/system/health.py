@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.jobs.broker import broker_kind, get_celery
 from app.jobs.models import WorkerNode
 from app.settings import get_settings
-from worker.celery_app import broker_kind, get_celery
 
 CACHE_SECONDS = 2.0
 # A broker that does not answer in this long is reported as an error.

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.db import unit_of_work, utcnow
 from app.jobs.dispatch import send_after_commit
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobStatus, WorkerNode
-from app.jobs.service import MAX_ATTEMPTS, lost_worker_reason
+from app.jobs.runtime import MAX_ATTEMPTS, lost_worker_reason
 from app.rounds.models import ACTIVE_ROUND_STATUSES, Round
 from app.rounds.service import follow_jobs
 from app.settings import get_settings
@@ -90,7 +90,8 @@ def reconcile(now: datetime | None = None) -> Reconciled:
         for job_id in (*done.requeued, *done.resent):
             kind = db.scalar(select(Job.kind).where(Job.id == job_id))
             send_after_commit(db, job_id=job_id, kind=str(kind))
-        done.rounds = sync_rounds(db)
+        # Rounds whose job finished without them (failed, canceled, gone) follow their job.
+        done.rounds = [r.id for r in follow_jobs(db)]
         db.execute(delete(WorkerNode).where(WorkerNode.last_seen < forget_before))
     if done:
         log.warning(
@@ -101,14 +102,6 @@ def reconcile(now: datetime | None = None) -> Reconciled:
             done.rounds,
         )
     return done
-
-
-def sync_rounds(db: Session) -> list[int]:
-    """Rounds whose job finished without them (failed, canceled, gone) follow their job.
-
-    The hook where the rounds' own rules live: ``app.rounds.service.follow_jobs``.
-    """
-    return [r.id for r in follow_jobs(db)]
 
 
 def _rounds_out_of_step(db: Session) -> list[int]:
