@@ -14,11 +14,22 @@ from svp.data import (
     load_cifar10,
     read_image_folder_zip,
 )
+from svp.heads import (
+    Calibration,
+    LinearHead,
+    LinearProxy,
+    expected_calibration_error,
+    fit_linear_head,
+    fit_temperature,
+)
 from svp.metrics import accuracy, overlap, rankdata, spearman
 from svp.models import MODELS, Classifier, create_model, model_names
 from svp.strategies import (
+    AUTO_SWITCH_PER_CLASS,
     SelectionResult,
     Strategy,
+    auto_choice,
+    cluster_margin,
     cold_start,
     coreset,
     entropy,
@@ -26,6 +37,8 @@ from svp.strategies import (
     least_confidence,
     margin,
     select,
+    typicality,
+    typiclust,
 )
 from svp.train import (
     ForgettingTracker,
@@ -41,12 +54,16 @@ from svp.train import (
 )
 
 __all__ = [
+    "AUTO_SWITCH_PER_CLASS",
     "MODELS",
     "PAPER_SCHEDULE",
+    "Calibration",
     "Classifier",
     "ForgettingTracker",
     "ImageStore",
     "LabeledImages",
+    "LinearHead",
+    "LinearProxy",
     "Predictions",
     "SelectionResult",
     "Strategy",
@@ -56,7 +73,9 @@ __all__ = [
     "TrainingCancelled",
     "accuracy",
     "augment",
+    "auto_choice",
     "channel_stats",
+    "cluster_margin",
     "cold_start",
     "content_key",
     "coreset",
@@ -64,6 +83,9 @@ __all__ = [
     "decode_image",
     "entropy",
     "evaluate",
+    "expected_calibration_error",
+    "fit_linear_head",
+    "fit_temperature",
     "forgetting_events",
     "kcenter_greedy",
     "least_confidence",
@@ -79,4 +101,6 @@ __all__ = [
     "select",
     "spearman",
     "train",
+    "typicality",
+    "typiclust",
 ]
