@@ -1,8 +1,18 @@
-"""SVP's selection engine: images as tensors, a model zoo, a trainer, strategies and metrics.
+"""SVP's selection engine: images as tensors, a model zoo, frozen backbones and their embedding
+cache, a trainer, strategies and metrics.
 
 Pure Python and torch: no web framework, no database, no task queue.
 """
 
+from svp.backbones import (
+    Backbone,
+    BackboneSpec,
+    backbone_names,
+    get_spec,
+    load_backbone,
+    register_backbone,
+    register_torchvision_backbone,
+)
 from svp.config import PAPER_SCHEDULE, TrainConfig, scaled_schedule
 from svp.data import (
     ImageStore,
@@ -14,6 +24,7 @@ from svp.data import (
     load_cifar10,
     read_image_folder_zip,
 )
+from svp.embeddings import EmbeddingStore
 from svp.heads import (
     Calibration,
     LinearHead,
@@ -57,8 +68,11 @@ __all__ = [
     "AUTO_SWITCH_PER_CLASS",
     "MODELS",
     "PAPER_SCHEDULE",
+    "Backbone",
+    "BackboneSpec",
     "Calibration",
     "Classifier",
+    "EmbeddingStore",
     "ForgettingTracker",
     "ImageStore",
     "LabeledImages",
@@ -74,6 +88,7 @@ __all__ = [
     "accuracy",
     "augment",
     "auto_choice",
+    "backbone_names",
     "channel_stats",
     "cluster_margin",
     "cold_start",
@@ -87,8 +102,10 @@ __all__ = [
     "fit_linear_head",
     "fit_temperature",
     "forgetting_events",
+    "get_spec",
     "kcenter_greedy",
     "least_confidence",
+    "load_backbone",
     "load_cifar10",
     "margin",
     "model_names",
@@ -96,6 +113,8 @@ __all__ = [
     "predict",
     "rankdata",
     "read_image_folder_zip",
+    "register_backbone",
+    "register_torchvision_backbone",
     "scaled_schedule",
     "seed_everything",
     "select",
