@@ -25,11 +25,22 @@ from svp.data import (
     read_image_folder_zip,
 )
 from svp.embeddings import EmbeddingStore
+from svp.heads import (
+    Calibration,
+    LinearHead,
+    LinearProxy,
+    expected_calibration_error,
+    fit_linear_head,
+    fit_temperature,
+)
 from svp.metrics import accuracy, overlap, rankdata, spearman
 from svp.models import MODELS, Classifier, create_model, model_names
 from svp.strategies import (
+    AUTO_SWITCH_PER_CLASS,
     SelectionResult,
     Strategy,
+    auto_choice,
+    cluster_margin,
     cold_start,
     coreset,
     entropy,
@@ -37,6 +48,8 @@ from svp.strategies import (
     least_confidence,
     margin,
     select,
+    typicality,
+    typiclust,
 )
 from svp.train import (
     ForgettingTracker,
@@ -52,15 +65,19 @@ from svp.train import (
 )
 
 __all__ = [
+    "AUTO_SWITCH_PER_CLASS",
     "MODELS",
     "PAPER_SCHEDULE",
     "Backbone",
     "BackboneSpec",
+    "Calibration",
     "Classifier",
     "EmbeddingStore",
     "ForgettingTracker",
     "ImageStore",
     "LabeledImages",
+    "LinearHead",
+    "LinearProxy",
     "Predictions",
     "SelectionResult",
     "Strategy",
@@ -70,8 +87,10 @@ __all__ = [
     "TrainingCancelled",
     "accuracy",
     "augment",
+    "auto_choice",
     "backbone_names",
     "channel_stats",
+    "cluster_margin",
     "cold_start",
     "content_key",
     "coreset",
@@ -79,6 +98,9 @@ __all__ = [
     "decode_image",
     "entropy",
     "evaluate",
+    "expected_calibration_error",
+    "fit_linear_head",
+    "fit_temperature",
     "forgetting_events",
     "get_spec",
     "kcenter_greedy",
@@ -98,4 +120,6 @@ __all__ = [
     "select",
     "spearman",
     "train",
+    "typicality",
+    "typiclust",
 ]

@@ -289,5 +289,10 @@ def channel_stats(images: Tensor, chunk: int = 8192) -> tuple[list[float], list[
 
 
 def to_float(images: Tensor) -> Tensor:
-    """uint8 images to float32 in [0, 1]."""
+    """uint8 images to float32 in [0, 1]; float inputs (embeddings) pass through as float32."""
+    if images.is_floating_point():
+        # Embeddings are already model inputs: scaling them would change what the head sees.
+        return images.to(torch.float32)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 or floating point, not {images.dtype}")
     return images.to(torch.float32).div_(255.0)

@@ -237,7 +237,7 @@ def predict(
     device: str | torch.device | None = None,
     num_threads: int | None = None,
 ) -> Predictions:
-    """Score uint8 images in eval mode, without augmentation, batched, under inference_mode."""
+    """Score uint8 images (or float embeddings) in eval mode, unaugmented, under inference_mode."""
     dev = pick_device(str(device) if device is not None else None)
     was_training = model.training
     model.eval()
@@ -275,7 +275,7 @@ def evaluate(
     batch_size: int = 512,
     device: str | torch.device | None = None,
 ) -> float:
-    """Top-1 accuracy of a model on uint8 images, in eval mode without augmentation."""
+    """Top-1 accuracy of a model on uint8 images (or float embeddings), in eval mode."""
     from svp.metrics import accuracy
 
     return accuracy(predict(model, images, batch_size=batch_size, device=device).probs, labels)
