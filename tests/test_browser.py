@@ -429,7 +429,9 @@ def test_engineer_uploads_a_zip_and_runs_a_round(
     # The proxy trained on the 9 labelled pool items and was measured on the 12 test items.
     assert row.locator("td").nth(6).inner_text() == "9"
     page.locator("#learning-curve .uplot").wait_for()
-    assert "9 labels, proxy" in page.locator("#learning-curve").get_attribute("aria-label")
+    # One line per strategy and proxy the rounds used.
+    curve = page.locator("#learning-curve").get_attribute("aria-label") or ""
+    assert "random (tiny_cnn): 9 labels" in curve
     screenshot(page, "project-round-batch")
     assert page.errors == []
 

@@ -256,3 +256,72 @@ def test_a_worker_killed_mid_training_does_not_leave_its_round_running(
         else:
             assert rnd["status"] == "failed", rnd
             assert rnd["error"]
+
+
+def embed_jobs(c: httpx.Client, pid: int) -> list[dict[str, Any]]:
+    """The project's embedding jobs, newest first."""
+    r = c.get(f"/api/projects/{pid}/embeddings")
+    assert r.status_code == 200, r.text
+    return list(r.json())
+
+
+def test_linear_auto_rounds_with_embedding_fanned_out_over_two_workers(
+    tmp_path: Path, database_url: str, broker_url: str
+) -> None:
+    # Small chunks and one torch thread a worker: the pool's embedding job is long enough, and
+    # split finely enough, that the second worker's help arrives while chunks are left.
+    env = {
+        "SVP_WORKER_HEARTBEAT_SECONDS": "1",
+        "SVP_EMBED_CHUNK_SIZE": "8",
+        "SVP_TORCH_THREADS": "1",
+    }
+    with stack(tmp_path, database_url=database_url, broker_url=broker_url, extra_env=env) as s:
+        s.serve()
+        s.worker("worker-1")
+        s.worker("worker-2")
+        c = admin_client(s)
+        # The product's defaults: a linear head on EfficientNet-Lite0 embeddings, auto.
+        r = c.post("/api/projects", json={"name": "colours-linear", "classes": CLASSES})
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        assert (r.json()["settings"]["default_proxy"], r.json()["settings"]["strategy"]) == (
+            "linear",
+            "auto",
+        )
+        upload(c, pid, make_zip(5, offset=500, folders=True), "test", folders=True)
+        first = embed_jobs(c, pid)
+        assert len(first) == 1
+        assert wait_job(c, first[0]["id"])["status"] == "succeeded"
+        # Each import queues the embedding of what it added; this one fans out.
+        upload(c, pid, make_zip(120), "pool")
+        jobs = embed_jobs(c, pid)
+        assert len(jobs) == 2
+        pool_job = wait_job(c, jobs[0]["id"], timeout=600)
+        assert pool_job["status"] == "succeeded", pool_job
+        result = pool_job["result"]
+        assert (result["images"], result["total"]) == (360, 375)
+        assert result["chunks"] == 45
+        assert sum(result["workers"].values()) == 45
+        assert len(result["workers"]) == 2, result
+
+        cold, selection, _ = run_round(c, pid, "auto", 6, {})
+        assert cold["proxy"]["arch"] == "linear"
+        assert cold["metrics"]["cold_start"] == "typiclust"
+        assert cold["metrics"]["embedding"] is None  # warm: the import's job did it
+        assert all(s["suggestion"]["label"] is None for s in selection)
+        names = {
+            e["item_id"]: c.get(f"/api/items/{e['item_id']}").json()["name"] for e in selection
+        }
+        assert {true_class(n) for n in names.values()} == set(CLASSES)
+        label_batch(c, pid, 6)
+
+        rnd, selection, _ = run_round(c, pid, "auto", 9, {})
+        m = rnd["metrics"]
+        assert (m["labeled"], m["test_labeled"], m["backbone"]) == (6, 15, "efficientnet_lite0")
+        assert m["selection"]["auto_choice"] == "typiclust"
+        assert m["proxy_test_accuracy"] >= 0.8
+        assert all(s["suggestion"]["label"] in CLASSES for s in selection)
+        label_batch(c, pid, 9)
+        done = c.get(f"/api/rounds/{rnd['id']}").json()
+        assert done["status"] == "completed"
+        assert done["metrics"]["suggestion_accuracy"] >= 0.7

@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
+from app.coresets.schemas import CORESET_STRATEGIES
 from app.db import unit_of_work
+from app.embeddings.schemas import known_backbones
 from app.items.models import Item
 from app.items.storage import ImageStore, image_path
 from app.jobs import dispatch
@@ -26,8 +28,9 @@ from app.jobs.runtime import JobContext, run_job
 from app.projects.models import Project
 from app.rounds import service as rounds
 from app.rounds.models import Round, Selection
-from app.rounds.schemas import PROXY_ARCHS, ProxyConfig
+from app.rounds.schemas import PROXY_ARCHS, ROUND_STRATEGIES, SCRATCH_ARCHS, ProxyConfig
 from app.settings import Settings
+from svp.backbones import get_spec
 from tests.factories import Factory
 from worker import runners
 
@@ -127,6 +130,7 @@ def start(project_id: int, strategy: str, batch_size: int, **kw: Any) -> tuple[i
             proxy=kw.get("proxy", TINY),
             seed=kw.get("seed", 7),
             created_by=None,
+            supersede=kw.get("supersede", False),
         )
         assert rnd.job_id is not None
         return rnd.id, rnd.job_id
@@ -346,7 +350,123 @@ def test_coreset_and_evaluation(world: dict[str, Any], factory: Factory) -> None
     assert 0 <= evaluation["accuracy"] <= 1
 
 
-def test_the_api_knows_the_engines_models() -> None:
+def test_the_api_knows_the_engines_models_strategies_and_backbones() -> None:
+    from svp.backbones import backbone_names
     from svp.models import model_names
+    from svp.strategies import Strategy
 
-    assert set(PROXY_ARCHS) == set(model_names())
+    assert set(SCRATCH_ARCHS) == set(model_names())
+    assert set(PROXY_ARCHS) == {"linear", *model_names()}
+    assert set(ROUND_STRATEGIES) == {s.value for s in Strategy} - {"forgetting"}
+    assert set(CORESET_STRATEGIES) == {s.value for s in Strategy}
+    # The server lists a built-in backbone where its wheel is installed, as the engine does.
+    assert set(known_backbones()) == set(backbone_names())
+    for name, size in known_backbones().items():
+        assert size == get_spec(name).image_size
+
+
+# ---- the linear proxy on a frozen backbone's embeddings (DESIGN 4b) ----
+
+LINEAR = ProxyConfig(arch="linear")
+
+
+def test_an_embed_job_embeds_every_image_once(world: dict[str, Any]) -> None:
+    from app.embeddings.service import start_embedding
+
+    with unit_of_work() as db:
+        project = db.get(Project, world["project"].id)
+        assert project is not None
+        jid = start_embedding(
+            db, project=project, backbone=None, image_size=None, created_by=None
+        ).id
+    assert run_job(jid, worker="w1") == "succeeded"
+    with unit_of_work(write=False) as db:
+        result = db.get(Job, jid).result  # type: ignore[union-attr]
+    assert result is not None
+    assert (result["total"], result["images"], result["backbone"]) == (69, 69, "efficientnet_lite0")
+    assert result["workers"] == {"w1": 1}
+    # A second job finds everything embedded: nothing to do, no chunk planned.
+    with unit_of_work() as db:
+        project = db.get(Project, world["project"].id)
+        assert project is not None
+        again = start_embedding(
+            db, project=project, backbone=None, image_size=None, created_by=None
+        )
+    assert run_job(again.id) == "succeeded"
+    with unit_of_work(write=False) as db:
+        assert db.get(Job, again.id).result["images"] == 0  # type: ignore[union-attr,index]
+
+
+def test_a_linear_project_starts_typical_first_then_suggests_with_a_calibrated_head(
+    world: dict[str, Any],
+) -> None:
+    pid = world["project"].id
+    set_labels(world["test"])
+    rid, jid = start(pid, "auto", 6, proxy=LINEAR)
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    assert rnd.status == "labeling", rnd.error
+    # Cold start on embeddings: TypiClust, no suggestions, and it covers the three colours.
+    assert rnd.metrics["cold_start"] == "typiclust"
+    assert rnd.metrics["embedding"]["images"] == 69
+    assert all(s.suggested_label is None for s in batch)
+    by_id = {it["id"]: it for it in world["pool"]}
+    assert {by_id[s.item_id]["cls"] for s in batch} == set(CLASSES)
+
+    first = {s.item_id for s in batch}
+    set_labels([by_id[i] for i in first])
+    # Labels set directly, not through the API: the batch is closed by superseding it.
+    rid, jid = start(pid, "auto", 9, proxy=LINEAR, seed=8, supersede=True)
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    assert rnd.status == "labeling", rnd.error
+    m = rnd.metrics
+    assert (m["arch"], m["backbone"], m["labeled"], m["cold_start"]) == (
+        "linear",
+        "efficientnet_lite0",
+        6,
+        None,
+    )
+    # Warm: nothing was embedded again.
+    assert m["embedding"] is None
+    # Two labels per class: auto stays typical-first and says why.
+    assert m["selection"]["auto_choice"] == "typiclust"
+    assert m["calibration"]["temperature"] > 0
+    # Colours are easy for ImageNet features: the head is right on the test split and the
+    # suggestions it pre-selects are right too.
+    assert m["proxy_test_accuracy"] >= 0.8
+    assert all(s.suggested_label in CLASSES for s in batch)
+    right = sum(s.suggested_label == by_id[s.item_id]["cls"] for s in batch)
+    assert right >= 7, [(s.suggested_label, by_id[s.item_id]["cls"]) for s in batch]
+    assert not {s.item_id for s in batch} & first
+
+
+def test_a_core_set_on_embeddings(world: dict[str, Any]) -> None:
+    from app.coresets.service import start_coreset
+
+    labelled = world["pool"][::2]  # ten of each colour
+    set_labels(labelled)
+    set_labels(world["test"])
+    with unit_of_work() as db:
+        project = db.get(Project, world["project"].id)
+        assert project is not None
+        jobs = [
+            start_coreset(
+                db,
+                project=project,
+                fraction=0.2,
+                strategy=strategy,
+                proxy=LINEAR,
+                seed=3,
+                created_by=None,
+            ).id
+            for strategy in ("typiclust", "margin")
+        ]
+    for jid in jobs:
+        assert run_job(jid) == "succeeded"
+        with unit_of_work(write=False) as db:
+            r = db.get(Job, jid).result  # type: ignore[union-attr]
+        assert r is not None
+        assert len(set(r["items"])) == 6
+        assert set(r["items"]) <= {it["id"] for it in labelled}
+        assert r["proxy_test_accuracy"] >= 0.8

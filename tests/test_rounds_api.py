@@ -429,6 +429,11 @@ def test_coreset_and_evaluation_jobs(setup: dict[str, Any], sent: list[dict[str,
     assert (r.json()["kind"], r.json()["status"]) == ("coreset", "queued")
     bad = c.post(f"/api/projects/{pid}/coresets", json={"fraction": 0.5, "strategy": "nope"})
     assert bad.status_code == 422
+    # Forgetting events need a proxy that trains from scratch: a linear head has none.
+    body = {"fraction": 0.5, "strategy": "forgetting", "proxy": {"arch": "linear"}}
+    bad = c.post(f"/api/projects/{pid}/coresets", json=body)
+    assert bad.status_code == 422
+    assert "from scratch" in bad.json()["detail"]
     assert (
         c.post(
             f"/api/projects/{pid}/coresets", json={"fraction": 0, "strategy": "random"}

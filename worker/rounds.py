@@ -197,10 +197,10 @@ def _fit(
         head = fit_linear_head(x, y, num_classes, seed=seed)
         ctx.progress("training", 1.0)
         return Fitted(
-            model=head.module,
+            model=head.model,
             forgetting=None,
             seconds=time.perf_counter() - started,
-            calibration=head.stats.as_dict(),
+            calibration=head.calibration.as_dict(),
         )
     trained = engine.train(
         spec.arch,

@@ -45,6 +45,12 @@ def start_coreset(
         raise Invalid(f"a core-set needs at least 2 labelled pool items; the project has {labeled}")
     if int(fraction * labeled) < 1:
         raise Invalid(f"fraction {fraction} of {labeled} labelled items chooses nothing")
+    resolved = resolve_proxy(project_settings(project), proxy)
+    if resolved["arch"] == "linear" and strategy == "forgetting":
+        raise Invalid(
+            "forgetting events are counted while a proxy trains from scratch; "
+            "name one (e.g. proxy.arch tiny_cnn) or choose another strategy"
+        )
     return create_job(
         db,
         kind=JobKind.coreset,
@@ -52,7 +58,7 @@ def start_coreset(
         params={
             "fraction": fraction,
             "strategy": strategy,
-            "proxy": resolve_proxy(project_settings(project), proxy),
+            "proxy": resolved,
             "seed": seed if seed is not None else secrets.randbelow(2**31),
         },
         created_by=created_by,

@@ -42,14 +42,15 @@ def start_embedding(
     image_size: int | None,
     created_by: int | None,
 ) -> Job:
-    """Queue an embedding job for the project's images, or return the one already queued or
-    running with the same backbone and size (a second would only wait on the same chunks)."""
+    """Queue an embedding job for the project's images, or return the one already queued with
+    the same backbone and size: it reads the project's images when it starts, so it covers these
+    too. One already running has planned its chunks, so images added since need a new job."""
     params = embedding_params(backbone, image_size)
     for job in db.scalars(
         select(Job).where(
             Job.project_id == project.id,
             Job.kind == JobKind.embed,
-            Job.status.in_((JobStatus.queued, JobStatus.running)),
+            Job.status == JobStatus.queued,
         )
     ):
         if job.params == params:

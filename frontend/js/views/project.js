@@ -3,16 +3,20 @@
 
 import { ApiError, allPages, del, get, post, put, upload } from "../api.js";
 import { drawLearningCurve } from "../chart.js";
+import { enumOf } from "../schema.js";
 import { fill, h, pct, progressBar, statusPill, toast, when } from "../dom.js";
 
-const STRATEGIES = [
-  ["least_confidence", "Least confidence"],
-  ["entropy", "Entropy"],
-  ["margin", "Margin"],
-  ["kcenter", "k-centre (core-set)"],
-  ["random", "Random"],
-];
-const PROXIES = ["tiny_cnn", "small_cnn", "preact8", "preact20", "preact56", "preact110", "preact164"];
+// Friendly names for the strategies the API lists (/openapi.json); a new one shows by its name.
+const STRATEGY_NAMES = {
+  auto: "Auto (typical first, then uncertain across clusters)",
+  typiclust: "Typical points (TypiClust)",
+  margin_clusters: "Margin across clusters",
+  least_confidence: "Least confidence",
+  entropy: "Entropy",
+  margin: "Margin",
+  kcenter: "k-centre (core-set)",
+  random: "Random",
+};
 const ACTIVE = new Set(["queued", "running"]);
 const JOB_DONE = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -185,11 +189,18 @@ export async function renderProject(main, ctx, pidText) {
 
   // ---- rounds ----
   const settings = project.settings || {};
+  const [strategyNames, proxyNames] = await Promise.all([enumOf("RoundCreate", "strategy"), enumOf("ProxyConfig", "arch")]);
   const strategy = h("select", { id: "round-strategy", name: "strategy" },
-    STRATEGIES.map(([v, t]) => h("option", { value: v, selected: v === settings.strategy }, t)));
+    strategyNames.map((v) => h("option", { value: v, selected: v === settings.strategy }, STRATEGY_NAMES[v] || v)));
   const batchSize = h("input", { type: "number", id: "round-batch", min: "1", max: "100000", value: String(settings.batch_size ?? 20), required: true });
-  const proxy = h("select", { id: "round-proxy" }, PROXIES.map((p) => h("option", { value: p, selected: p === settings.default_proxy }, p)));
+  const proxy = h("select", { id: "round-proxy" }, proxyNames.map((p) => h("option", { value: p, selected: p === settings.default_proxy },
+    p === "linear" ? `linear on ${settings.backbone || "a backbone"}` : p)));
   const epochs = h("input", { type: "number", id: "round-epochs", min: "1", max: "500", value: String(settings.proxy_epochs ?? 10), required: true });
+  // A linear head trains in seconds on frozen embeddings: it has no epochs to set.
+  const syncEpochs = () => { epochs.disabled = proxy.value === "linear"; };
+  proxy.addEventListener("change", syncEpochs);
+  syncEpochs();
+  const supersede = h("input", { type: "checkbox", id: "round-supersede" });
   const seed = h("input", { type: "number", id: "round-seed", min: "0", placeholder: "random" });
   const roundError = h("p", { class: "error-text", role: "alert" });
   const startBtn = h("button", { type: "submit", class: "btn btn-primary" }, "Start round");
@@ -200,6 +211,7 @@ export async function renderProject(main, ctx, pidText) {
       h("div", { class: "field" }, h("label", { for: "round-proxy" }, "Proxy"), proxy),
       h("div", { class: "field" }, h("label", { for: "round-epochs" }, "Epochs"), epochs),
       h("div", { class: "field" }, h("label", { for: "round-seed" }, "Seed"), seed)),
+    h("label", { class: "small" }, supersede, " Close a batch still being labelled (its open items return to the pool)"),
     roundError,
     h("div", null, startBtn));
   roundForm.addEventListener("submit", async (e) => {
@@ -210,14 +222,15 @@ export async function renderProject(main, ctx, pidText) {
       const body = {
         strategy: strategy.value,
         batch_size: Number(batchSize.value),
-        proxy: { arch: proxy.value, epochs: Number(epochs.value) },
+        proxy: proxy.value === "linear" ? { arch: "linear" } : { arch: proxy.value, epochs: Number(epochs.value) },
+        supersede: supersede.checked,
       };
       if (seed.value !== "") body.seed = Number(seed.value);
       await post(`/api/projects/${pid}/rounds`, body);
       await loadRounds();
     } catch (err) {
       roundError.textContent = err instanceof ApiError && err.status === 409
-        ? `A round is already running: ${err.detail}` : err.message;
+        ? `Not now: ${err.detail}` : err.message;
     } finally {
       startBtn.disabled = false;
     }

@@ -1,0 +1,238 @@
+"""Embedding throughput and a linear round's turnaround, through real server and worker processes.
+
+Starts its own ``svplabel serve`` and workers (embedded SQLite and broker by default, or
+``--database-url`` / ``--broker-url``), writes CIFAR-10 training images straight into the data
+dir as an import would, and measures:
+
+1. embedding throughput of one ``embed`` job on a sample with one worker (all its threads), then
+   on another sample shared by two workers with one thread each (the job fans its chunks out);
+2. the time to embed the whole pool (``--pool``, 50,000 by default) with the two workers;
+3. with the pool's embeddings warm and ``--labels`` of them labelled (a labelled test split
+   too), the turnaround of ``linear`` rounds with ``auto`` and ``margin``: POST to batch ready,
+   split by stage from the round's metrics (queue wait, loading, embedding, training, scoring,
+   selecting, saving).
+
+    python bench/embed_turnaround.py --quick
+    python bench/embed_turnaround.py --out bench-out/embed_turnaround.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.round_turnaround import (  # noqa: E402
+    ADMIN,
+    CIFAR,
+    CLASSES,
+    _ts,
+    admin_client,
+    cifar_entries,
+    insert_items,
+    label_spread,
+    pool_images,
+    wait_job,
+)
+from tests.procs import stack, wait_for  # noqa: E402
+
+
+def new_project(c: httpx.Client, name: str) -> int:
+    """A project with the product's defaults: a linear head on EfficientNet-Lite0, auto."""
+    r = c.post("/api/projects", json={"name": f"{name}-{time.time_ns()}", "classes": CLASSES})
+    r.raise_for_status()
+    return int(r.json()["id"])
+
+
+def timed_embedding(c: httpx.Client, pid: int) -> dict[str, Any]:
+    """Run an embed job for the project and report its result and wall time."""
+    started = time.perf_counter()
+    r = c.post(f"/api/projects/{pid}/embeddings", json={})
+    r.raise_for_status()
+    job = wait_job(c, r.json()["id"], timeout=4 * 3600)
+    wall = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"embed job {job['id']} {job['status']}: {job['error']}")
+    result = dict(job["result"])
+    result["wall_seconds"] = wall
+    result["job_seconds"] = _ts(job["finished_at"]) - _ts(job["started_at"])
+    result["images_per_second_wall"] = result["images"] / wall if result["images"] else None
+    return result
+
+
+def timed_linear_round(c: httpx.Client, pid: int, strategy: str, batch: int) -> dict[str, Any]:
+    """POST a linear round and poll until its batch is ready; turnaround split by stage."""
+    started = time.perf_counter()
+    r = c.post(
+        f"/api/projects/{pid}/rounds",
+        json={
+            "strategy": strategy,
+            "batch_size": batch,
+            "proxy": {"arch": "linear"},
+            "seed": 1,
+            # Each timed round closes the previous batch: only the selection is measured.
+            "supersede": True,
+        },
+    )
+    r.raise_for_status()
+    rid = r.json()["id"]
+    box: dict[str, Any] = {}
+
+    def ready() -> bool:
+        box["round"] = c.get(f"/api/rounds/{rid}").json()
+        return box["round"]["status"] not in ("queued", "running")
+
+    wait_for(ready, 3600, f"round {rid} did not finish", interval=0.05)
+    turnaround = time.perf_counter() - started
+    rnd = box["round"]
+    if rnd["status"] != "labeling":
+        raise RuntimeError(f"round {rid} ended {rnd['status']}: {rnd['error']}")
+    job = c.get(f"/api/jobs/{rnd['job_id']}").json()
+    m = rnd["metrics"]
+    parts = {
+        "queue_wait": _ts(job["started_at"]) - _ts(job["created_at"]),
+        "loading": m["seconds_loading"],
+        "embedding": m["seconds_embedding"],
+        "training": m["seconds_training"],
+        "scoring": m["seconds_scoring"],
+        "selecting": m["seconds_selecting"],
+        "saving": m["seconds_saving"],
+    }
+    return {
+        "strategy": strategy,
+        "batch": batch,
+        "turnaround": turnaround,
+        **parts,
+        "other": turnaround - sum(parts.values()),
+        "labeled": m["labeled"],
+        "pool": m["pool"],
+        "proxy_test_accuracy": m["proxy_test_accuracy"],
+        "selection": m.get("selection"),
+        "temperature": (m.get("calibration") or {}).get("temperature"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--pool", type=int, default=50_000, help="pool images for the round")
+    p.add_argument("--sample", type=int, default=3000, help="images per throughput sample")
+    p.add_argument("--labels", type=int, default=1000)
+    p.add_argument("--test", type=int, default=1000, help="labelled test images")
+    p.add_argument("--batch", type=int, default=100, help="round batch size")
+    p.add_argument("--chunk", type=int, default=512, help="SVP_EMBED_CHUNK_SIZE")
+    p.add_argument("--database-url", default="")
+    p.add_argument("--broker-url", default="")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--quick", action="store_true", help="5,000 pool, 500-image samples")
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.pool, args.sample, args.labels, args.test = 5000, 500, 500, 500
+    if not (CIFAR / "train.zip").exists():
+        print(f"needs CIFAR-10 at {CIFAR}", file=sys.stderr)
+        return 2
+    base = Path(args.data_dir or tempfile.mkdtemp(prefix="svp-embed-"))
+    database_url = args.database_url or f"sqlite:///{base / 'stack' / 'svp.sqlite3'}"
+    env = {
+        "SVP_ADMIN_USERNAME": ADMIN["username"],
+        "SVP_ADMIN_PASSWORD": ADMIN["password"],
+        "SVP_EMBED_CHUNK_SIZE": str(args.chunk),
+    }
+    report: dict[str, Any] = {"args": vars(args), "cpus": os.cpu_count()}
+    with stack(
+        base, database_url=database_url, broker_url=args.broker_url or None, extra_env=env
+    ) as s:
+        # This process writes items straight into the same database and data dir.
+        os.environ.update({k: v for k, v in s.env.items() if k.startswith("SVP_")})
+        import app.models  # noqa: F401  (every table, so foreign keys resolve)
+        from app.db import reset_caches
+
+        reset_caches()
+        s.serve()
+        one = s.worker("worker-1")
+        c = admin_client(s)
+        admin_id = c.get("/api/me").json()["id"]
+        # Distinct images for each measurement: the store is content-keyed and would skip them.
+        images = pool_images(2 * args.sample + args.pool)
+
+        def take(n: int) -> Any:
+            return (next(images) for _ in range(n))
+
+        pid = new_project(c, "sample-one-worker")
+        insert_items(pid, take(args.sample), split="pool", labelled=False, user_id=admin_id)
+        single = timed_embedding(c, pid)
+        print(
+            f"one worker, all threads: {single['images_per_second_wall']:.1f} images/s", flush=True
+        )
+
+        # Two workers of one thread each: the same two cores, the work split by chunks.
+        one.stop()
+        s.env["SVP_TORCH_THREADS"] = "1"
+        s.worker("worker-a")
+        s.worker("worker-b")
+        pid = new_project(c, "sample-two-workers")
+        insert_items(pid, take(args.sample), split="pool", labelled=False, user_id=admin_id)
+        shared = timed_embedding(c, pid)
+        print(
+            f"two workers, one thread each: {shared['images_per_second_wall']:.1f} images/s "
+            f"(chunks by worker: {shared['workers']})",
+            flush=True,
+        )
+
+        pid = new_project(c, "pool")
+        insert_items(pid, take(args.pool), split="pool", labelled=False, user_id=admin_id)
+        test = list(cifar_entries("test.zip"))[:: max(1, 10_000 // max(args.test, 1))][: args.test]
+        insert_items(pid, iter(test), split="test", labelled=True, user_id=admin_id)
+        label_spread(pid, args.labels, user_id=admin_id)
+        whole = timed_embedding(c, pid)
+        print(
+            f"embedding {whole['images']} images with two workers: "
+            f"{whole['wall_seconds']:.1f} s ({whole['images_per_second_wall']:.1f} images/s, "
+            f"chunks by worker: {whole['workers']})",
+            flush=True,
+        )
+        rounds = [
+            timed_linear_round(c, pid, strategy, args.batch)
+            for strategy in ("auto", "margin", "auto")
+        ]
+    cols = ["queue_wait", "loading", "embedding", "training", "scoring", "selecting", "saving"]
+    print()
+    head = f"{'strategy':10} {'pool':>6} {'labels':>6} {'total s':>8} " + " ".join(
+        f"{c:>10}" for c in cols
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rounds:
+        print(
+            f"{r['strategy']:10} {r['pool']:>6} {r['labeled']:>6} {r['turnaround']:>8.2f} "
+            + " ".join(f"{r[c]:>10.3f}" for c in cols)
+        )
+    accuracy = rounds[0]["proxy_test_accuracy"]
+    print(f"\nlinear head on {rounds[0]['labeled']} labels: test accuracy {accuracy:.3f}")
+    print(f"auto chose: {rounds[0]['selection']}")
+    report.update(
+        {
+            "embedding": {"one_worker": single, "two_workers": shared, "pool": whole},
+            "rounds": rounds,
+        }
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
