@@ -89,13 +89,15 @@ def work_chunks(
     image_size: int,
     worker: str,
     on_chunk: Callable[[], None] | None = None,
+    wanted: Callable[[], bool] | None = None,
 ) -> int:
-    """Claim and embed the job's chunks until none is left to claim; returns how many."""
+    """Claim and embed the job's chunks until none is left to claim (or ``wanted()`` turns
+    false); returns how many."""
     model = backbone(name)
     target = store(name, image_size)
     stale = timedelta(seconds=get_settings().worker_dead_after_seconds)
     done = 0
-    while True:
+    while wanted is None or wanted():
         with unit_of_work() as db:
             claimed = embeddings.claim_chunk(
                 db, job_id=job_id, worker=worker, stale_before=utcnow() - stale
@@ -111,15 +113,31 @@ def work_chunks(
         done += 1
         if on_chunk is not None:
             on_chunk()
+    return done
+
+
+def _wanted(job_id: int) -> bool:
+    """Whether a job still wants its chunks embedded (not finished, nobody asked it to stop)."""
+    with unit_of_work(write=False) as db:
+        job = db.get(Job, job_id)
+        return not (job is None or job.status in FINISHED_JOB_STATUSES or job.cancel_requested)
 
 
 def help_with(job_id: int, name: str, image_size: int, *, worker: str) -> int:
-    """A help request's work: embed chunks of a job that is still running; how many."""
-    with unit_of_work(write=False) as db:
-        job = db.get(Job, job_id)
-        if job is None or job.status in FINISHED_JOB_STATUSES or job.cancel_requested:
-            return 0
-    done = work_chunks(job_id=job_id, name=name, image_size=image_size, worker=worker)
+    """A help request's work: embed chunks of a job that is still running; how many.
+
+    It looks at the job before each chunk, so a job that failed or was canceled meanwhile
+    costs its helpers at most the chunk in hand.
+    """
+    if not _wanted(job_id):
+        return 0
+    done = work_chunks(
+        job_id=job_id,
+        name=name,
+        image_size=image_size,
+        worker=worker,
+        wanted=lambda: _wanted(job_id),
+    )
     log.info("job=%s event=helped chunks=%s worker=%s", job_id, done, worker)
     return done
 

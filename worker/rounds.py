@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from svp.heads import fit_linear_head
 from torch import nn
 
 import svp
@@ -35,6 +34,7 @@ from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus
 from app.rounds.schemas import EMBEDDING_STRATEGIES
 from app.settings import get_settings
+from svp.heads import fit_linear_head
 from worker import round_engine as engine
 from worker.embed import EmbeddingReport, ensure_embeddings
 
