@@ -170,22 +170,31 @@ def start_next_round(db: Session, *, finished: Round) -> Round | None:
         return None
 
 
+def out_of_step(
+    db: Session, *, project_id: int | None = None, limit: int | None = None
+) -> list[tuple[Round, Job | None]]:
+    """Queued or running rounds whose job has finished or vanished, with that job."""
+    query = (
+        select(Round, Job)
+        .outerjoin(Job, Job.id == Round.job_id)
+        .where(Round.status.in_(ACTIVE_ROUND_STATUSES))
+        .where((Job.id.is_(None)) | (Job.status.in_(FINISHED_JOB_STATUSES)))
+        .order_by(Round.id)
+        .limit(limit)
+    )
+    if project_id is not None:
+        query = query.where(Round.project_id == project_id)
+    return list(db.execute(query).tuples())
+
+
 def follow_jobs(db: Session, *, project_id: int | None = None) -> list[Round]:
     """Bring queued or running rounds whose job has finished (or vanished) in line with it.
 
     The runner keeps a round in step with its job itself; this catches what it cannot: a job
     canceled before it started, or failed by the reconciler after its worker died.
     """
-    query = (
-        select(Round, Job)
-        .outerjoin(Job, Job.id == Round.job_id)
-        .where(Round.status.in_(ACTIVE_ROUND_STATUSES))
-        .where((Job.id.is_(None)) | (Job.status.in_(FINISHED_JOB_STATUSES)))
-    )
-    if project_id is not None:
-        query = query.where(Round.project_id == project_id)
     fixed = []
-    for rnd, job in db.execute(query).tuples():
+    for rnd, job in out_of_step(db, project_id=project_id):
         if job is not None and job.status == JobStatus.canceled:
             rnd.status = RoundStatus.canceled
             rnd.error = job.error or "canceled"
@@ -200,6 +209,27 @@ def follow_jobs(db: Session, *, project_id: int | None = None) -> list[Round]:
     if fixed:
         db.flush()
     return fixed
+
+
+def requeue(db: Session, *, job_id: int) -> None:
+    """Put the round of a retried round job back to queued (409 if another round is active)."""
+    rnd = db.scalar(select(Round).where(Round.job_id == job_id))
+    if rnd is None:
+        return
+    other = db.scalar(
+        select(Round.id).where(
+            Round.project_id == rnd.project_id,
+            Round.id != rnd.id,
+            Round.status.in_(ACTIVE_ROUND_STATUSES),
+        )
+    )
+    if other is not None:
+        raise Conflict(f"round {other} of the project is active; retry this one after it")
+    if rnd.status not in (RoundStatus.failed, RoundStatus.canceled):
+        raise Conflict(f"the job's round is {rnd.status}; only a failed or canceled one is retried")
+    rnd.status = RoundStatus.queued
+    rnd.error = None
+    rnd.finished_at = None
 
 
 def get_round(db: Session, *, round_id: int, user: User, engineer: bool = False) -> Access:
@@ -277,22 +307,15 @@ def selection(db: Session, *, round_id: int) -> list[SelectionEntry]:
     ]
 
 
-def cancel_round(db: Session, *, rnd: Round) -> Round:
-    """Cancel a round: queued or labelling at once; running by asking its job to stop."""
-    job = db.get(Job, rnd.job_id) if rnd.job_id is not None else None
+def check_cancelable(rnd: Round) -> None:
+    """Conflict once the round has finished."""
     if rnd.status in FINISHED_ROUND_STATUSES:
         raise Conflict(f"the round is already {rnd.status}")
-    if rnd.status == RoundStatus.running and job is not None:
-        # The runner sees this at its next progress report (each epoch) and cancels the round.
-        job.cancel_requested = True
-        db.flush()
-        return rnd
-    if job is not None and job.status not in FINISHED_JOB_STATUSES:
-        job.cancel_requested = True
-        if job.status == JobStatus.queued:
-            job.status = JobStatus.canceled
-            job.error = "canceled before it started"
-            job.finished_at = utcnow()
+
+
+def mark_canceled(db: Session, *, rnd: Round) -> Round:
+    """Close a round as canceled now (its job, if any, is canceled by ``app.flows``)."""
+    check_cancelable(rnd)
     if rnd.status == RoundStatus.labeling:
         # Held items go back: nobody labels a batch that no longer exists.
         db.execute(delete(Lease).where(Lease.round_id == rnd.id))
