@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from app import flows
 from app.db import unit_of_work
 from app.items.models import Item
-from app.items.storage import ImageStore, image_path
+from app.items.storage import ImageFiles, image_path
 from app.jobs import dispatch
 from app.jobs.models import Job
 from app.jobs.runtime import JobContext, run_job
@@ -72,7 +72,7 @@ def colour_png(cls: int, i: int) -> bytes:
 
 def make_images(settings: Settings, project: Project, n: int, split: str) -> list[dict[str, Any]]:
     """``n`` images per class written to the image store and inserted as items."""
-    store = ImageStore(settings.images_dir)
+    store = ImageFiles(settings.images_dir)
     out = []
     with unit_of_work() as db:
         for cls in range(len(CLASSES)):

@@ -19,7 +19,6 @@ class JobKind(StrEnum):
     round = "round"
     coreset = "coreset"
     evaluate = "evaluate"
-    export = "export"
 
 
 class JobStatus(StrEnum):

@@ -6,6 +6,7 @@ How a job runs once sent lives in ``app.jobs.runtime``.
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -19,6 +20,12 @@ from app.jobs.runtime import finish
 from app.projects.models import Member, MemberRole
 
 log = logging.getLogger(__name__)
+
+
+def draw_seed(given: int | None) -> int:
+    """The caller's seed, or a fresh one for a job about to be written."""
+    # Drawn here, never in the worker, so a redelivered job makes the same choices.
+    return given if given is not None else secrets.randbelow(2**31)
 
 
 def create_job(

@@ -17,6 +17,7 @@ from app.auth.models import User
 from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item
+from app.items.schemas import image_url
 from app.labeling.models import Label, LabelSource, Lease
 from app.labeling.schemas import LabelRead, QueueEntry
 from app.projects.service import Access, get_access, project_settings
@@ -222,7 +223,7 @@ def next_batch(db: Session, *, access: Access, user: User, n: int) -> list[Queue
             name=c.name,
             rank=c.rank,
             score=c.score,
-            image_url=f"/api/items/{c.item_id}/image",
+            image_url=image_url(c.item_id),
             suggestion=Suggestion(label=c.suggested_label, confidence=c.suggested_prob),
             lease_expires_at=until,
         )

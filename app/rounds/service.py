@@ -7,7 +7,6 @@ selections goes through the functions here, so the rules of a round's life live 
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,9 @@ from app.auth.models import User
 from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound
 from app.items.models import Item, Split
+from app.items.schemas import image_url
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
-from app.jobs.service import create_job
+from app.jobs.service import create_job, draw_seed
 from app.labeling.models import Lease
 from app.projects.models import Project
 from app.projects.schemas import ProjectSettings
@@ -34,11 +34,16 @@ FINISHED_ROUND_STATUSES = (RoundStatus.completed, RoundStatus.failed, RoundStatu
 LEFT_RUNNING = (RoundStatus.labeling, *FINISHED_ROUND_STATUSES)
 
 
-def resolve_proxy(settings: ProjectSettings, proxy: ProxyConfig | None) -> dict[str, Any]:
-    """The full proxy configuration: what the caller gave, the project's settings for the rest."""
+def resolve_proxy(
+    settings: ProjectSettings, proxy: ProxyConfig | None, *, default_arch: str | None = None
+) -> dict[str, Any]:
+    """The full proxy configuration: what the caller gave, the project's settings for the rest.
+
+    An evaluation's target is resolved the same way, with the project's default target.
+    """
     given = proxy or ProxyConfig()
     return {
-        "arch": given.arch or settings.default_proxy,
+        "arch": given.arch or default_arch or settings.default_proxy,
         "epochs": given.epochs or settings.proxy_epochs,
         "batch_size": given.batch_size or settings.proxy_batch_size,
         "lr": given.lr if given.lr is not None else settings.proxy_lr,
@@ -121,8 +126,7 @@ def start_round(
         strategy=strategy,
         batch_size=batch_size,
         proxy=resolve_proxy(project_settings(project), proxy),
-        # Drawn here, not in the worker, so a redelivered task selects the same batch.
-        seed=seed if seed is not None else secrets.randbelow(2**31),
+        seed=draw_seed(seed),
         metrics={},
         created_by=created_by,
     )
@@ -300,7 +304,7 @@ def selection(db: Session, *, round_id: int) -> list[SelectionEntry]:
             name=name,
             rank=s.rank,
             score=s.score,
-            image_url=f"/api/items/{s.item_id}/image",
+            image_url=image_url(s.item_id),
             suggestion=Suggestion(label=s.suggested_label, confidence=s.suggested_prob),
         )
         for s, name in rows
