@@ -1,4 +1,10 @@
-"""Steps that cross domains: what a label or an undo means for the rounds that hold the item."""
+"""Steps that cross domains, called by the routers; the services never call this module.
+
+- a label or an undo, and what it means for the rounds whose batch holds the item (a batch done
+  completes its round, which may start the next one);
+- a round canceled, and its job with it;
+- a round's job canceled or retried, and its round with it.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,70 @@ import logging
 from sqlalchemy import false, select, update
 from sqlalchemy.orm import Session
 
+from app.auth.models import User
 from app.db import utcnow
 from app.items.models import Item
+from app.jobs import service as jobs
+from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
+from app.labeling import service as labeling
+from app.labeling.models import Label
 from app.projects.models import Project
 from app.projects.service import project_settings
+from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus, Selection
-from app.rounds.service import record_suggestion_accuracy, start_next_round
 
 log = logging.getLogger(__name__)
+
+
+def label_item(
+    db: Session, *, user: User, item_id: int, label: str, key: str
+) -> tuple[Label, bool]:
+    """Store a label and settle the batches that hold the item; True when the label is new."""
+    row, item = labeling.submit_label(db, user=user, item_id=item_id, label=label, key=key)
+    if item is None:
+        return row, False
+    # Selections before leases: a concurrent queue/next locks selection rows, then the lease
+    # row; taking them in the same order here cannot deadlock with it.
+    after_label(db, item=item)
+    labeling.release_item(db, item_id=item.id)
+    return row, True
+
+
+def undo_label(db: Session, *, user: User, label_id: int) -> None:
+    """Undo a label, and reopen what it had completed (idempotent)."""
+    item = labeling.undo_label(db, user=user, label_id=label_id)
+    if item is not None:
+        after_undo(db, item=item)
+
+
+def cancel_round(db: Session, *, rnd: Round) -> Round:
+    """Cancel a round and its job: queued or labelling at once, running at its next report."""
+    rounds.check_cancelable(rnd)
+    job = db.get(Job, rnd.job_id) if rnd.job_id is not None else None
+    live_job = job is not None and job.status not in FINISHED_JOB_STATUSES
+    if job is not None and live_job:
+        jobs.cancel_job(db, job=job)
+    if rnd.status == RoundStatus.running and live_job:
+        # The runner sees the request at its next progress report (each epoch) and ends the
+        # round as canceled itself.
+        return rnd
+    return rounds.mark_canceled(db, rnd=rnd)
+
+
+def cancel_job(db: Session, *, job: Job) -> Job:
+    """Cancel a job; a round whose queued job is canceled is canceled with it."""
+    jobs.cancel_job(db, job=job)
+    if job.kind == JobKind.round and job.project_id is not None:
+        rounds.follow_jobs(db, project_id=job.project_id)
+    return job
+
+
+def retry_job(db: Session, *, job: Job) -> Job:
+    """Queue a failed or canceled job again; a round's job takes its round back to queued."""
+    jobs.check_retryable(job)
+    if job.kind == JobKind.round:
+        rounds.requeue(db, job_id=job.id)
+    return jobs.retry_job(db, job=job)
 
 
 def _rounds_holding(db: Session, *, item_id: int, status: str) -> list[Round]:
@@ -61,7 +123,7 @@ def after_label(db: Session, *, item: Item) -> None:
             rnd.finished_at = utcnow()
             db.flush()
             log.info("round %s of project %s completed", rnd.number, rnd.project_id)
-            record_suggestion_accuracy(db, rnd=rnd)
+            rounds.record_suggestion_accuracy(db, rnd=rnd)
             on_round_completed(db, rnd=rnd)
 
 
@@ -73,7 +135,7 @@ def on_round_completed(db: Session, *, rnd: Round) -> None:
     """
     project = db.get(Project, rnd.project_id)
     if project is not None and project_settings(project).auto_next_round:
-        start_next_round(db, finished=rnd)
+        rounds.start_next_round(db, finished=rnd)
 
 
 def after_undo(db: Session, *, item: Item) -> None:

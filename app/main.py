@@ -16,18 +16,14 @@ from sqlalchemy.exc import IntegrityError
 
 from app import metrics
 from app.auth.models import Role, User
-from app.auth.router import router as auth_router
 from app.auth.service import LoginLimiter, create_user
 from app.db import unit_of_work
 from app.errors import DomainError
 from app.items.importer import run_import
 from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
-from app.projects.router import router as projects_router
 from app.routers import ROUTERS
 from app.settings import get_settings
-from app.system.router import router as system_router
-from app.users.router import router as users_router
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +91,7 @@ def create_app() -> FastAPI:
         metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         return response
 
-    for router in (auth_router, users_router, projects_router, system_router, *ROUTERS):
+    for router in ROUTERS:
         app.include_router(router)
 
     if FRONTEND_DIR.is_dir():

@@ -1,9 +1,10 @@
-"""The domain routers beyond auth, users and projects, in the order they are matched."""
+"""Every router of the API, in the order they are matched (the front end's static files last)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.auth.router import router as auth_router
 from app.coresets.router import router as coresets_router
 from app.embeddings.router import router as embeddings_router
 from app.evaluations.router import router as evaluations_router
@@ -11,9 +12,16 @@ from app.exports.router import router as exports_router
 from app.items.router import router as items_router
 from app.jobs.router import router as jobs_router
 from app.labeling.router import router as labeling_router
+from app.projects.router import router as projects_router
 from app.rounds.router import router as rounds_router
+from app.system.router import router as system_router
+from app.users.router import router as users_router
 
 ROUTERS: list[APIRouter] = [
+    auth_router,
+    users_router,
+    projects_router,
+    system_router,
     rounds_router,
     coresets_router,
     embeddings_router,

@@ -84,11 +84,11 @@ def insert_items(
 
     from app.db import unit_of_work, utcnow
     from app.items.models import Item
-    from app.items.storage import ImageStore
+    from app.items.storage import ImageFiles
     from app.labeling.models import Label, LabelSource
     from app.settings import get_settings
 
-    store = ImageStore(get_settings().images_dir)
+    store = ImageFiles(get_settings().images_dir)
     rows: list[dict[str, Any]] = []
     labels: list[tuple[str, str]] = []
     count = 0

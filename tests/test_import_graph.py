@@ -173,6 +173,20 @@ def test_import_graph_points_one_way() -> None:
     assert not {m for m in served if _top(m) in ("worker", "svp")}
 
 
+def test_import_graph_has_no_circles() -> None:
+    graph = build_graph()
+    assert cycles(graph) == []
+
+
+def test_import_graph_flows_are_called_by_routers_only() -> None:
+    # Cross-domain steps sit above the services: a service calling a flow would make a circle
+    # (or hide a step where nobody looks for it).
+    graph = build_graph()
+    callers = sorted(m for m, ts in graph.edges.items() if "app.flows" in ts)
+    assert callers, "nothing calls app.flows"
+    assert all(m.endswith(".router") for m in callers), callers
+
+
 def test_the_server_imports_neither_torch_nor_the_worker() -> None:
     # What the static graph cannot see: a third-party import that pulls torch in.
     code = (

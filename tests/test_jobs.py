@@ -58,7 +58,7 @@ def test_admin_sees_every_job_an_engineer_those_of_own_projects(factory: Factory
     project_b = factory.project(theirs)
     job_a = factory.job(project_a)
     job_b = factory.job(project_b, kind="round")
-    job_none = factory.job(None, kind="export")
+    job_none = factory.job(None, kind="evaluate")
 
     assert [j["id"] for j in factory.client(admin).get("/api/jobs").json()] == [
         job_none.id,

@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
+from app import flows
 from app.coresets.schemas import CORESET_STRATEGIES
 from app.db import unit_of_work
 from app.embeddings.schemas import known_backbones
 from app.items.models import Item
-from app.items.storage import ImageStore, image_path
+from app.items.storage import ImageFiles, image_path
 from app.jobs import dispatch
 from app.jobs.models import Job
 from app.jobs.runtime import JobContext, run_job
@@ -74,7 +75,7 @@ def colour_png(cls: int, i: int) -> bytes:
 
 def make_images(settings: Settings, project: Project, n: int, split: str) -> list[dict[str, Any]]:
     """``n`` images per class written to the image store and inserted as items."""
-    store = ImageStore(settings.images_dir)
+    store = ImageFiles(settings.images_dir)
     out = []
     with unit_of_work() as db:
         for cls in range(len(CLASSES)):
@@ -263,7 +264,7 @@ def test_cancel_stops_training_at_the_next_epoch(
             if len(epochs_seen) == 2:
                 # An engineer presses cancel while the second epoch ends.
                 with unit_of_work() as db:
-                    rounds.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
+                    flows.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
         original(self, stage, fraction)
 
     monkeypatch.setattr(JobContext, "progress", progress)
@@ -290,7 +291,7 @@ def test_a_failure_fails_the_round_with_the_reason(world: dict[str, Any]) -> Non
 def test_a_canceled_round_is_not_run(world: dict[str, Any]) -> None:
     rid, jid = start(world["project"].id, "random", 4)
     with unit_of_work() as db:
-        rounds.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
+        flows.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
     assert run_job(jid) == "canceled"
     assert load(rid)[2] == []
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Invalid
 from app.items.models import Item, Split
 from app.jobs.models import Job, JobKind
-from app.jobs.service import create_job
+from app.jobs.service import create_job, draw_seed
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.rounds.schemas import ProxyConfig
@@ -59,7 +57,7 @@ def start_coreset(
             "fraction": fraction,
             "strategy": strategy,
             "proxy": resolved,
-            "seed": seed if seed is not None else secrets.randbelow(2**31),
+            "seed": draw_seed(seed),
         },
         created_by=created_by,
     )

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
-
 from sqlalchemy.orm import Session
 
 from app.coresets.service import count_labeled
 from app.errors import Invalid
 from app.items.models import Split
 from app.jobs.models import Job, JobKind
-from app.jobs.service import create_job
+from app.jobs.service import create_job, draw_seed
 from app.projects.models import Project
 from app.projects.service import project_settings
+from app.rounds.schemas import ProxyConfig
+from app.rounds.service import resolve_proxy
 
 
 def start_evaluation(
@@ -33,19 +33,16 @@ def start_evaluation(
     if count_labeled(db, project_id=project.id, split=Split.test) == 0:
         raise Invalid("an evaluation needs labelled items in the test split to measure on")
     settings = project_settings(project)
+    given = ProxyConfig(
+        arch=target, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size
+    )
     return create_job(
         db,
         kind=JobKind.evaluate,
         project_id=project.id,
         params={
-            "target": {
-                "arch": target or settings.default_target,
-                "epochs": epochs or settings.proxy_epochs,
-                "batch_size": batch_size or settings.proxy_batch_size,
-                "lr": lr if lr is not None else settings.proxy_lr,
-                "image_size": image_size or settings.image_size,
-            },
-            "seed": seed if seed is not None else secrets.randbelow(2**31),
+            "target": resolve_proxy(settings, given, default_arch=settings.default_target),
+            "seed": draw_seed(seed),
         },
         created_by=created_by,
     )

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from app.db import unit_of_work, utcnow
 from app.embeddings.service import embed_new_images
 from app.items.models import Item, Split
-from app.items.storage import ImageStore, discard
+from app.items.storage import ImageFiles, discard
 from app.jobs.models import Job
 from app.jobs.runtime import JobContext
 from app.labeling.models import Label, LabelSource
@@ -240,7 +240,7 @@ class _Import:
         self.max_pixels = settings.max_image_pixels
         # No image within the pixel limit needs more than 8 bytes a pixel, plus headers.
         self.entry_limit = self.max_pixels * 8 + (1 << 20)
-        self.store = ImageStore(settings.images_dir)
+        self.store = ImageFiles(settings.images_dir)
         self.seen: set[str] = set()
         self.reported = -1.0
 

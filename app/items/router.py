@@ -13,7 +13,7 @@ from app.db import unit_of_work
 from app.errors import Invalid, TooLarge
 from app.items import service, storage
 from app.items.models import Split
-from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead
+from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead, image_url
 from app.jobs.schemas import JobRead
 from app.projects.service import get_access
 from app.settings import get_settings
@@ -151,7 +151,7 @@ def get_item(item_id: int, user: CurrentUser, db: DB) -> ItemDetail:
         media_type=item.media_type,
         content_hash=item.content_hash,
         created_at=item.created_at,
-        image_url=f"/api/items/{item.id}/image",
+        image_url=image_url(item.id),
         labels=labels,
     )
 

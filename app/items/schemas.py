@@ -7,6 +7,11 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 
 
+def image_url(item_id: int) -> str:
+    """Where clients fetch an item's image (``GET /api/items/{id}/image``)."""
+    return f"/api/items/{item_id}/image"
+
+
 class ItemRead(BaseModel):
     """An item as clients rely on it: ``name`` is its path in the upload, ``label`` its class."""
 

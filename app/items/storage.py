@@ -37,8 +37,11 @@ def image_path(images_dir: Path, content_hash: str) -> Path:
     return images_dir / content_hash[:2] / content_hash
 
 
-class ImageStore:
-    """Writes images by content hash; each file appears whole (temp file + rename) or not at all."""
+class ImageFiles:
+    """Writes image files by content hash; each appears whole (temp file + rename) or not at all.
+
+    The uploaded bytes, as served back; the engine's decoded tensors are ``svp.ImageStore``.
+    """
 
     def __init__(self, images_dir: Path) -> None:
         self.images_dir = images_dir

@@ -21,7 +21,6 @@ class JobKind(StrEnum):
     evaluate = "evaluate"
     # Frozen-backbone features of a project's images, split in chunks that workers share.
     embed = "embed"
-    export = "export"
 
 
 class JobStatus(StrEnum):

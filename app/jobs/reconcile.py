@@ -17,10 +17,9 @@ from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
 from app.jobs.dispatch import send_after_commit
-from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobStatus, WorkerNode
+from app.jobs.models import Job, JobStatus, WorkerNode
 from app.jobs.runtime import MAX_ATTEMPTS, lost_worker_reason
-from app.rounds.models import ACTIVE_ROUND_STATUSES, Round
-from app.rounds.service import follow_jobs
+from app.rounds.service import follow_jobs, out_of_step
 from app.settings import get_settings
 
 log = logging.getLogger("svp.reconcile")
@@ -63,7 +62,7 @@ def reconcile(now: datetime | None = None) -> Reconciled:
     with unit_of_work(write=False) as db:
         lost_jobs = db.execute(select(Job.id, Job.attempts).where(lost)).all()
         unsent_ids = list(db.scalars(select(Job.id).where(unsent)))
-        rounds_off = bool(_rounds_out_of_step(db))
+        rounds_off = bool(out_of_step(db, limit=1))
         forget_before = now - timedelta(
             seconds=settings.worker_dead_after_seconds * FORGET_WORKER_AFTER
         )
@@ -102,18 +101,6 @@ def reconcile(now: datetime | None = None) -> Reconciled:
             done.rounds,
         )
     return done
-
-
-def _rounds_out_of_step(db: Session) -> list[int]:
-    """Ids of queued or running rounds whose job has finished or vanished (cheap check)."""
-    query = (
-        select(Round.id)
-        .outerjoin(Job, Job.id == Round.job_id)
-        .where(Round.status.in_(ACTIVE_ROUND_STATUSES))
-        .where(or_(Job.id.is_(None), Job.status.in_(FINISHED_JOB_STATUSES)))
-        .limit(1)
-    )
-    return list(db.scalars(query))
 
 
 def _change(db: Session, job_id: int, condition: object, values: dict[str, object]) -> bool:

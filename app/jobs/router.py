@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app import flows
 from app.auth.deps import DB, CurrentUser
 from app.jobs import service
 from app.jobs.models import JobKind, JobStatus
@@ -47,11 +48,11 @@ def get_job(job_id: int, user: CurrentUser, db: DB) -> JobRead:
 def retry_job(job_id: int, user: CurrentUser, db: DB) -> JobRead:
     """Queue a failed or canceled job again (409 otherwise); it is sent once committed."""
     job = service.get_job(db, user=user, job_id=job_id)
-    return JobRead.model_validate(service.retry_job(db, job=job))
+    return JobRead.model_validate(flows.retry_job(db, job=job))
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: int, user: CurrentUser, db: DB) -> JobRead:
     """Cancel a queued job at once, or ask a running one to stop; 409 once it has finished."""
     job = service.get_job(db, user=user, job_id=job_id)
-    return JobRead.model_validate(service.cancel_job(db, job=job))
+    return JobRead.model_validate(flows.cancel_job(db, job=job))

@@ -6,6 +6,7 @@ How a job runs once sent lives in ``app.jobs.runtime``.
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -14,12 +15,17 @@ from sqlalchemy.orm import Session
 from app.auth.models import Role, User
 from app.errors import Conflict, NotFound, PermissionDenied
 from app.jobs.dispatch import send_after_commit
-from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
+from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobStatus
 from app.jobs.runtime import finish
 from app.projects.models import Member, MemberRole
-from app.rounds.models import ACTIVE_ROUND_STATUSES, Round, RoundStatus
 
 log = logging.getLogger(__name__)
+
+
+def draw_seed(given: int | None) -> int:
+    """The caller's seed, or a fresh one for a job about to be written."""
+    # Drawn here, never in the worker, so a redelivered job makes the same choices.
+    return given if given is not None else secrets.randbelow(2**31)
 
 
 def create_job(
@@ -90,16 +96,19 @@ def get_job(db: Session, *, user: User, job_id: int) -> Job:
     return job
 
 
+def check_retryable(job: Job) -> None:
+    """Conflict unless the job failed or was canceled."""
+    if job.status not in (JobStatus.failed, JobStatus.canceled):
+        raise Conflict(f"only a failed or canceled job can be retried; this one is {job.status}")
+
+
 def retry_job(db: Session, *, job: Job) -> Job:
     """Queue a failed or canceled job again; it is re-sent once the transaction commits.
 
-    An import resumes from its checkpoint (its result). A round's job takes its round back to
-    queued, unless another round of the project is active meanwhile.
+    An import resumes from its checkpoint (its result). What a retry means for a round's job's
+    round is ``app.flows.retry_job``'s business.
     """
-    if job.status not in (JobStatus.failed, JobStatus.canceled):
-        raise Conflict(f"only a failed or canceled job can be retried; this one is {job.status}")
-    if job.kind == JobKind.round:
-        _requeue_round(db, job=job)
+    check_retryable(job)
     job.status = JobStatus.queued
     job.stage = None
     job.progress = 0.0
@@ -125,30 +134,4 @@ def cancel_job(db: Session, *, job: Job) -> Job:
     if job.status == JobStatus.queued:
         finish(job, JobStatus.canceled, error="canceled before it started")
     db.flush()
-    if job.kind == JobKind.round and job.project_id is not None:
-        # Imported here: the rounds service imports this module to create its jobs.
-        from app.rounds.service import follow_jobs
-
-        follow_jobs(db, project_id=job.project_id)
     return job
-
-
-def _requeue_round(db: Session, *, job: Job) -> None:
-    """Put the round of a retried round job back to queued (409 if another round is active)."""
-    rnd = db.scalar(select(Round).where(Round.job_id == job.id))
-    if rnd is None:
-        return
-    other = db.scalar(
-        select(Round.id).where(
-            Round.project_id == rnd.project_id,
-            Round.id != rnd.id,
-            Round.status.in_(ACTIVE_ROUND_STATUSES),
-        )
-    )
-    if other is not None:
-        raise Conflict(f"round {other} of the project is active; retry this one after it")
-    if rnd.status not in (RoundStatus.failed, RoundStatus.canceled):
-        raise Conflict(f"the job's round is {rnd.status}; only a failed or canceled one is retried")
-    rnd.status = RoundStatus.queued
-    rnd.error = None
-    rnd.finished_at = None

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from app import flows
 from app.auth.deps import DB, CurrentUser
 from app.labeling import service
 from app.labeling.schemas import LabelCreate, LabelRead, QueueEntry, QueueSkip
@@ -40,7 +41,7 @@ def queue_skip(project_id: int, body: QueueSkip, user: CurrentUser, db: DB) -> N
 )
 def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Response) -> LabelRead:
     """Store a label: 201 when new, 200 with the first label when the key is replayed."""
-    label, created = service.submit_label(
+    label, created = flows.label_item(
         db, user=user, item_id=body.item_id, label=body.label, key=body.key
     )
     if not created:
@@ -51,4 +52,4 @@ def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Respons
 @router.delete("/api/labels/{label_id}", status_code=status.HTTP_204_NO_CONTENT)
 def undo_label(label_id: int, user: CurrentUser, db: DB) -> None:
     """Undo a label (its author, an engineer of the project, an admin)."""
-    service.undo_label(db, user=user, label_id=label_id)
+    flows.undo_label(db, user=user, label_id=label_id)

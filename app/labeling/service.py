@@ -12,11 +12,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import flows, metrics
+from app import metrics
 from app.auth.models import User
 from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item
+from app.items.schemas import image_url
 from app.labeling.models import Label, LabelSource, Lease
 from app.labeling.schemas import LabelRead, QueueEntry
 from app.projects.service import Access, get_access, project_settings
@@ -222,7 +223,7 @@ def next_batch(db: Session, *, access: Access, user: User, n: int) -> list[Queue
             name=c.name,
             rank=c.rank,
             score=c.score,
-            image_url=f"/api/items/{c.item_id}/image",
+            image_url=image_url(c.item_id),
             suggestion=Suggestion(label=c.suggested_label, confidence=c.suggested_prob),
             lease_expires_at=until,
         )
@@ -279,16 +280,17 @@ def _replay(db: Session, *, key: str, user: User) -> Label | None:
 
 def submit_label(
     db: Session, *, user: User, item_id: int, label: str, key: str
-) -> tuple[Label, bool]:
-    """Store a label (or return the one stored under the same key); True when it is new.
+) -> tuple[Label, Item | None]:
+    """Store a label (or return the one stored under the same key), with the item when it is new.
 
     Any member of the item's project may label any of its items: annotators label the batch,
-    engineers relabel and label the test split.
+    engineers relabel and label the test split. What a new label means for the batches that hold
+    the item, and for their leases, is ``app.flows.label_item``'s business.
     """
     access = _project_item(db, item_id=item_id, project_id=None, user=user)
     existing = _replay(db, key=key, user=user)
     if existing is not None:
-        return existing, False
+        return existing, None
     if label not in access.project.classes:
         raise Invalid(
             f"{label!r} is not a class of this project; its classes are: "
@@ -312,23 +314,25 @@ def submit_label(
         existing = _replay(db, key=key, user=user)
         if existing is None:
             raise
-        return existing, False
+        return existing, None
     item = db.get(Item, item_id)
     assert item is not None
     item.label = label
     db.flush()
-    # Selections before leases: a concurrent queue/next locks selection rows, then the lease
-    # row; taking them in the same order here cannot deadlock with it.
-    flows.after_label(db, item=item)
-    # The item is done: whoever held it (the caller, or an annotator an engineer overrode)
-    # holds it no longer.
-    db.execute(delete(Lease).where(Lease.item_id == item_id))
     metrics.LABELS_SUBMITTED.inc()
-    return row, True
+    return row, item
 
 
-def undo_label(db: Session, *, user: User, label_id: int) -> None:
-    """Undo a label: its author, an engineer of the project or an admin may; idempotent."""
+def release_item(db: Session, *, item_id: int) -> None:
+    """End every lease on a labelled item, whoever held it (an engineer may label over one)."""
+    db.execute(delete(Lease).where(Lease.item_id == item_id))
+
+
+def undo_label(db: Session, *, user: User, label_id: int) -> Item | None:
+    """Undo a label: its author, an engineer of the project or an admin may; idempotent.
+
+    Returns the item when this call undid the label (None when it was undone before).
+    """
     row = db.get(Label, label_id)
     if row is None:
         raise NotFound("no such label")
@@ -336,7 +340,7 @@ def undo_label(db: Session, *, user: User, label_id: int) -> None:
     if row.user_id != user.id and not access.can_engineer:
         raise PermissionDenied("only its author or an engineer of the project may undo a label")
     if row.undone_at is not None:
-        return
+        return None
     row.undone_at = utcnow()
     db.flush()
     item = db.get(Item, row.item_id)
@@ -349,7 +353,7 @@ def undo_label(db: Session, *, user: User, label_id: int) -> None:
         .limit(1)
     )
     db.flush()
-    flows.after_undo(db, item=item)
+    return item
 
 
 def username_of(db: Session, *, user_id: int | None) -> str | None:

@@ -9,6 +9,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Request, status
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app import flows
 from app.auth.deps import DB, CurrentUser, current_user
 from app.db import unit_of_work
 from app.errors import NotFound
@@ -74,7 +75,7 @@ def get_selection(round_id: int, user: CurrentUser, db: DB) -> list[SelectionEnt
 def cancel_round(round_id: int, user: CurrentUser, db: DB) -> RoundRead:
     """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
     service.get_round(db, round_id=round_id, user=user, engineer=True)
-    service.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
+    flows.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
     return _one(db, round_id)
 
 

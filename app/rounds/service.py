@@ -7,7 +7,6 @@ selections goes through the functions here, so the rules of a round's life live 
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,9 @@ from app.db import utcnow
 from app.embeddings.schemas import known_backbones
 from app.errors import Conflict, Invalid, NotFound
 from app.items.models import Item, Split
+from app.items.schemas import image_url
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
-from app.jobs.service import create_job
+from app.jobs.service import create_job, draw_seed
 from app.labeling.models import Lease
 from app.projects.models import Project
 from app.projects.schemas import ProjectSettings
@@ -35,14 +35,17 @@ FINISHED_ROUND_STATUSES = (RoundStatus.completed, RoundStatus.failed, RoundStatu
 LEFT_RUNNING = (RoundStatus.labeling, *FINISHED_ROUND_STATUSES)
 
 
-def resolve_proxy(settings: ProjectSettings, proxy: ProxyConfig | None) -> dict[str, Any]:
+def resolve_proxy(
+    settings: ProjectSettings, proxy: ProxyConfig | None, *, default_arch: str | None = None
+) -> dict[str, Any]:
     """The full proxy configuration: what the caller gave, the project's settings for the rest.
 
     A ``linear`` proxy is a head on a backbone's embeddings: its ``image_size`` is the side the
     backbone embeds at (the backbone's own by default), and it has no epochs or learning rate.
+    An evaluation's target is resolved the same way, with the project's default target.
     """
     given = proxy or ProxyConfig()
-    arch = given.arch or settings.default_proxy
+    arch = given.arch or default_arch or settings.default_proxy
     backbone = given.backbone or settings.backbone
     if arch == "linear":
         known = known_backbones()
@@ -158,8 +161,7 @@ def start_round(
         strategy=strategy,
         batch_size=batch_size,
         proxy=resolve_proxy(project_settings(project), proxy),
-        # Drawn here, not in the worker, so a redelivered task selects the same batch.
-        seed=seed if seed is not None else secrets.randbelow(2**31),
+        seed=draw_seed(seed),
         metrics={},
         created_by=created_by,
     )
@@ -217,22 +219,31 @@ def start_next_round(db: Session, *, finished: Round) -> Round | None:
         return None
 
 
+def out_of_step(
+    db: Session, *, project_id: int | None = None, limit: int | None = None
+) -> list[tuple[Round, Job | None]]:
+    """Queued or running rounds whose job has finished or vanished, with that job."""
+    query = (
+        select(Round, Job)
+        .outerjoin(Job, Job.id == Round.job_id)
+        .where(Round.status.in_(ACTIVE_ROUND_STATUSES))
+        .where((Job.id.is_(None)) | (Job.status.in_(FINISHED_JOB_STATUSES)))
+        .order_by(Round.id)
+        .limit(limit)
+    )
+    if project_id is not None:
+        query = query.where(Round.project_id == project_id)
+    return list(db.execute(query).tuples())
+
+
 def follow_jobs(db: Session, *, project_id: int | None = None) -> list[Round]:
     """Bring queued or running rounds whose job has finished (or vanished) in line with it.
 
     The runner keeps a round in step with its job itself; this catches what it cannot: a job
     canceled before it started, or failed by the reconciler after its worker died.
     """
-    query = (
-        select(Round, Job)
-        .outerjoin(Job, Job.id == Round.job_id)
-        .where(Round.status.in_(ACTIVE_ROUND_STATUSES))
-        .where((Job.id.is_(None)) | (Job.status.in_(FINISHED_JOB_STATUSES)))
-    )
-    if project_id is not None:
-        query = query.where(Round.project_id == project_id)
     fixed = []
-    for rnd, job in db.execute(query).tuples():
+    for rnd, job in out_of_step(db, project_id=project_id):
         if job is not None and job.status == JobStatus.canceled:
             rnd.status = RoundStatus.canceled
             rnd.error = job.error or "canceled"
@@ -247,6 +258,27 @@ def follow_jobs(db: Session, *, project_id: int | None = None) -> list[Round]:
     if fixed:
         db.flush()
     return fixed
+
+
+def requeue(db: Session, *, job_id: int) -> None:
+    """Put the round of a retried round job back to queued (409 if another round is active)."""
+    rnd = db.scalar(select(Round).where(Round.job_id == job_id))
+    if rnd is None:
+        return
+    other = db.scalar(
+        select(Round.id).where(
+            Round.project_id == rnd.project_id,
+            Round.id != rnd.id,
+            Round.status.in_(ACTIVE_ROUND_STATUSES),
+        )
+    )
+    if other is not None:
+        raise Conflict(f"round {other} of the project is active; retry this one after it")
+    if rnd.status not in (RoundStatus.failed, RoundStatus.canceled):
+        raise Conflict(f"the job's round is {rnd.status}; only a failed or canceled one is retried")
+    rnd.status = RoundStatus.queued
+    rnd.error = None
+    rnd.finished_at = None
 
 
 def get_round(db: Session, *, round_id: int, user: User, engineer: bool = False) -> Access:
@@ -317,29 +349,22 @@ def selection(db: Session, *, round_id: int) -> list[SelectionEntry]:
             name=name,
             rank=s.rank,
             score=s.score,
-            image_url=f"/api/items/{s.item_id}/image",
+            image_url=image_url(s.item_id),
             suggestion=Suggestion(label=s.suggested_label, confidence=s.suggested_prob),
         )
         for s, name in rows
     ]
 
 
-def cancel_round(db: Session, *, rnd: Round) -> Round:
-    """Cancel a round: queued or labelling at once; running by asking its job to stop."""
-    job = db.get(Job, rnd.job_id) if rnd.job_id is not None else None
+def check_cancelable(rnd: Round) -> None:
+    """Conflict once the round has finished."""
     if rnd.status in FINISHED_ROUND_STATUSES:
         raise Conflict(f"the round is already {rnd.status}")
-    if rnd.status == RoundStatus.running and job is not None:
-        # The runner sees this at its next progress report (each epoch) and cancels the round.
-        job.cancel_requested = True
-        db.flush()
-        return rnd
-    if job is not None and job.status not in FINISHED_JOB_STATUSES:
-        job.cancel_requested = True
-        if job.status == JobStatus.queued:
-            job.status = JobStatus.canceled
-            job.error = "canceled before it started"
-            job.finished_at = utcnow()
+
+
+def mark_canceled(db: Session, *, rnd: Round) -> Round:
+    """Close a round as canceled now (its job, if any, is canceled by ``app.flows``)."""
+    check_cancelable(rnd)
     if rnd.status == RoundStatus.labeling:
         # Held items go back: nobody labels a batch that no longer exists.
         db.execute(delete(Lease).where(Lease.round_id == rnd.id))

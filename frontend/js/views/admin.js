@@ -4,7 +4,7 @@
 import { ApiError, get, patch, post } from "../api.js";
 import { fill, h, progressBar, statusPill, toast, when } from "../dom.js";
 
-const KINDS = ["import", "round", "coreset", "evaluate", "export"];
+const KINDS = ["import", "round", "coreset", "evaluate"];
 const STATUSES = ["queued", "running", "succeeded", "failed", "canceled"];
 const ROLES = ["annotator", "engineer", "admin"];
 const POLL_MS = 2000;
