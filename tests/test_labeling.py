@@ -316,19 +316,31 @@ def test_round_completes_with_its_batch_and_reopens_on_undo(factory: Factory) ->
         rnd = db.scalar(select(Round).where(Round.project_id == project.id))
         assert rnd is not None
     c = factory.client(ann1)
+
+    def labeled() -> int:
+        r = c.get(f"/api/rounds/{rnd.id}")
+        assert r.status_code == 200, r.text
+        assert (
+            c.get(f"/api/projects/{project.id}/rounds").json()[0]["labeled"] == r.json()["labeled"]
+        )
+        return int(r.json()["labeled"])
+
     label_ids = []
     for i, item in enumerate(items[:3]):
         assert _round_status(rnd.id) == RoundStatus.labeling
+        assert labeled() == i
         r = c.post("/api/labels", json={"item_id": item.id, "label": "cat", "key": f"c{i}"})
         assert r.status_code == 201
         label_ids.append(r.json()["id"])
     assert _round_status(rnd.id) == RoundStatus.completed
+    assert labeled() == 3
     with unit_of_work(write=False) as db:
         done = db.get(Round, rnd.id)
         assert done is not None
         assert done.finished_at is not None
     assert c.delete(f"/api/labels/{label_ids[1]}").status_code == 204
     assert _round_status(rnd.id) == RoundStatus.labeling
+    assert labeled() == 2
     with unit_of_work(write=False) as db:
         reopened = db.get(Round, rnd.id)
         assert reopened is not None
@@ -337,6 +349,7 @@ def test_round_completes_with_its_batch_and_reopens_on_undo(factory: Factory) ->
     r = c.post("/api/labels", json={"item_id": items[1].id, "label": "dog", "key": "c9"})
     assert r.status_code == 201
     assert _round_status(rnd.id) == RoundStatus.completed
+    assert labeled() == 3
 
 
 def test_older_round_stays_closed_after_an_undo(factory: Factory) -> None:

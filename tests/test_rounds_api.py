@@ -95,10 +95,11 @@ def test_engineer_starts_a_round_202_queued_and_sent_after_commit(
     body = r.json()
     expected_keys = {
         "id", "project_id", "number", "status", "stage", "progress", "strategy", "batch_size",
-        "proxy", "seed", "metrics", "error", "job_id", "created_at", "started_at", "finished_at",
+        "proxy", "seed", "labeled", "metrics", "error", "job_id", "created_at", "started_at",
+        "finished_at",
     }  # fmt: skip
     assert expected_keys <= set(body)
-    assert (body["status"], body["number"], body["seed"]) == ("queued", 1, 42)
+    assert (body["status"], body["number"], body["seed"], body["labeled"]) == ("queued", 1, 42, 0)
     assert (body["strategy"], body["batch_size"], body["progress"]) == ("least_confidence", 7, 0.0)
     # The proxy's defaults come from the project's settings.
     assert body["proxy"] == {

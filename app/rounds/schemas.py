@@ -88,6 +88,8 @@ class RoundRead(BaseModel):
     batch_size: int
     proxy: dict[str, Any]
     seed: int
+    # Items of its batch that have a label now (DESIGN 5).
+    labeled: int
     metrics: dict[str, Any]
     error: str | None
     job_id: int | None

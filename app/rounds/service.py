@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select
+from sqlalchemy import delete, exists, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -300,8 +300,8 @@ def load_round(db: Session, *, round_id: int) -> Round:
     return rnd
 
 
-def read_round(rnd: Round, job: Job | None) -> RoundRead:
-    """The round's JSON, with stage and progress from its job."""
+def read_round(rnd: Round, job: Job | None, *, labeled: int) -> RoundRead:
+    """The round's JSON, with stage and progress from its job and how much of its batch is done."""
     return RoundRead(
         id=rnd.id,
         project_id=rnd.project_id,
@@ -313,6 +313,7 @@ def read_round(rnd: Round, job: Job | None) -> RoundRead:
         batch_size=rnd.batch_size,
         proxy=rnd.proxy,
         seed=rnd.seed,
+        labeled=labeled,
         metrics=rnd.metrics,
         error=rnd.error,
         job_id=rnd.job_id,
@@ -326,13 +327,20 @@ def round_reads(
     db: Session, *, project_id: int | None = None, round_id: int | None = None
 ) -> list[RoundRead]:
     """Rounds with their jobs in one query: one round by id, or a project's, newest first."""
-    query = select(Round, Job).outerjoin(Job, Job.id == Round.job_id)
+    # Items of the batch with a live label: an index-only count on
+    # ix_selections_round_labeled_rank, kept in step with labels by app.flows.
+    labeled = (
+        select(func.count())
+        .where(Selection.round_id == Round.id, Selection.labeled == true())
+        .scalar_subquery()
+    )
+    query = select(Round, Job, labeled).outerjoin(Job, Job.id == Round.job_id)
     if round_id is not None:
         query = query.where(Round.id == round_id)
     if project_id is not None:
         query = query.where(Round.project_id == project_id)
     rows = db.execute(query.order_by(Round.number.desc())).tuples()
-    return [read_round(r, j) for r, j in rows]
+    return [read_round(r, j, labeled=n) for r, j, n in rows]
 
 
 def selection(db: Session, *, round_id: int) -> list[SelectionEntry]:

@@ -42,9 +42,9 @@ export async function renderAdmin(main, ctx) {
       fill(healthBox, h("p", { class: "notice bad" }, "The server cannot be reached."));
       return;
     }
-    const workers = health.workers || [];
+    const workers = health.workers;
     const dbOk = health.database === "ok";
-    const broker = String(health.broker || "unknown");
+    const broker = health.broker;
     const brokerOk = broker.startsWith("ok") || broker === "inline";
     fill(healthBox,
       h("div", { class: "stats" },
@@ -70,8 +70,7 @@ export async function renderAdmin(main, ctx) {
     if (kindFilter.value) q.set("kind", kindFilter.value);
     let jobs;
     try {
-      const res = await get(`/api/jobs${q.size ? `?${q}` : ""}`);
-      jobs = Array.isArray(res) ? res : res.items || [];
+      jobs = await get(`/api/jobs${q.size ? `?${q}` : ""}`);
     } catch (err) {
       jobsNote.textContent = `Could not load jobs: ${err.message}`;
       return;

@@ -21,19 +21,19 @@ const ACTIVE = new Set(["queued", "running"]);
 const JOB_DONE = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** The number of labels a round trained on and its proxy's test accuracy, whatever the key names. */
-export function roundPoint(r) {
-  const m = r.metrics || {};
-  const labels = m.labeled ?? m.labelled ?? m.n_labeled ?? m.labeled_size ?? m.num_labeled ?? m.train_size;
-  const acc = m.proxy_test_accuracy ?? m.test_accuracy ?? m.proxy_accuracy ?? m.accuracy;
-  return { labels: typeof labels === "number" ? labels : null, acc: typeof acc === "number" ? acc : null };
+const numberOrNull = (x) => (typeof x === "number" ? x : null);
+
+/**
+ * The labels a round's proxy trained on and its accuracy on the test split, from its metrics
+ * (empty until the round has selected; the accuracy is null without a labelled test split).
+ */
+function roundPoint(r) {
+  return { labels: numberOrNull(r.metrics.labeled), acc: numberOrNull(r.metrics.proxy_test_accuracy) };
 }
 
+/** The labels a succeeded evaluation trained the target on and its test accuracy. */
 function evaluationPoint(job) {
-  const r = job.result || {};
-  const labels = r.labeled ?? r.labelled ?? r.n_labeled ?? r.labels ?? r.train_size;
-  const acc = r.test_accuracy ?? r.accuracy ?? r.target_accuracy;
-  return { labels: typeof labels === "number" ? labels : null, acc: typeof acc === "number" ? acc : null };
+  return { labels: job.result.labels, acc: job.result.accuracy };
 }
 
 /** What a round is doing: its job's stage while it runs, then what its status means. */
@@ -69,7 +69,7 @@ export async function renderProject(main, ctx, pidText) {
   const stats = h("div", { class: "stats", id: "counts" });
   const balance = h("div", { id: "class-balance" });
   function renderStats() {
-    const c = project.counts || project;
+    const c = project.counts;
     fill(stats,
       [["items", c.items], ["labelled", c.labeled], ["unlabelled", c.unlabeled], ["rounds", c.rounds]].map(([name, n]) =>
         h("div", { class: "stat", "data-count": name }, h("b", null, n), h("span", null, name))));
@@ -170,13 +170,13 @@ export async function renderProject(main, ctx, pidText) {
     if (job.status !== "succeeded") {
       return h("div", { class: "notice bad", id: "import-report", role: "alert" }, `The import ${job.status}: ${job.error || "no reason given"}`);
     }
-    const r = job.result || {};
-    const rejected = r.rejected || [];
+    const r = job.result;
+    const rejected = r.rejected;
     // The server lists the first rejected files by name and counts them all.
-    const rejectedCount = r.rejected_count ?? rejected.length;
+    const rejectedCount = r.rejected_count;
     return h("div", { id: "import-report", class: "stack" },
       h("p", { class: rejectedCount ? "notice warn" : "notice ok" },
-        `Added ${r.added ?? 0}, duplicates ${r.duplicates ?? 0}, rejected ${rejectedCount}.`,
+        `Added ${r.added}, duplicates ${r.duplicates}, rejected ${rejectedCount}.`,
         r.labeled ? ` ${r.labeled} labelled from folder names.` : ""),
       rejectedCount > rejected.length ? h("p", { class: "small muted" }, `Showing the first ${rejected.length} rejected files.`) : null,
       rejected.length
@@ -188,14 +188,14 @@ export async function renderProject(main, ctx, pidText) {
   }
 
   // ---- rounds ----
-  const settings = project.settings || {};
+  const settings = project.settings;
   const [strategyNames, proxyNames] = await Promise.all([enumOf("RoundCreate", "strategy"), enumOf("ProxyConfig", "arch")]);
   const strategy = h("select", { id: "round-strategy", name: "strategy" },
     strategyNames.map((v) => h("option", { value: v, selected: v === settings.strategy }, STRATEGY_NAMES[v] || v)));
-  const batchSize = h("input", { type: "number", id: "round-batch", min: "1", max: "100000", value: String(settings.batch_size ?? 20), required: true });
+  const batchSize = h("input", { type: "number", id: "round-batch", min: "1", max: "100000", value: String(settings.batch_size), required: true });
   const proxy = h("select", { id: "round-proxy" }, proxyNames.map((p) => h("option", { value: p, selected: p === settings.default_proxy },
     p === "linear" ? `linear on ${settings.backbone || "a backbone"}` : p)));
-  const epochs = h("input", { type: "number", id: "round-epochs", min: "1", max: "500", value: String(settings.proxy_epochs ?? 10), required: true });
+  const epochs = h("input", { type: "number", id: "round-epochs", min: "1", max: "500", value: String(settings.proxy_epochs), required: true });
   // A linear head trains in seconds on frozen embeddings: it has no epochs to set.
   const syncEpochs = () => { epochs.disabled = proxy.value === "linear"; };
   proxy.addEventListener("change", syncEpochs);

@@ -6,7 +6,7 @@ import { h } from "../dom.js";
 const canEngineer = (role) => role === "engineer" || role === "admin";
 
 function projectCard(p) {
-  const labelled = p.counts ? p.counts.labeled : p.labeled;
+  const labelled = p.counts.labeled;
   const items = p.counts ? p.counts.items : p.items;
   const rounds = p.counts ? p.counts.rounds : p.rounds;
   return h("article", { class: "card project-card", "data-project": p.id },

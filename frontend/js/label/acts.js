@@ -1,0 +1,151 @@
+// The labelling view's acts: label (a class, or each image's suggestion), skip and undo, and the
+// outbox that carries labels to the server, never lost and never doubled.
+
+import { ApiError, NetworkError, del, post } from "../api.js";
+import { toast } from "../dom.js";
+import { Outbox, newKey } from "../outbox.js";
+import { GRID_SIZE } from "./queue.js";
+
+// Acts kept for undo.
+const MAX_ACTS = 200;
+
+export function createActs(page) {
+  const { pid, state } = page;
+
+  // Acts not yet acknowledged, by key, whether or not they are still on the undo stack: an act
+  // undone while its request was on the way is found here when the answer comes.
+  const unacked = new Map();
+  function findAct(key) {
+    const act = unacked.get(key) || null;
+    unacked.delete(key);
+    return act;
+  }
+
+  const outbox = new Outbox({
+    user: page.user.username,
+    onSent: (entry, label, ms) => {
+      const act = findAct(entry.key);
+      window.dispatchEvent(new CustomEvent("svp:label-sent", { detail: { key: entry.key, ms } }));
+      if (!act) return;
+      act.labelId = label.id;
+      if (act.undo) undoSent(act);
+    },
+    onRejected: (entry, err) => {
+      const act = findAct(entry.key);
+      toast(`The label “${entry.label}” was refused: ${err.message}`, { bad: true, ms: 8000 });
+      if (act && !act.undo) {
+        state.handled.delete(entry.item_id);
+        page.queue.bumpDone(-1);
+      }
+    },
+    onState: ({ offline, pending }) => {
+      state.offline = offline;
+      state.pending = pending;
+      page.view.renderSync();
+    },
+  });
+
+  /** The item on screen, or the grid's selection (the focused image when nothing is selected). */
+  function targets() {
+    if (state.queue.length === 0) return [];
+    if (state.mode === "single") return [state.queue[0]];
+    const shown = state.queue.slice(0, GRID_SIZE);
+    const chosen = shown.filter((e) => state.selected.has(e.item_id));
+    return chosen.length ? chosen : [shown[state.focus] || shown[0]];
+  }
+
+  /** Label the item on screen (or the grid's selection) with `name`, or each with its suggestion. */
+  function applyClass(name) {
+    const items = targets();
+    if (!items.length) return;
+    const group = { items: [] };
+    for (const entry of items) {
+      const label = name ?? (entry.suggestion && entry.suggestion.label);
+      if (!label) continue;
+      const key = newKey();
+      const act = { entry, key, label, labelId: null, undo: false };
+      group.items.push(act);
+      unacked.set(key, act);
+      state.handled.add(entry.item_id);
+    }
+    if (!group.items.length) {
+      toast("No suggestion for this image: press a class key.");
+      return;
+    }
+    state.acts.push(group);
+    if (state.acts.length > MAX_ACTS) state.acts.shift();
+    const gone = new Set(group.items.map((a) => a.entry.item_id));
+    state.queue = state.queue.filter((e) => !gone.has(e.item_id));
+    for (const id of gone) state.selected.delete(id);
+    if (name) page.view.flash(name);
+    page.queue.bumpDone(group.items.length);
+    // The queue ran dry: say "loading" while the server is asked, never a premature "done".
+    if (state.queue.length === 0) state.exhausted = false;
+    // Show the next image first, then hand the labels to the outbox: the user never waits.
+    page.view.render();
+    for (const act of group.items) outbox.add({ key: act.key, item_id: act.entry.item_id, label: act.label, project_id: pid });
+    page.queue.ensure();
+  }
+
+  function skip() {
+    const items = targets();
+    if (!items.length) return;
+    const gone = new Set(items.map((e) => e.item_id));
+    for (const id of gone) {
+      state.skipped.add(id);
+      sessionStorage.setItem(`svp.skipped.${pid}`, JSON.stringify([...state.skipped].slice(-500)));
+      state.selected.delete(id);
+      post(`/api/projects/${pid}/queue/skip`, { item_id: id }).catch(() => {
+        // The lease lapses by itself if this does not arrive.
+      });
+    }
+    state.queue = state.queue.filter((e) => !gone.has(e.item_id));
+    if (state.queue.length === 0) state.exhausted = false;
+    page.view.render();
+    page.queue.ensure();
+  }
+
+  async function undoSent(act) {
+    try {
+      await del(`/api/labels/${act.labelId}`);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return;
+      toast(`Could not undo the label “${act.label}”: ${err.message}`, { bad: true });
+    }
+  }
+
+  async function undo() {
+    const group = state.acts.pop();
+    if (!group) {
+      toast("Nothing to undo.");
+      return;
+    }
+    for (const act of group.items) {
+      if (act.labelId) {
+        try {
+          await del(`/api/labels/${act.labelId}`);
+        } catch (err) {
+          if (!(err instanceof ApiError && err.status === 404)) {
+            state.acts.push(group);
+            toast(err instanceof NetworkError ? "Cannot undo while offline." : `Could not undo: ${err.message}`, { bad: true });
+            return;
+          }
+        }
+      } else if (outbox.cancel(act.key)) {
+        unacked.delete(act.key);
+      } else {
+        // On its way right now: undo it as soon as the server has it.
+        act.undo = true;
+      }
+    }
+    const back = group.items.map((a) => a.entry);
+    for (const entry of back) state.handled.delete(entry.item_id);
+    state.queue = [...back, ...state.queue.filter((e) => !back.includes(e))];
+    state.selected = new Set(state.mode === "grid" ? back.map((e) => e.item_id) : []);
+    page.queue.bumpDone(-back.length);
+    page.view.render();
+    toast(`Undone: ${group.items.map((a) => a.label).join(", ")}`, { ms: 1800 });
+  }
+
+  return { outbox, applyClass, skip, undo };
+}

@@ -1,0 +1,273 @@
+// The labelling view's page: its layout, the image on stage or the grid, the class buttons with
+// the proxy's suggestion, progress and sync state, and what it says when there is nothing to do.
+
+import { fill, h } from "../dom.js";
+import { KEYS } from "./keys.js";
+import { GRID_SIZE, SINGLE_AHEAD, preload } from "./queue.js";
+
+/** Run `fn` once the current frame has been painted (rAF runs before paint; the message after). */
+function afterPaint(fn) {
+  requestAnimationFrame(() => {
+    const ch = new MessageChannel();
+    ch.port1.onmessage = () => fn();
+    ch.port2.postMessage(null);
+  });
+}
+
+const percent = (confidence) => `${Math.round(confidence * 100)}%`;
+
+export function createView(page, main) {
+  const { project, classes, state } = page;
+  const { keyOf } = page.keys;
+
+  // ---- layout ----
+  const progressText = h("output", { id: "progress-text", "aria-live": "polite" }, "…");
+  const progressEl = h("progress", { max: "1", value: "0", "aria-label": "labelled in this round" });
+  const syncState = h("span", { class: "sync-state", id: "sync-state", role: "status" });
+  const singleBtn = h("button", { type: "button", "aria-pressed": "true" }, "One by one");
+  const gridBtn = h("button", { type: "button", "aria-pressed": "false" }, "Grid");
+  const roundName = h("div", { class: "small muted", id: "round-name" }, "");
+  const head = h("div", { class: "label-head" },
+    h("div", null, h("h1", null, project.name), roundName),
+    h("div", { class: "label-progress" }, progressEl, progressText),
+    h("div", { class: "mode-switch", role: "group", "aria-label": "View" }, singleBtn, gridBtn),
+    syncState);
+
+  const stage = h("div", { class: "stage", id: "stage", "aria-live": "polite" });
+  const caption = h("div", { class: "stage-caption" });
+  const gridBox = h("div", { class: "label-grid", id: "label-grid", role: "listbox", "aria-multiselectable": "true", "aria-label": "Images to label" });
+  const viewBox = h("div", null);
+
+  const classButtons = classes.map((name, i) => h("button", {
+    type: "button",
+    class: "class-btn",
+    "data-class": name,
+    "aria-keyshortcuts": keyOf(i) ?? undefined,
+    onclick: () => page.acts.applyClass(name),
+  }, h("kbd", { "aria-hidden": "true" }, keyOf(i) ?? "·"), h("span", { class: "name" }, name), h("span", { class: "conf" })));
+  const filter = h("input", {
+    type: "search",
+    id: "class-filter",
+    placeholder: "Type to filter classes",
+    autocomplete: "off",
+    "aria-label": "Filter classes",
+  });
+  const keyHelpBox = h("div", { class: "key-help", id: "key-help" });
+  const classPanel = h("section", { class: "classes", "aria-label": "Classes" },
+    classes.length > KEYS.length ? h("div", { class: "field" }, h("label", { for: "class-filter", class: "small" }, "Filter classes (press /)"), filter) : null,
+    h("div", { class: "classes-list" }, classButtons),
+    keyHelpBox);
+
+  main.append(head, h("div", { class: "label-body" }, viewBox, classPanel));
+
+  // ---- sync state and progress ----
+  function renderSync() {
+    const offline = state.offline || !navigator.onLine;
+    syncState.classList.toggle("offline", offline);
+    if (offline) {
+      syncState.textContent = state.pending
+        ? `Offline — ${state.pending} label${state.pending === 1 ? "" : "s"} saved here, sent when the connection returns`
+        : "Offline — labels are kept here and sent when the connection returns";
+    } else {
+      syncState.textContent = state.pending ? `Sending ${state.pending}…` : "All labels saved";
+    }
+    const banner = document.getElementById("banner");
+    banner.hidden = !offline;
+    banner.textContent = offline ? "You are offline. Labels you make are kept on this device and sent when the connection returns." : "";
+  }
+
+  function renderProgress() {
+    if (!state.round) {
+      progressText.textContent = "no open round";
+      progressEl.value = 0;
+      return;
+    }
+    const total = state.total ?? state.round.batch_size;
+    const done = Math.min(state.done ?? 0, total);
+    progressText.textContent = `${done} of ${total}`;
+    progressEl.max = Math.max(total, 1);
+    progressEl.value = done;
+  }
+
+  function renderRoundName() {
+    fill(roundName, state.round ? `Round ${state.round.number} · ${state.round.strategy}` : "");
+  }
+
+  // ---- the stage and the grid ----
+  function highlightSuggestion(entry) {
+    const suggestion = entry && entry.suggestion && entry.suggestion.label;
+    for (const btn of classButtons) {
+      const on = suggestion && btn.dataset.class === suggestion;
+      btn.classList.toggle("suggested", Boolean(on));
+      btn.querySelector(".conf").textContent = on && typeof entry.suggestion.confidence === "number"
+        ? percent(entry.suggestion.confidence) : "";
+      if (on) btn.setAttribute("aria-description", "suggested: press Enter to accept");
+      else btn.removeAttribute("aria-description");
+    }
+  }
+
+  function keyHelp() {
+    const k = (x) => h("kbd", null, x);
+    fill(keyHelpBox, state.mode === "grid"
+      ? [k("click"), " select · ", k("shift"), "+click range · ", k("Ctrl"), "+", k("A"), " all · ",
+        k("1"), "–", k("0"), " label selected · ", k("Enter"), " accept suggestions · ", k("S"), " skip · ", k("Z"), " undo"]
+      : [k("1"), "–", k("0"), " label · ", k("Enter"), " accept suggestion · ", k("S"), " skip · ",
+        k("Z"), " or ", k("⌫"), " undo · ", k("G"), " grid"]);
+  }
+
+  function render() {
+    if (state.stopped) return;
+    singleBtn.setAttribute("aria-pressed", String(state.mode === "single"));
+    gridBtn.setAttribute("aria-pressed", String(state.mode === "grid"));
+    keyHelp();
+    if (state.queue.length === 0) {
+      // Until the server says it has nothing more, an empty queue means "loading", not "done".
+      if (state.fetching || !state.exhausted) {
+        state.lastShown = null;
+        stage.replaceChildren(h("div", { class: "stage-empty" }, "Loading the next images…"));
+        fill(viewBox, stage, caption);
+      } else showEmpty();
+      return;
+    }
+    if (state.mode === "single") renderSingle();
+    else renderGrid();
+  }
+
+  function renderSingle() {
+    const entry = state.queue[0];
+    if (viewBox.firstChild !== stage) fill(viewBox, stage, caption);
+    // The prefetched, decoded image element itself goes on stage: nothing to fetch or decode.
+    stage.replaceChildren(entry.img);
+    const suggestion = entry.suggestion && entry.suggestion.label;
+    fill(caption,
+      h("span", null, entry.name || `item ${entry.item_id}`),
+      h("span", null, suggestion
+        ? ["Suggestion: ", h("b", null, suggestion), typeof entry.suggestion.confidence === "number" ? ` (${percent(entry.suggestion.confidence)}) — Enter accepts` : ""]
+        : "No suggestion"));
+    highlightSuggestion(entry);
+    state.lastShown = entry;
+    for (const next of state.queue.slice(1, SINGLE_AHEAD + 1)) preload(next);
+    const shownAt = entry;
+    const prefetched = Boolean(entry.decoded);
+    entry.ready.then(() => afterPaint(() => {
+      if (state.lastShown !== shownAt) return;
+      window.dispatchEvent(new CustomEvent("svp:shown", { detail: { itemId: entry.item_id, t: performance.now(), prefetched } }));
+    }));
+  }
+
+  function tileFor(entry, index) {
+    const selected = state.selected.has(entry.item_id);
+    const s = entry.suggestion && entry.suggestion.label;
+    const tile = h("div", {
+      class: "tile",
+      role: "option",
+      tabindex: index === state.focus ? "0" : "-1",
+      "aria-selected": String(selected),
+      "data-item-id": entry.item_id,
+      "aria-label": `${entry.name || entry.item_id}${s ? `, suggested ${s}` : ""}`,
+    }, entry.img,
+    h("div", { class: "tile-caption" },
+      h("span", null, s || "—"),
+      h("span", null, s && typeof entry.suggestion.confidence === "number" ? percent(entry.suggestion.confidence) : "")));
+    tile.addEventListener("click", (e) => onTileClick(e, index));
+    tile.addEventListener("focus", () => { state.focus = index; });
+    return tile;
+  }
+
+  function renderGrid() {
+    const shown = state.queue.slice(0, GRID_SIZE);
+    shown.forEach(preload);
+    state.focus = Math.min(state.focus, shown.length - 1);
+    const hadFocus = gridBox.contains(document.activeElement);
+    fill(gridBox, shown.map(tileFor));
+    if (viewBox.firstChild !== gridBox) fill(viewBox, gridBox);
+    highlightSuggestion(null);
+    state.lastShown = shown[0] || null;
+    if (hadFocus) gridBox.children[state.focus]?.focus();
+  }
+
+  function onTileClick(e, index) {
+    const shown = state.queue.slice(0, GRID_SIZE);
+    const id = shown[index].item_id;
+    if (e.shiftKey) {
+      const [a, b] = [Math.min(state.anchor, index), Math.max(state.anchor, index)];
+      if (!(e.ctrlKey || e.metaKey)) state.selected.clear();
+      for (const entry of shown.slice(a, b + 1)) state.selected.add(entry.item_id);
+    } else if (e.ctrlKey || e.metaKey) {
+      if (state.selected.has(id)) state.selected.delete(id);
+      else state.selected.add(id);
+      state.anchor = index;
+    } else {
+      const only = state.selected.size === 1 && state.selected.has(id);
+      state.selected.clear();
+      if (!only) state.selected.add(id);
+      state.anchor = index;
+    }
+    state.focus = index;
+    renderGrid();
+    gridBox.children[index]?.focus();
+  }
+
+  function showLoading() {
+    stage.replaceChildren(h("div", { class: "stage-empty" }, "Loading the batch…"));
+    fill(viewBox, stage, caption);
+  }
+
+  function showEmpty() {
+    state.lastShown = null;
+    highlightSuggestion(null);
+    const checkAgain = () => page.queue.checkAgain();
+    let message;
+    if (state.round) {
+      const total = state.total ?? state.round.batch_size;
+      const done = state.round.status === "completed" ? total : state.done ?? 0;
+      const complete = done >= total;
+      const skipped = complete ? 0 : state.skipped.size;
+      const minutes = Math.round(project.settings.lease_seconds / 60);
+      message = h("div", { class: "stage-empty", id: "batch-state", "data-state": complete ? "done" : "held" },
+        h("h2", null, complete ? "This batch is done" : "Nothing left for you in this batch"),
+        h("p", null, complete
+          ? `All ${total} images of round ${state.round.number} are labelled. Thank you!`
+          : `${done} of ${total} are labelled.`),
+        !complete ? h("p", null, skipped
+          ? `You skipped ${skipped}: skipped images go to other annotators first, and come back to you after about ${minutes} minute${minutes === 1 ? "" : "s"}.`
+          : "The rest are held by other annotators right now.") : null,
+        h("button", { type: "button", class: "btn", onclick: checkAgain }, "Check for more"));
+    } else {
+      const latest = state.latest;
+      message = h("div", { class: "stage-empty", id: "batch-state", "data-state": "no-round" },
+        h("h2", null, "No round is open for labelling"),
+        h("p", null, latest && (latest.status === "queued" || latest.status === "running")
+          ? `Round ${latest.number} is being prepared (${latest.stage || latest.status}). Its batch appears here when it is ready.`
+          : "An engineer starts the next round; its batch appears here by itself."),
+        h("button", { type: "button", class: "btn", onclick: checkAgain }, "Check now"));
+    }
+    stage.replaceChildren(message);
+    fill(caption);
+    fill(viewBox, stage, caption);
+  }
+
+  function flash(name) {
+    const btn = classButtons.find((b) => b.dataset.class === name);
+    if (!btn) return;
+    btn.classList.add("flash");
+    setTimeout(() => btn.classList.remove("flash"), 180);
+  }
+
+  function setMode(mode) {
+    state.mode = mode;
+    localStorage.setItem("svp.label-mode", mode);
+    state.selected.clear();
+    state.focus = 0;
+    state.anchor = 0;
+    render();
+    page.queue.ensure();
+  }
+  singleBtn.addEventListener("click", () => setMode("single"));
+  gridBtn.addEventListener("click", () => setMode("grid"));
+
+  return {
+    filter, classButtons, gridBox,
+    renderSync, renderProgress, renderRoundName, keyHelp, render, renderGrid, showLoading, showEmpty, flash, setMode,
+  };
+}
