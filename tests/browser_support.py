@@ -184,9 +184,14 @@ def insert_items(
 
 
 def insert_labeling_round(
-    database_url: str, project_id: int, item_ids: list[int], classes: list[str]
+    database_url: str,
+    project_id: int,
+    item_ids: list[int],
+    classes: list[str],
+    confidence: tuple[float, float] = (0.5, 0.95),
 ) -> Batch:
-    """A round already in ``labeling`` whose batch is ``item_ids``, with suggestions."""
+    """A round already in ``labeling`` whose batch is ``item_ids``, with suggestions whose
+    confidence is drawn from ``confidence`` (at 0.5 and above they are pre-selected)."""
     engine = engine_for(database_url)
     rnd = random.Random(7)
     try:
@@ -224,7 +229,7 @@ def insert_labeling_round(
                     rank=rank,
                     score=1.0 - rank / (len(item_ids) + 1),
                     suggested_label=classes[rank % len(classes)],
-                    suggested_prob=round(0.4 + 0.5 * rnd.random(), 3),
+                    suggested_prob=round(rnd.uniform(*confidence), 3),
                 )
                 for rank, item_id in enumerate(item_ids)
             )

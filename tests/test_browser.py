@@ -150,6 +150,35 @@ def _live_labels(database_url: str, item_ids: list[int]) -> dict[int, int]:
         engine.dispose()
 
 
+def test_an_unsure_guess_is_shown_but_never_one_keystroke_from_being_accepted(
+    browser: Any, stack: procs.Stack, team: dict[str, Any], database_url: str
+) -> None:
+    """A suggestion below 50% calibrated confidence is a hint: Enter does not take it."""
+    ids = insert_items(database_url, stack.data_dir, team["project"]["id"], 2)
+    insert_labeling_round(
+        database_url, team["project"]["id"], ids, team["project"]["classes"], (0.2, 0.3)
+    )
+    page = _new_page(browser)
+    sign_in(page, stack.url, "ann")
+    page.goto(f"{stack.url}/#/projects/{team['project']['id']}/label")
+    item = _shown_item(page)
+    hinted = page.locator(".class-btn.hinted")
+    assert hinted.count() == 1
+    assert page.locator(".class-btn.suggested").count() == 0
+    assert "Unsure guess" in page.locator(".suggestion-text").inner_text()
+    screenshot(page, "label-unsure-guess")
+    page.keyboard.press("Enter")
+    page.get_by_text("No confident suggestion").wait_for()
+    assert _shown_item(page) == item
+    assert _live_labels(database_url, ids) == {}
+    # Its own key still labels it.
+    key = str(CLASSES.index(hinted.get_attribute("data-class") or "") + 1)
+    assert _press_and_wait_next(page, key, item) != item
+    _wait_sent(page)
+    assert _live_labels(database_url, ids) == {item: 1}
+    assert page.errors == []
+
+
 def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     browser: Any, stack: procs.Stack, team: dict[str, Any], database_url: str
 ) -> None:

@@ -5,6 +5,7 @@ import { ApiError, NetworkError, del, post } from "../api.js";
 import { toast } from "../dom.js";
 import { Outbox, newKey } from "../outbox.js";
 import { GRID_SIZE } from "./queue.js";
+import { guessOf } from "./suggest.js";
 
 // Acts kept for undo.
 const MAX_ACTS = 200;
@@ -60,7 +61,9 @@ export function createActs(page) {
     if (!items.length) return;
     const group = { items: [] };
     for (const entry of items) {
-      const label = name ?? (entry.suggestion && entry.suggestion.label);
+      // Enter takes only a pre-selected guess; a low-confidence one needs its class key.
+      const guess = guessOf(entry);
+      const label = name ?? (guess && guess.preselected ? guess.label : null);
       if (!label) continue;
       const key = newKey();
       const act = { entry, key, label, labelId: null, undo: false };
@@ -69,7 +72,7 @@ export function createActs(page) {
       state.handled.add(entry.item_id);
     }
     if (!group.items.length) {
-      toast("No suggestion for this image: press a class key.");
+      toast("No confident suggestion for this image: press a class key.");
       return;
     }
     state.acts.push(group);

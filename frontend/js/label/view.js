@@ -4,6 +4,7 @@
 import { fill, h } from "../dom.js";
 import { KEYS } from "./keys.js";
 import { GRID_SIZE, SINGLE_AHEAD, preload } from "./queue.js";
+import { guessOf } from "./suggest.js";
 
 /** Run `fn` once the current frame has been painted (rAF runs before paint; the message after). */
 function afterPaint(fn) {
@@ -95,13 +96,15 @@ export function createView(page, main) {
 
   // ---- the stage and the grid ----
   function highlightSuggestion(entry) {
-    const suggestion = entry && entry.suggestion && entry.suggestion.label;
+    const guess = guessOf(entry);
     for (const btn of classButtons) {
-      const on = suggestion && btn.dataset.class === suggestion;
+      const mine = guess && btn.dataset.class === guess.label;
+      const on = mine && guess.preselected;
       btn.classList.toggle("suggested", Boolean(on));
-      btn.querySelector(".conf").textContent = on && typeof entry.suggestion.confidence === "number"
-        ? percent(entry.suggestion.confidence) : "";
+      btn.classList.toggle("hinted", Boolean(mine && !on));
+      btn.querySelector(".conf").textContent = mine && guess.confidence !== null ? percent(guess.confidence) : "";
       if (on) btn.setAttribute("aria-description", "suggested: press Enter to accept");
+      else if (mine) btn.setAttribute("aria-description", "a low-confidence guess: press its key to choose it");
       else btn.removeAttribute("aria-description");
     }
   }
@@ -138,12 +141,13 @@ export function createView(page, main) {
     if (viewBox.firstChild !== stage) fill(viewBox, stage, caption);
     // The prefetched, decoded image element itself goes on stage: nothing to fetch or decode.
     stage.replaceChildren(entry.img);
-    const suggestion = entry.suggestion && entry.suggestion.label;
+    const guess = guessOf(entry);
+    const conf = guess && guess.confidence !== null ? ` (${percent(guess.confidence)})` : "";
     fill(caption,
       h("span", null, entry.name || `item ${entry.item_id}`),
-      h("span", null, suggestion
-        ? ["Suggestion: ", h("b", null, suggestion), typeof entry.suggestion.confidence === "number" ? ` (${percent(entry.suggestion.confidence)}) — Enter accepts` : ""]
-        : "No suggestion"));
+      h("span", { class: "suggestion-text" }, !guess ? "No suggestion"
+        : guess.preselected ? ["Suggestion: ", h("b", null, guess.label), conf, " — Enter accepts"]
+          : ["Unsure guess: ", h("b", null, guess.label), conf, " — press a class key"]));
     highlightSuggestion(entry);
     state.lastShown = entry;
     for (const next of state.queue.slice(1, SINGLE_AHEAD + 1)) preload(next);
