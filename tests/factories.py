@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import time
@@ -13,16 +14,23 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from app.auth.models import User
-from app.auth.service import create_user
 from app.db import unit_of_work
 from app.items.models import Item
 from app.jobs.models import Job
 from app.main import create_app
 from app.projects.models import Member, Project
 from app.rounds.models import Round, Selection
+from app.security import hash_password
 
 PASSWORD = "correct horse battery"
 _counter = itertools.count(1)
+
+
+@functools.cache
+def password_hash() -> str:
+    """PASSWORD hashed once per run: argon2 is slow on purpose (a third of a second here), and
+    most tests make several users. Logins still verify it for real."""
+    return hash_password(PASSWORD)
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (16, 16)) -> bytes:
@@ -53,9 +61,14 @@ class Factory:
     def user(self, role: str = "engineer", username: str | None = None) -> User:
         """A user with the shared test password."""
         with unit_of_work() as db:
-            return create_user(
-                db, username=username or f"{role}{next(_counter)}", password=PASSWORD, role=role
+            user = User(
+                username=username or f"{role}{next(_counter)}",
+                password_hash=password_hash(),
+                role=role,
             )
+            db.add(user)
+            db.flush()
+            return user
 
     def project(
         self,

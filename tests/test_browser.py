@@ -136,6 +136,14 @@ def _wait_sent(page: Any, timeout: int = TIMEOUT_MS) -> None:
     page.wait_for_function(f"() => ({OUTBOX_SIZE})() === 0", timeout=timeout)
 
 
+def _wait_progress(page: Any, text: str) -> None:
+    """Wait until the page's progress reads ``text`` ("7 of 14")."""
+    page.wait_for_function(
+        f"() => document.querySelector('#progress-text')?.textContent === {text!r}",
+        timeout=10_000,
+    )
+
+
 def _live_labels(database_url: str, item_ids: list[int]) -> dict[int, int]:
     engine = engine_for(database_url)
     try:
@@ -269,6 +277,9 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     item = _shown_item(page)
     assert item not in expected
     assert item != skipped
+    # Progress after a reload: the round's labelled count from the server once the outbox is
+    # empty (the two labels sent from it are counted once, whichever answer came first).
+    _wait_progress(page, f"{len(expected)} of 14")
 
     # The rest by keys only, until the page says the batch holds nothing more for this user.
     keys = ["1", "2", "3"]
@@ -282,6 +293,8 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     state = page.locator("#batch-state")
     state.wait_for()
     assert "You skipped 1" in state.inner_text()
+    _wait_progress(page, f"{len(expected)} of 14")
+    assert f"{len(expected)} of 14 are labelled" in state.inner_text()
     screenshot(page, "label-batch-held")
 
     # Nothing lost, nothing doubled: every label the user made is the item's only live label.

@@ -13,6 +13,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.database_free
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "worker", "svp")
 # The one import of worker/ in app/: ``svplabel worker`` is the worker, started lazily.

@@ -18,6 +18,7 @@ from app.jobs import dispatch
 from app.jobs.models import Job, JobStatus
 from app.labeling.models import Lease
 from app.projects.models import Project
+from app.rounds import router as rounds_router
 from app.rounds.models import Round, Selection
 from tests.factories import Factory
 
@@ -369,7 +370,8 @@ def test_roles(setup: dict[str, Any]) -> None:
         assert c.get(f"/api/rounds/{rid}/selection").status_code == code
         assert c.get(f"/api/rounds/{rid}/events").status_code == code
         assert c.post(f"/api/rounds/{rid}/cancel").status_code == code
-        assert c.post(f"/api/projects/{pid}/coresets", json={}).status_code in (code, 422)
+        # Access is checked before the body: the caller learns nothing of the project.
+        assert c.post(f"/api/projects/{pid}/coresets", json={}).status_code == code
     assert setup["eng"].get("/api/rounds/999999").status_code == 404
     # The round exists, but the stranger cannot tell it from one that does not.
     assert stranger.get(f"/api/rounds/{rid}").json() == {"detail": "no such round"}
@@ -387,34 +389,53 @@ def events(c: Any, rid: int) -> list[dict[str, Any]]:
     return out
 
 
-def test_events_send_the_state_then_each_change_then_close(setup: dict[str, Any]) -> None:
+def test_events_send_the_state_then_each_change_then_close(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     rid = start(setup["eng"], setup["project"].id).json()["id"]
     set_status(rid, "running")
-    steps = [("training", 0.5), ("scoring", 0.1)]
 
-    def worker() -> None:
-        # Changes paced slower than the stream's polling, so each one is seen.
-        for stage, progress in steps:
-            threading.Event().wait(1.2)
-            with unit_of_work() as db:
-                rnd = db.get(Round, rid)
-                assert rnd is not None
-                job = db.get(Job, rnd.job_id)
-                assert job is not None
-                job.stage, job.progress = stage, progress
-        threading.Event().wait(1.2)
-        set_status(rid, "labeling")
+    def set_stage(stage: str, progress: float) -> None:
+        with unit_of_work() as db:
+            rnd = db.get(Round, rid)
+            assert rnd is not None
+            job = db.get(Job, rnd.job_id)
+            assert job is not None
+            job.stage, job.progress = stage, progress
 
-    t = threading.Thread(target=worker)
-    t.start()
-    got = events(setup["ann"], rid)
-    t.join()
-    assert got == [
+    # The worker's writes, one per look the stream takes at the round (after the first), so the
+    # test steps by the stream's own polls instead of racing it with sleeps. None: a look that
+    # finds nothing new, which must send nothing.
+    changes = iter(
+        [
+            lambda: set_stage("training", 0.5),
+            None,
+            lambda: set_stage("scoring", 0.1),
+            lambda: set_status(rid, "labeling"),
+        ]
+    )
+    looks = 0
+    real_state = rounds_router._state
+
+    def stepping_state(round_id: int) -> Any:
+        nonlocal looks
+        looks += 1
+        if looks > 1:
+            change = next(changes)
+            if change is not None:
+                change()
+        return real_state(round_id)
+
+    monkeypatch.setattr(rounds_router, "_state", stepping_state)
+    monkeypatch.setattr(rounds_router, "EVENTS_POLL_SECONDS", 0)
+    assert events(setup["ann"], rid) == [
         {"status": "running", "stage": "training", "progress": 0.25},
         {"status": "running", "stage": "training", "progress": 0.5},
         {"status": "running", "stage": "scoring", "progress": 0.1},
         {"status": "labeling", "stage": "saving", "progress": 1.0},
     ]
+    # It closed right after the round left running: every change was used, no look was extra.
+    assert (looks, next(changes, "none left")) == (5, "none left")
 
 
 def test_events_of_a_settled_round_send_once_and_close(setup: dict[str, Any]) -> None:

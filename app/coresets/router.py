@@ -9,15 +9,16 @@ from app.coresets import service
 from app.coresets.schemas import CoresetCreate
 from app.jobs.models import JobKind
 from app.jobs.schemas import JobRead
-from app.projects.service import get_access
+from app.projects.deps import EngineerAccess, ProjectAccess
 
 router = APIRouter(prefix="/api/projects", tags=["coresets"])
 
 
 @router.post("/{project_id}/coresets", status_code=status.HTTP_202_ACCEPTED)
-def start_coreset(project_id: int, body: CoresetCreate, user: CurrentUser, db: DB) -> JobRead:
+def start_coreset(
+    body: CoresetCreate, access: EngineerAccess, user: CurrentUser, db: DB
+) -> JobRead:
     """Choose a core-set of the labelled items (engineers): 202 with the job."""
-    access = get_access(db, project_id=project_id, user=user, engineer=True)
     job = service.start_coreset(
         db,
         project=access.project,
@@ -31,8 +32,7 @@ def start_coreset(project_id: int, body: CoresetCreate, user: CurrentUser, db: D
 
 
 @router.get("/{project_id}/coresets")
-def list_coresets(project_id: int, user: CurrentUser, db: DB) -> list[JobRead]:
+def list_coresets(access: ProjectAccess, db: DB) -> list[JobRead]:
     """The project's core-set jobs with their results, newest first (members)."""
-    get_access(db, project_id=project_id, user=user)
-    jobs = service.jobs_of_kind(db, project_id=project_id, kind=JobKind.coreset)
+    jobs = service.jobs_of_kind(db, project_id=access.project.id, kind=JobKind.coreset)
     return [JobRead.model_validate(j) for j in jobs]

@@ -8,16 +8,17 @@ from app.auth.deps import DB, CurrentUser
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingCreate
 from app.jobs.schemas import JobRead
-from app.projects.service import get_access
+from app.projects.deps import EngineerAccess, ProjectAccess
 
 router = APIRouter(prefix="/api/projects", tags=["embeddings"])
 
 
 @router.post("/{project_id}/embeddings", status_code=status.HTTP_202_ACCEPTED)
-def start_embedding(project_id: int, body: EmbeddingCreate, user: CurrentUser, db: DB) -> JobRead:
+def start_embedding(
+    body: EmbeddingCreate, access: EngineerAccess, user: CurrentUser, db: DB
+) -> JobRead:
     """Embed the project's images with a backbone (engineers): 202 with the job, or with the
-    same job already queued or running."""
-    access = get_access(db, project_id=project_id, user=user, engineer=True)
+    same job while it is still queued."""
     job = service.start_embedding(
         db,
         project=access.project,
@@ -29,7 +30,6 @@ def start_embedding(project_id: int, body: EmbeddingCreate, user: CurrentUser, d
 
 
 @router.get("/{project_id}/embeddings")
-def list_embeddings(project_id: int, user: CurrentUser, db: DB) -> list[JobRead]:
+def list_embeddings(access: ProjectAccess, db: DB) -> list[JobRead]:
     """The project's embedding jobs with their results, newest first (members)."""
-    get_access(db, project_id=project_id, user=user)
-    return [JobRead.model_validate(j) for j in service.jobs(db, project_id=project_id)]
+    return [JobRead.model_validate(j) for j in service.jobs(db, project_id=access.project.id)]

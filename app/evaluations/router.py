@@ -10,15 +10,16 @@ from app.evaluations import service
 from app.evaluations.schemas import EvaluationCreate
 from app.jobs.models import JobKind
 from app.jobs.schemas import JobRead
-from app.projects.service import get_access
+from app.projects.deps import EngineerAccess, ProjectAccess
 
 router = APIRouter(prefix="/api/projects", tags=["evaluations"])
 
 
 @router.post("/{project_id}/evaluations", status_code=status.HTTP_202_ACCEPTED)
-def start_evaluation(project_id: int, body: EvaluationCreate, user: CurrentUser, db: DB) -> JobRead:
+def start_evaluation(
+    body: EvaluationCreate, access: EngineerAccess, user: CurrentUser, db: DB
+) -> JobRead:
     """Train the target on every label and test it (engineers): 202 with the job."""
-    access = get_access(db, project_id=project_id, user=user, engineer=True)
     job = service.start_evaluation(
         db,
         project=access.project,
@@ -34,8 +35,7 @@ def start_evaluation(project_id: int, body: EvaluationCreate, user: CurrentUser,
 
 
 @router.get("/{project_id}/evaluations")
-def list_evaluations(project_id: int, user: CurrentUser, db: DB) -> list[JobRead]:
+def list_evaluations(access: ProjectAccess, db: DB) -> list[JobRead]:
     """The project's evaluations, newest first: each result holds labels and test accuracy."""
-    get_access(db, project_id=project_id, user=user)
-    jobs = jobs_of_kind(db, project_id=project_id, kind=JobKind.evaluate)
+    jobs = jobs_of_kind(db, project_id=access.project.id, kind=JobKind.evaluate)
     return [JobRead.model_validate(j) for j in jobs]

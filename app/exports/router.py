@@ -7,10 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.auth.deps import DB, CurrentUser
 from app.exports.schemas import EXTENSIONS, MEDIA_TYPES, ExportFormat
 from app.exports.service import export_chunks
-from app.projects.service import get_access
+from app.projects.deps import EngineerAccess
 from app.settings import get_settings
 
 router = APIRouter(tags=["exports"])
@@ -22,13 +21,10 @@ router = APIRouter(tags=["exports"])
     responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
 )
 def export_labels(
-    project_id: int,
-    user: CurrentUser,
-    db: DB,
+    access: EngineerAccess,
     fmt: Annotated[ExportFormat, Query(alias="format")] = ExportFormat.csv,
 ) -> StreamingResponse:
     """Every labelled item with its label, author and time (engineers of the project)."""
-    access = get_access(db, project_id=project_id, user=user, engineer=True)
     filename = f"project-{access.project.id}-labels.{EXTENSIONS[fmt]}"
     return StreamingResponse(
         export_chunks(project_id=access.project.id, fmt=fmt, images_dir=get_settings().images_dir),

@@ -15,6 +15,7 @@ from app.items import service, storage
 from app.items.models import Split
 from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead, image_url
 from app.jobs.schemas import JobRead
+from app.projects.deps import ProjectAccess
 from app.projects.service import get_access
 from app.settings import get_settings
 
@@ -109,8 +110,7 @@ async def upload_items(project_id: int, request: Request) -> JobRead:
 
 @router.get("/api/projects/{project_id}/items")
 def list_items(
-    project_id: int,
-    user: CurrentUser,
+    access: ProjectAccess,
     db: DB,
     status: Literal["labeled", "unlabeled"] | None = None,
     split: Split | None = None,
@@ -118,9 +118,8 @@ def list_items(
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> ItemPage:
     """Keyset pages of the project's items in id order (members)."""
-    get_access(db, project_id=project_id, user=user)
     items, cursor = service.list_items(
-        db, project_id=project_id, status=status, split=split, limit=limit, after=after
+        db, project_id=access.project.id, status=status, split=split, limit=limit, after=after
     )
     return ItemPage(items=[ItemRead.model_validate(i) for i in items], next=cursor)
 

@@ -10,27 +10,25 @@ from app import flows
 from app.auth.deps import DB, CurrentUser
 from app.labeling import service
 from app.labeling.schemas import LabelCreate, LabelRead, QueueEntry, QueueSkip
-from app.projects.service import get_access
+from app.projects.deps import ProjectAccess
 
 router = APIRouter(tags=["labeling"])
 
 
 @router.post("/api/projects/{project_id}/queue/next")
 def queue_next(
-    project_id: int,
+    access: ProjectAccess,
     user: CurrentUser,
     db: DB,
     n: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> list[QueueEntry]:
     """Lease up to ``n`` items of the current batch, the caller's own leases first."""
-    access = get_access(db, project_id=project_id, user=user)
     return service.next_batch(db, access=access, user=user, n=n)
 
 
 @router.post("/api/projects/{project_id}/queue/skip", status_code=status.HTTP_204_NO_CONTENT)
-def queue_skip(project_id: int, body: QueueSkip, user: CurrentUser, db: DB) -> None:
+def queue_skip(body: QueueSkip, access: ProjectAccess, user: CurrentUser, db: DB) -> None:
     """Give the caller's lease on an item back; 409 when the caller holds none."""
-    access = get_access(db, project_id=project_id, user=user)
     service.skip(db, access=access, user=user, item_id=body.item_id)
 
 

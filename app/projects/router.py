@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.deps import DB, CurrentUser, EngineerUser
 from app.projects import service
+from app.projects.deps import EngineerAccess, ProjectAccess
 from app.projects.models import Project
 from app.projects.schemas import (
     MemberRead,
@@ -55,24 +56,21 @@ def list_projects(user: CurrentUser, db: DB) -> list[ProjectRead]:
 
 
 @router.get("/{project_id}")
-def get_project(project_id: int, user: CurrentUser, db: DB) -> ProjectRead:
+def get_project(access: ProjectAccess, db: DB) -> ProjectRead:
     """One project with counts."""
-    access = service.get_access(db, project_id=project_id, user=user)
     return _read(db, access.project, access.role)
 
 
 @router.patch("/{project_id}")
-def update_project(project_id: int, body: ProjectUpdate, user: CurrentUser, db: DB) -> ProjectRead:
+def update_project(body: ProjectUpdate, access: EngineerAccess, db: DB) -> ProjectRead:
     """Change a project's description or settings (engineers of it)."""
-    access = service.get_access(db, project_id=project_id, user=user, engineer=True)
     project = service.update_project(db, access=access, data=body)
     return _read(db, project, access.role)
 
 
 @router.put("/{project_id}/members")
-def set_member(project_id: int, body: MemberSet, user: CurrentUser, db: DB) -> MemberRead:
+def set_member(body: MemberSet, access: EngineerAccess, db: DB) -> MemberRead:
     """Add a member or change their role (engineers of the project, admins)."""
-    access = service.get_access(db, project_id=project_id, user=user, engineer=True)
     member, member_user = service.set_member(
         db, access=access, username=body.username, role=body.role
     )
@@ -80,17 +78,15 @@ def set_member(project_id: int, body: MemberSet, user: CurrentUser, db: DB) -> M
 
 
 @router.get("/{project_id}/members")
-def list_members(project_id: int, user: CurrentUser, db: DB) -> list[MemberRead]:
+def list_members(access: EngineerAccess, db: DB) -> list[MemberRead]:
     """The project's members (engineers of the project, admins)."""
-    service.get_access(db, project_id=project_id, user=user, engineer=True)
     return [
         MemberRead(user_id=u.id, username=u.username, role=m.role)
-        for m, u in service.list_members(db, project_id=project_id)
+        for m, u in service.list_members(db, project_id=access.project.id)
     ]
 
 
 @router.delete("/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_member(project_id: int, user_id: int, user: CurrentUser, db: DB) -> None:
+def remove_member(user_id: int, access: EngineerAccess, db: DB) -> None:
     """Take a user out of the project."""
-    access = service.get_access(db, project_id=project_id, user=user, engineer=True)
     service.remove_member(db, access=access, user_id=user_id)

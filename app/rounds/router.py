@@ -13,8 +13,9 @@ from app import flows
 from app.auth.deps import DB, CurrentUser, current_user
 from app.db import unit_of_work
 from app.errors import NotFound
-from app.projects.service import get_access
+from app.projects.deps import EngineerAccess, ProjectAccess
 from app.rounds import service
+from app.rounds.deps import RoundAccess, RoundEngineerAccess
 from app.rounds.schemas import RoundCreate, RoundEvent, RoundRead, SelectionEntry
 
 router = APIRouter(prefix="/api", tags=["rounds"])
@@ -33,10 +34,9 @@ def _one(db: DB, round_id: int) -> RoundRead:
 
 
 @router.post("/projects/{project_id}/rounds", status_code=status.HTTP_202_ACCEPTED)
-def start_round(project_id: int, body: RoundCreate, user: CurrentUser, db: DB) -> RoundRead:
+def start_round(body: RoundCreate, access: EngineerAccess, user: CurrentUser, db: DB) -> RoundRead:
     """Start a round (engineers): 202 with the queued round; 409 while another is active or
     labelling, unless ``supersede`` closes the open batch first."""
-    access = get_access(db, project_id=project_id, user=user, engineer=True)
     rnd = service.start_round(
         db,
         project=access.project,
@@ -51,30 +51,26 @@ def start_round(project_id: int, body: RoundCreate, user: CurrentUser, db: DB) -
 
 
 @router.get("/projects/{project_id}/rounds")
-def list_rounds(project_id: int, user: CurrentUser, db: DB) -> list[RoundRead]:
+def list_rounds(access: ProjectAccess, db: DB) -> list[RoundRead]:
     """The project's rounds, newest first (members)."""
-    get_access(db, project_id=project_id, user=user)
-    return service.round_reads(db, project_id=project_id)
+    return service.round_reads(db, project_id=access.project.id)
 
 
 @router.get("/rounds/{round_id}")
-def get_round(round_id: int, user: CurrentUser, db: DB) -> RoundRead:
+def get_round(round_id: int, _: RoundAccess, db: DB) -> RoundRead:
     """One round with its stage, progress, metrics and error (members)."""
-    service.get_round(db, round_id=round_id, user=user)
     return _one(db, round_id)
 
 
 @router.get("/rounds/{round_id}/selection")
-def get_selection(round_id: int, user: CurrentUser, db: DB) -> list[SelectionEntry]:
+def get_selection(round_id: int, _: RoundAccess, db: DB) -> list[SelectionEntry]:
     """The round's batch in rank order with scores and suggestions (members)."""
-    service.get_round(db, round_id=round_id, user=user)
     return service.selection(db, round_id=round_id)
 
 
 @router.post("/rounds/{round_id}/cancel")
-def cancel_round(round_id: int, user: CurrentUser, db: DB) -> RoundRead:
+def cancel_round(round_id: int, _: RoundEngineerAccess, db: DB) -> RoundRead:
     """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
-    service.get_round(db, round_id=round_id, user=user, engineer=True)
     flows.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
     return _one(db, round_id)
 

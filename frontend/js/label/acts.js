@@ -27,6 +27,10 @@ export function createActs(page) {
     onSent: (entry, label, ms) => {
       const act = findAct(entry.key);
       window.dispatchEvent(new CustomEvent("svp:label-sent", { detail: { key: entry.key, ms } }));
+      // Once nothing is waiting, the server's count of the batch is exact: take it. (While labels
+      // are on their way the page counts them itself, and cannot tell whether the server's
+      // answer to a round request already included one that was in flight.)
+      if (outbox.pendingCount() === 0) page.queue.refreshRound().catch(() => {});
       if (!act) return;
       act.labelId = label.id;
       if (act.undo) undoSent(act);

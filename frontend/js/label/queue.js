@@ -103,9 +103,14 @@ export function createQueue(page) {
 
   // ---- the round and its progress ----
 
+  let asked = 0;
+
   /** The labelling round and how much of its batch is labelled, from the server. */
   async function refreshRound() {
+    const ask = ++asked;
     const rounds = await get(`/api/projects/${pid}/rounds`); // newest first
+    // An older answer arriving after a newer one would put an older count back.
+    if (ask !== asked) return;
     state.latest = rounds[0] || null;
     // A batch whose every item is labelled completes its round: that is "done", not "no round".
     state.round = rounds.find((r) => r.status === "labeling")

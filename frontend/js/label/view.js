@@ -88,6 +88,9 @@ export function createView(page, main) {
     progressText.textContent = `${done} of ${total}`;
     progressEl.max = Math.max(total, 1);
     progressEl.value = done;
+    // The end-of-batch message says how many are labelled too: keep it in step.
+    const message = stage.querySelector("#batch-state");
+    if (message && message.dataset.done !== undefined && message.dataset.done !== String(done)) showEmpty();
   }
 
   function renderRoundName() {
@@ -228,7 +231,7 @@ export function createView(page, main) {
       const complete = done >= total;
       const skipped = complete ? 0 : state.skipped.size;
       const minutes = Math.round(project.settings.lease_seconds / 60);
-      message = h("div", { class: "stage-empty", id: "batch-state", "data-state": complete ? "done" : "held" },
+      message = h("div", { class: "stage-empty", id: "batch-state", "data-state": complete ? "done" : "held", "data-done": String(Math.min(done, total)) },
         h("h2", null, complete ? "This batch is done" : "Nothing left for you in this batch"),
         h("p", null, complete
           ? `All ${total} images of round ${state.round.number} are labelled. Thank you!`
