@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
+from typing import Any
 
 # The paper's schedule for its 181-epoch ResNets: 0.01 for one warm-up epoch, then 0.1,
 # divided by 10 at epochs 91 and 136 (Coleman et al. 2020, after He et al. 2016).
@@ -83,11 +84,11 @@ class TrainConfig:
         return self.lr_schedule[-1][1]
 
     @classmethod
-    def paper(cls, **overrides: object) -> TrainConfig:
+    def paper(cls, **overrides: Any) -> TrainConfig:
         """The paper's full schedule for targets: 181 epochs with a one-epoch warm-up."""
-        return replace(cls(), **overrides)  # type: ignore[arg-type]
+        return replace(cls(), **overrides)
 
     @classmethod
-    def truncated(cls, epochs: int, lr: float = 0.1, **overrides: object) -> TrainConfig:
+    def truncated(cls, epochs: int, lr: float = 0.1, **overrides: Any) -> TrainConfig:
         """A shortened schedule of the same shape, as the paper trains its proxies."""
-        return replace(cls(lr_schedule=scaled_schedule(epochs, lr)), **overrides)  # type: ignore[arg-type]
+        return replace(cls(lr_schedule=scaled_schedule(epochs, lr)), **overrides)

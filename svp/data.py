@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -234,7 +235,7 @@ def read_image_folder_zip(
     return _labeled(store, index)
 
 
-def _labeled(store: ImageStore, index: dict[str, list]) -> LabeledImages:
+def _labeled(store: ImageStore, index: dict[str, list[Any]]) -> LabeledImages:
     keys = index["keys"]
     return LabeledImages(
         images=store.load(keys),

@@ -85,7 +85,9 @@ class PreActBlock(nn.Module):
         skip = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
-        return out + skip
+        # Named with its type: torch's stubs type Tensor + Tensor as Any.
+        summed: Tensor = out + skip
+        return summed
 
 
 class PreActBottleneck(nn.Module):
@@ -113,7 +115,8 @@ class PreActBottleneck(nn.Module):
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         out = self.conv3(F.relu(self.bn3(out)))
-        return out + skip
+        summed: Tensor = out + skip
+        return summed
 
 
 class PreActResNet(Classifier):
@@ -185,7 +188,9 @@ class SimpleCNN(Classifier):
     def features(self, x: Tensor) -> Tensor:
         """Pooled conv features through one hidden layer."""
         out = F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
-        return self.head(out)
+        # Named with its type: calling an nn.Module is typed as Any.
+        features: Tensor = self.head(out)
+        return features
 
 
 ModelFactory = Callable[[int, int], Classifier]

@@ -81,7 +81,9 @@ def least_confidence(probs: Tensor) -> Tensor:
 
 def entropy(probs: Tensor) -> Tensor:
     """Shannon entropy of each row; 0·log 0 counts as 0, so one-hot rows give 0, never NaN."""
-    return -torch.special.xlogy(probs, probs).sum(dim=1)
+    # Named with its type: torch.special is untyped.
+    h: Tensor = -torch.special.xlogy(probs, probs).sum(dim=1)
+    return h
 
 
 def margin(probs: Tensor) -> Tensor:
@@ -401,6 +403,22 @@ def _check(indices: Tensor, mask: Tensor, budget: int) -> None:
     assert not bool(mask[indices].any()), "an already labelled item was chosen"
 
 
+def _candidate_probs(
+    model: nn.Module | None,
+    images: Tensor,
+    candidates: Tensor,
+    *,
+    batch_size: int,
+    device: str | torch.device | None,
+) -> tuple[Tensor | None, float]:
+    """The model's class probabilities over the candidates (for suggestions) and the seconds
+    scoring took; nothing without a model."""
+    if model is None:
+        return None, 0.0
+    preds = predict(model, images[candidates], batch_size=batch_size, device=device)
+    return preds.probs, preds.seconds
+
+
 def select(
     model: nn.Module | None,
     images: Tensor,
@@ -440,9 +458,9 @@ def select(
     start = time.perf_counter()
     if strategy == Strategy.RANDOM:
         cand_scores = torch.rand(candidates.numel(), generator=gen, dtype=torch.float64)
-        if model is not None:
-            preds = predict(model, images[candidates], batch_size=batch_size, device=device)
-            probs, scoring = preds.probs, preds.seconds
+        probs, scoring = _candidate_probs(
+            model, images, candidates, batch_size=batch_size, device=device
+        )
         start = time.perf_counter()
         pos = top_k(cand_scores, budget)
         chosen, chosen_scores = candidates[pos], cand_scores[pos]
@@ -498,9 +516,9 @@ def select(
         if scores is None or scores.shape != (n,):
             raise ValueError("forgetting needs per-item scores (forgetting counts) for the pool")
         cand_scores = scores[candidates].double()
-        if model is not None:
-            preds = predict(model, images[candidates], batch_size=batch_size, device=device)
-            probs, scoring = preds.probs, preds.seconds
+        probs, scoring = _candidate_probs(
+            model, images, candidates, batch_size=batch_size, device=device
+        )
         start = time.perf_counter()
         pos = top_k(cand_scores, budget)
         chosen, chosen_scores = candidates[pos], cand_scores[pos]

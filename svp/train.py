@@ -125,6 +125,24 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
     return out
 
 
+def _prepared(
+    model: Classifier | str, images: Tensor, config: TrainConfig, *, num_classes: int | None
+) -> Classifier:
+    """The model to train (built by name after seeding), its input normalisation set."""
+    if isinstance(model, str):
+        if num_classes is None:
+            raise ValueError("num_classes is required when building a model by name")
+        net = create_model(model, num_classes, images.shape[1])
+    else:
+        net = model
+    if config.normalize == "data":
+        mean, std = channel_stats(images)
+        net.normalize.set(mean, std)
+    elif images.shape[1] == 3:
+        net.normalize.set(CIFAR_MEAN, CIFAR_STD)
+    return net
+
+
 def train(
     model: Classifier | str,
     images: Tensor,
@@ -144,19 +162,9 @@ def train(
     seed_everything(config.seed)
     # Near-zero losses make denormal gradients, which run orders of magnitude slower on x86 CPUs.
     torch.set_flush_denormal(True)
-    if isinstance(model, str):
-        if num_classes is None:
-            raise ValueError("num_classes is required when building a model by name")
-        net = create_model(model, num_classes, images.shape[1])
-    else:
-        net = model
+    net = _prepared(model, images, config, num_classes=num_classes)
     device = pick_device(config.device)
     gen = torch.Generator().manual_seed(config.seed)
-    if config.normalize == "data":
-        mean, std = channel_stats(images)
-        net.normalize.set(mean, std)
-    elif images.shape[1] == 3:
-        net.normalize.set(CIFAR_MEAN, CIFAR_STD)
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
     net = net.to(device).to(memory_format=memory)
     # The set is small next to device memory: move it once, augment there.

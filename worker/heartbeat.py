@@ -59,6 +59,7 @@ class Heartbeat:
             done = db.execute(
                 update(WorkerNode).where(WorkerNode.name == self.name).values(last_seen=utcnow())
             )
+            # An UPDATE answers a CursorResult; Session.execute is typed as returning a Result.
             missing = done.rowcount == 0  # type: ignore[attr-defined]
         if missing:
             self.register()
@@ -102,7 +103,8 @@ class Heartbeat:
 _current: Heartbeat | None = None
 
 
-@signals.worker_ready.connect
+# Celery's signal decorators carry no types; the handlers below are typed all the same.
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     global _current
     name = str(getattr(sender, "hostname", None) or f"svp-{os.getpid()}@{socket.gethostname()}")
@@ -114,14 +116,14 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     _current.start()
 
 
-@signals.worker_process_init.connect
+@signals.worker_process_init.connect  # type: ignore[untyped-decorator]
 def _on_child_start(**_: Any) -> None:
     # A forked pool child must not share the parent's database connections: it keeps the
     # engine's settings but opens its own connections (close=False leaves the parent's alone).
     get_engine().dispose(close=False)
 
 
-@signals.worker_shutdown.connect
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _on_worker_shutdown(**_: Any) -> None:
     global _current
     if _current is not None:

@@ -25,7 +25,8 @@ log = logging.getLogger("svp.worker")
 runners.register()
 
 
-@shared_task(
+# shared_task carries no types (celery ships no stubs for it); the task below is typed.
+@shared_task(  # type: ignore[untyped-decorator]
     name=TASK_NAME,
     bind=True,
     acks_late=True,

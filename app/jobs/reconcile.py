@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
@@ -103,12 +103,15 @@ def reconcile(now: datetime | None = None) -> Reconciled:
     return done
 
 
-def _change(db: Session, job_id: int, condition: object, values: dict[str, object]) -> bool:
+def _change(
+    db: Session, job_id: int, condition: ColumnElement[bool], values: dict[str, object]
+) -> bool:
     """Update one job only if ``condition`` still holds; whether it did."""
     result = db.execute(
         update(Job)
-        .where(Job.id == job_id, condition)  # type: ignore[arg-type]
+        .where(Job.id == job_id, condition)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    # An UPDATE answers a CursorResult, but Session.execute is typed as returning a Result.
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]

@@ -179,6 +179,7 @@ def _won(db: Session, job_id: int, *, worker: str | None, now: datetime, stale: 
         )
         .execution_options(synchronize_session=False)
     )
+    # An UPDATE answers a CursorResult, but Session.execute is typed as returning a Result.
     return bool(won.rowcount == 1)  # type: ignore[attr-defined]
 
 

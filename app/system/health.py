@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from kombu import Connection
+from kombu.connection import Connection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
