@@ -98,7 +98,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """One block (frozen, so no drop-connect)."""
-        out = self.expand(x) if self.expand is not None else x
+        out: Tensor = self.expand(x) if self.expand is not None else x
         out = self.project(self.depthwise(out))
         return out + x if self.residual else out
 
@@ -162,7 +162,8 @@ class EfficientNetLite(nn.Module):
 
     def classify(self, x: Tensor) -> Tensor:
         """ImageNet logits of a normalised batch."""
-        return self.classifier(self.forward(x))
+        logits: Tensor = self.classifier(self.forward(x))
+        return logits
 
     def fold_batchnorm(self) -> EfficientNetLite:
         """Fold each batch norm into its convolution, for inference only; returns self."""
@@ -344,7 +345,8 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         raise ValueError(f"{path} holds no state dict (a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
+    checked: dict[str, Tensor] = state
+    return checked
 
 
 def _final_linear(model: nn.Module) -> str:
@@ -361,12 +363,15 @@ def _build_arch(arch: str, num_classes: int | None) -> nn.Module:
     import torchvision
 
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    model: nn.Module
     if arch in torchvision.models.list_models():
-        return torchvision.models.get_model(arch, weights=None, **kwargs)
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        return model
     if importlib.util.find_spec("timm") is not None:
         timm = importlib.import_module("timm")
         if arch in timm.list_models():
-            return timm.create_model(arch, pretrained=False, **kwargs)
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+            return model
     raise ValueError(f"unknown architecture {arch!r} (torchvision's names, or timm's if installed)")
 
 
@@ -440,7 +445,8 @@ class _Frozen(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Features of a float batch in [0, 1]."""
-        return self.net((x - self.mean) / self.std).flatten(1)
+        features: Tensor = self.net((x - self.mean) / self.std)
+        return features.flatten(1)
 
 
 class Backbone:

@@ -419,6 +419,52 @@ def _candidate_probs(
     return preds.probs, preds.seconds
 
 
+def _candidates(mask: Tensor, budget: int) -> Tensor:
+    """Positions of the unlabelled items, once the budget is known to fit among them."""
+    candidates = (~mask).nonzero().squeeze(1)
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1, not {budget}")
+    if budget > candidates.numel():
+        raise ValueError(
+            f"budget {budget} is larger than the unlabelled pool ({candidates.numel()} items)"
+        )
+    return candidates
+
+
+def _select_clustered(
+    strategy: Strategy,
+    feats: Tensor,
+    all_probs: Tensor | None,
+    mask: Tensor,
+    candidates: Tensor,
+    budget: int,
+    seed: int,
+    auto_switch_at: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, dict[str, Any]]:
+    """typiclust, margin_clusters or auto's choice between them on the pool's features:
+    (chosen, their scores, their positions among the candidates, candidate scores, details)."""
+    choice, details = strategy, dict[str, Any]()
+    if strategy == Strategy.AUTO:
+        width = None if all_probs is None else int(all_probs.shape[1])
+        choice, details = auto_choice(int(mask.sum()), width, auto_switch_at)
+    if choice == Strategy.TYPICLUST:
+        chosen, chosen_scores, more = typiclust(feats, mask, budget, seed=seed)
+        return (
+            chosen,
+            chosen_scores,
+            torch.searchsorted(candidates, chosen),
+            None,
+            {
+                **details,
+                **more,
+            },
+        )
+    assert all_probs is not None
+    cand_scores = margin(all_probs[candidates].double())
+    pos, more = cluster_margin(feats[candidates], cand_scores, budget, seed=seed)
+    return candidates[pos], cand_scores[pos], pos, cand_scores, {**details, **more}
+
+
 def select(
     model: nn.Module | None,
     images: Tensor,
@@ -443,13 +489,7 @@ def select(
     strategy = Strategy(strategy)
     n = images.shape[0]
     mask = labeled_mask(labeled, n)
-    candidates = (~mask).nonzero().squeeze(1)
-    if budget < 1:
-        raise ValueError(f"budget must be at least 1, not {budget}")
-    if budget > candidates.numel():
-        raise ValueError(
-            f"budget {budget} is larger than the unlabelled pool ({candidates.numel()} items)"
-        )
+    candidates = _candidates(mask, budget)
     gen = torch.Generator().manual_seed(seed)
     probs: Tensor | None = None
     cand_scores: Tensor | None = None
@@ -492,26 +532,15 @@ def select(
         if model is None:
             if strategy == Strategy.MARGIN_CLUSTERS:
                 raise ValueError("margin_clusters needs a trained model; cold starts use typiclust")
-            feats = pool_features(images)
-            all_probs = None
+            feats, all_probs = pool_features(images), None
         else:
             preds = predict(model, images, batch_size=batch_size, device=device)
             feats, all_probs, scoring = preds.features, preds.probs, preds.seconds
             probs = all_probs[candidates]
         start = time.perf_counter()
-        choice: Strategy = strategy
-        if strategy == Strategy.AUTO:
-            width = None if all_probs is None else int(all_probs.shape[1])
-            choice, details = auto_choice(int(mask.sum()), width, auto_switch_at)
-        if choice == Strategy.TYPICLUST:
-            chosen, chosen_scores, more = typiclust(feats, mask, budget, seed=seed)
-            pos = torch.searchsorted(candidates, chosen)
-        else:
-            assert probs is not None
-            cand_scores = margin(probs.double())
-            pos, more = cluster_margin(feats[candidates], cand_scores, budget, seed=seed)
-            chosen, chosen_scores = candidates[pos], cand_scores[pos]
-        details = {**details, **more}
+        chosen, chosen_scores, pos, cand_scores, details = _select_clustered(
+            strategy, feats, all_probs, mask, candidates, budget, seed, auto_switch_at
+        )
     elif strategy == Strategy.FORGETTING:
         if scores is None or scores.shape != (n,):
             raise ValueError("forgetting needs per-item scores (forgetting counts) for the pool")

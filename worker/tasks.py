@@ -47,7 +47,7 @@ def run_job_task(self: Task[Any, Any], job_id: int) -> str:
     return status
 
 
-@shared_task(
+@shared_task(  # type: ignore[untyped-decorator]  # as above: celery ships no stubs for it
     name=EMBED_HELP_TASK_NAME,
     bind=True,
     acks_late=True,
