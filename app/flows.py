@@ -17,6 +17,7 @@ from app.auth.models import User
 from app.db import utcnow
 from app.items.models import Item
 from app.jobs import service as jobs
+from app.jobs.dispatch import contained
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.labeling import service as labeling
 from app.labeling.models import Label
@@ -133,9 +134,20 @@ def on_round_completed(db: Session, *, rnd: Round) -> None:
     With the project's ``auto_next_round`` on, the next round starts with the same strategy,
     batch size and proxy; its job is sent only after this transaction commits.
     """
-    project = db.get(Project, rnd.project_id)
-    if project is not None and project_settings(project).auto_next_round:
-        rounds.start_next_round(db, finished=rnd)
+    # Nothing here may fail the label that completed the batch: stored settings that no longer
+    # validate, or a next round that cannot start, are logged and the label still commits. The
+    # savepoint undoes any half-written round, and its job is not sent.
+    try:
+        with contained(db), db.begin_nested():
+            project = db.get(Project, rnd.project_id)
+            if project is not None and project_settings(project).auto_next_round:
+                rounds.start_next_round(db, finished=rnd)
+    except Exception:
+        log.exception(
+            "round %s of project %s: the automatic next round failed; the label stands",
+            rnd.number,
+            rnd.project_id,
+        )
 
 
 def after_undo(db: Session, *, item: Item) -> None:
