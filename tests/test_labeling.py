@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app import flows
 from app.auth.models import User
 from app.db import make_engine, unit_of_work, utcnow
 from app.items.models import Item
@@ -29,7 +30,9 @@ def _setup(
     eng, ann1, ann2 = factory.user("engineer"), factory.user("annotator"), factory.user("annotator")
     project = factory.project(eng, members={ann1: "annotator", ann2: "annotator"})
     items = factory.items(project, n_items)
-    factory.round_with_selection(project, items[: batch or n_items])
+    if batch != 0:
+        # batch=0: no labelling round yet (the test writes its own).
+        factory.round_with_selection(project, items[: batch or n_items])
     return project, items, eng, ann1, ann2
 
 
@@ -424,3 +427,53 @@ def test_labels_survive_a_killed_server(tmp_path: Path, database_url: str) -> No
         assert r.status_code == 200
         admin.close()
         ann.close()
+
+
+def _entries(items: list[Item]) -> list[dict[str, object]]:
+    return [
+        {
+            "item_id": it.id,
+            "rank": rank,
+            "score": 1.0,
+            "suggested_label": "cat",
+            "suggested_prob": 0.9,
+            "labeled": False,
+        }
+        for rank, it in enumerate(items)
+    ]
+
+
+def test_items_labelled_while_the_proxy_trained_are_saved_labelled(factory: Factory) -> None:
+    project, items, eng, ann1, _ = _setup(factory, n_items=4, batch=0)
+    rnd = factory.round_with_selection(project, [], status="running")
+    # An engineer labels an item of the pool while the round's proxy trains.
+    r = factory.client(eng).post(
+        "/api/labels", json={"item_id": items[0].id, "label": "dog", "key": "t0"}
+    )
+    assert r.status_code == 201, r.text
+    with unit_of_work() as db:
+        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+    assert _round_status(rnd.id) == RoundStatus.labeling
+    c = factory.client(ann1)
+    assert c.get(f"/api/rounds/{rnd.id}").json()["labeled"] == 1
+    assert _ids(_next(c, project.id)) == [items[1].id]
+    r = c.post("/api/labels", json={"item_id": items[1].id, "label": "cat", "key": "t1"})
+    assert r.status_code == 201, r.text
+    assert _round_status(rnd.id) == RoundStatus.completed
+
+
+def test_a_batch_labelled_before_it_was_saved_completes_its_round_at_once(
+    factory: Factory,
+) -> None:
+    project, items, eng, _, _ = _setup(factory, n_items=3, batch=0)
+    rnd = factory.round_with_selection(project, [], status="running")
+    c = factory.client(eng)
+    for i, it in enumerate(items[:2]):
+        r = c.post("/api/labels", json={"item_id": it.id, "label": "bird", "key": f"b{i}"})
+        assert r.status_code == 201, r.text
+    with unit_of_work() as db:
+        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+    assert _round_status(rnd.id) == RoundStatus.completed
+    got = c.get(f"/api/rounds/{rnd.id}").json()
+    assert got["labeled"] == 2
+    assert got["metrics"]["suggestion_accuracy"] == 0.0
