@@ -253,6 +253,50 @@ def test_engineer_may_label_items_outside_the_batch(factory: Factory) -> None:
     assert r.status_code == 201
 
 
+def test_what_an_annotator_may_label(factory: Factory) -> None:
+    project, items, eng, ann1, ann2 = _setup(factory, n_items=5, batch=3)
+    test_item = factory.items(project, 1, split="test")[0]
+    c1, c2, ce = factory.client(ann1), factory.client(ann2), factory.client(eng)
+
+    def post(c: object, item: Item, key: str) -> int:
+        body = {"item_id": item.id, "label": "cat", "key": key}
+        return int(c.post("/api/labels", json=body).status_code)  # type: ignore[attr-defined]
+
+    # The test split is the ground truth of every accuracy: engineers only.
+    assert post(c1, test_item, "a1") == 403
+    # A pool item outside the open batch: not the annotator's to label here.
+    assert post(c1, items[4], "a2") == 403
+    # An item another annotator holds: 409, a state that passes, not a missing right.
+    held = _ids(_next(c2, project.id, n=1))
+    assert held == [items[0].id]
+    assert post(c1, items[0], "a3") == 409
+    # Their own lease, and an item of the batch nobody holds, are fine.
+    assert _ids(_next(c1, project.id, n=1)) == [items[1].id]
+    assert post(c1, items[1], "a4") == 201
+    assert post(c1, items[2], "a5") == 201
+    # Once the holder skips it, the item is anyone's.
+    assert c2.post(f"/api/projects/{project.id}/queue/skip", json={"item_id": items[0].id})
+    assert post(c1, items[0], "a6") == 201
+    with unit_of_work(write=False) as db:
+        assert db.get(Item, test_item.id).label is None  # type: ignore[union-attr]
+        assert db.get(Item, items[4].id).label is None  # type: ignore[union-attr]
+    # Engineers keep labelling anything, over a lease too.
+    assert post(ce, test_item, "e1") == 201
+    assert post(ce, items[4], "e2") == 201
+
+
+def test_a_project_may_let_annotators_label_any_pool_item(factory: Factory) -> None:
+    eng, ann = factory.user("engineer"), factory.user("annotator")
+    project = factory.project(eng, members={ann: "annotator"}, annotators_label_any_pool_item=True)
+    pool = factory.items(project, 2)
+    test_item = factory.items(project, 1, split="test")[0]
+    c = factory.client(ann)
+    r = c.post("/api/labels", json={"item_id": pool[0].id, "label": "dog", "key": "p1"})
+    assert r.status_code == 201, r.text
+    r = c.post("/api/labels", json={"item_id": test_item.id, "label": "dog", "key": "p2"})
+    assert r.status_code == 403
+
+
 def test_refusals_without_the_right(factory: Factory) -> None:
     project, items, _, ann1, _ = _setup(factory)
     anon = factory.anonymous()
@@ -386,7 +430,13 @@ def test_labels_survive_a_killed_server(tmp_path: Path, database_url: str) -> No
         for name in ("ann",):
             body = {"username": name, "password": PASSWORD, "role": "annotator"}
             assert admin.post("/api/users", json=body).status_code == 201
-        r = admin.post("/api/projects", json={"name": "restart", "classes": ["cat", "dog"]})
+        # The annotator labels pool items with no round: the project lets them (DESIGN 5).
+        body = {
+            "name": "restart",
+            "classes": ["cat", "dog"],
+            "settings": {"annotators_label_any_pool_item": True},
+        }
+        r = admin.post("/api/projects", json=body)
         pid = r.json()["id"]
         r = admin.put(f"/api/projects/{pid}/members", json={"username": "ann", "role": "annotator"})
         assert r.status_code == 200

@@ -39,6 +39,9 @@ class ProjectSettings(BaseModel):
     lease_seconds: int = Field(default=600, ge=10, le=86_400)
     # Off by default, as the contract says: a finished batch does not start a round by itself.
     auto_next_round: bool = False
+    # Off: annotators label the open batch only (the items the rounds chose). On: any unlabelled
+    # or labelled pool item too. The test split stays the engineers' either way.
+    annotators_label_any_pool_item: bool = False
 
     @field_validator("backbone")
     @classmethod
