@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from app.auth.models import Role, User
 from app.auth.service import LoginLimiter, create_user
 from app.db import unit_of_work
 from app.errors import DomainError
+from app.http import BodyLimit, validation_error
 from app.items.importer import run_import
 from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
@@ -75,6 +77,11 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     app.state.login_limiter = LoginLimiter(settings.login_attempts_per_minute)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    # Added first, so the innermost: its ``receive`` is the one the routes read, and the 413 it
+    # raises reaches FastAPI as itself, not wrapped in the task group of a middleware above.
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
