@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from app import metrics
 from app.auth.models import Role, User
@@ -82,6 +82,17 @@ def create_app() -> FastAPI:
     # Added first, so the innermost: its ``receive`` is the one the routes read, and the 413 it
     # raises reaches FastAPI as itself, not wrapped in the task group of a middleware above.
     app.add_middleware(BodyLimit)
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+        # A net under the typed ids and NUL-free bodies: a value the database cannot hold is
+        # the caller's error, never a 500. The input is not echoed.
+        log.warning(
+            "%s %s: value refused by the database: %s", request.method, request.url.path, exc.orig
+        )
+        return JSONResponse(
+            status_code=422, content={"detail": "a value is out of range or not storable text"}
+        )
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:

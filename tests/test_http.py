@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
+import pytest
+
 from app.http import MAX_BODY_BYTES
-from tests.factories import Factory
+from app.items.service import encode_cursor
+from tests.factories import Factory, png_bytes
 
 
 def _login_body(size: int) -> bytes:
@@ -81,3 +85,99 @@ def test_422_never_echoes_the_input(factory: Factory) -> None:
     )
     assert r.status_code == 422
     assert "ECHO-" not in r.text
+
+
+def _path_routes(factory: Factory) -> list[tuple[str, str]]:
+    """Every API operation that takes an id in its path: (method, path template)."""
+    paths = factory.app.openapi()["paths"]
+    return [
+        (method.upper(), path)
+        for path, operations in paths.items()
+        if "{" in path and path.startswith("/api/")
+        for method in operations
+    ]
+
+
+@pytest.mark.parametrize("big", [2**31, 2**63, 2**64 + 5])
+def test_ids_past_the_column_range_are_never_a_500(factory: Factory, big: int) -> None:
+    admin = factory.client(factory.user("admin"))
+    routes = _path_routes(factory)
+    assert len(routes) > 15
+    for method, template in routes:
+        path = re.sub(r"\{[a-z_]+\}", str(big), template)
+        r = admin.request(method, path, json={})
+        assert r.status_code in (404, 422), (method, path, r.status_code, r.text)
+    eng = factory.user("engineer")
+    project = factory.project(eng, annotators_label_any_pool_item=True)
+    c = factory.client(eng)
+    for method, path, body in (
+        ("POST", "/api/labels", {"item_id": big, "label": "cat", "key": "k"}),
+        ("POST", f"/api/projects/{project.id}/queue/skip", {"item_id": big}),
+        ("GET", f"/api/jobs?project_id={big}", None),
+        ("GET", f"/api/jobs?after={big}", None),
+        ("GET", f"/api/projects/{project.id}/items?after={encode_cursor(big)}", None),
+    ):
+        r = c.request(method, path, json=body)
+        assert r.status_code in (404, 422), (method, path, r.status_code, r.text)
+
+
+def test_nul_in_any_text_is_422(factory: Factory) -> None:
+    admin = factory.client(factory.user("admin"))
+    eng_user = factory.user("engineer")
+    eng = factory.client(eng_user)
+    project = factory.project(eng_user)
+    for c, method, path, body in (
+        (factory.anonymous(), "POST", "/api/auth/login", {"username": "a\0b", "password": "p"}),
+        (
+            admin,
+            "POST",
+            "/api/users",
+            {"username": "a\0b", "password": "pw-long-1", "role": "annotator"},
+        ),
+        (eng, "POST", "/api/projects", {"name": "p\0", "classes": ["a"]}),
+        (eng, "POST", "/api/projects", {"name": "p", "classes": ["a"], "description": "d\0"}),
+        (eng, "POST", "/api/projects", {"name": "p", "classes": ["a\0"]}),
+        (eng, "PATCH", f"/api/projects/{project.id}", {"description": "\0"}),
+        (eng, "POST", "/api/tokens", {"name": "t\0"}),
+        (
+            eng,
+            "PUT",
+            f"/api/projects/{project.id}/members",
+            {"username": "x\0", "role": "annotator"},
+        ),
+        (eng, "POST", "/api/labels", {"item_id": 1, "label": "cat", "key": "k\0"}),
+    ):
+        r = c.request(method, path, json=body)
+        assert r.status_code == 422, (path, r.status_code, r.text)
+
+
+def test_an_uploaded_file_with_a_nul_in_its_name_is_refused_alone(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    c = factory.client(eng)
+    # Written by hand: httpx would percent-encode the NUL, a raw client need not.
+    boundary = b"svpboundary"
+    parts = [
+        b'Content-Disposition: form-data; name="split"\r\n\r\npool',
+        b'Content-Disposition: form-data; name="file"; filename="bad\0name.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png_bytes(1),
+        b'Content-Disposition: form-data; name="file"; filename="good.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png_bytes(2),
+    ]
+    body = b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts)
+    body += b"--" + boundary + b"--\r\n"
+    r = c.post(
+        f"/api/projects/{project.id}/items",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=svpboundary"},
+    )
+    assert r.status_code == 202, r.text
+    job = factory.wait_job(r.json()["id"])
+    assert job.status == "succeeded", job.error
+    assert job.result is not None
+    assert job.result["added"] == 1
+    assert job.result["rejected"] == [
+        {"name": "bad\ufffdname.png", "reason": "file name contains a NUL byte"}
+    ]
+    names = [i["name"] for i in c.get(f"/api/projects/{project.id}/items").json()["items"]]
+    assert names == ["good.png"]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.errors import Invalid, NotFound
+from app.fields import MAX_ID
 from app.items.models import Item, Split
 from app.items.storage import SpooledUpload, image_path
 from app.jobs.models import Job, JobKind
@@ -49,6 +50,14 @@ def import_options(fields: dict[str, str]) -> ImportOptions:
     return ImportOptions(split=Split(raw_split), labels_from_folders=flag in _TRUE)
 
 
+NUL_NAME_REASON = "file name contains a NUL byte"
+
+
+def visible_name(name: str) -> str:
+    """A file name fit to store and show: NUL characters become U+FFFD."""
+    return name.replace("\x00", "\ufffd")
+
+
 def start_import(
     db: Session,
     *,
@@ -64,6 +73,14 @@ def start_import(
     strays = sorted({f.field for f in upload.files} - {"file"})
     if strays:
         raise Invalid(f"files go in the 'file' field, not {', '.join(map(repr, strays))}")
+    # A NUL in a file's name can be stored nowhere (PostgreSQL text and JSONB refuse it): that
+    # file is refused alone, under a visible form of its name, and the rest import.
+    named = [f for f in upload.files if "\x00" not in f.name]
+    refused = [
+        {"name": visible_name(f.name), "reason": NUL_NAME_REASON}
+        for f in upload.files
+        if "\x00" in f.name
+    ]
     return create_job(
         db,
         kind=JobKind.import_,
@@ -71,7 +88,8 @@ def start_import(
         params={
             # Relative to the uploads dir, so a worker with the data dir elsewhere finds them.
             "upload_dir": str(upload.dir.relative_to(uploads_dir)),
-            "files": [{"path": f.path, "name": f.name, "size": f.size} for f in upload.files],
+            "files": [{"path": f.path, "name": f.name, "size": f.size} for f in named],
+            "refused": refused,
             "split": options.split.value,
             "labels_from_folders": options.labels_from_folders,
         },
@@ -92,7 +110,8 @@ def decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise Invalid("after is not a cursor from a previous page") from exc
-    if not text.isdigit() or len(text) > 18:
+    # Bounded by the id column's range (PostgreSQL integer): a well-formed cursor past it was a 500.
+    if not text.isdigit() or len(text) > 10 or int(text) > MAX_ID:
         raise Invalid("after is not a cursor from a previous page")
     return int(text)
 
