@@ -181,3 +181,39 @@ def test_an_uploaded_file_with_a_nul_in_its_name_is_refused_alone(factory: Facto
     ]
     names = [i["name"] for i in c.get(f"/api/projects/{project.id}/items").json()["items"]]
     assert names == ["good.png"]
+
+
+def test_security_headers_on_every_answer(factory: Factory) -> None:
+    anon = factory.anonymous()
+    answers = [
+        anon.get("/"),
+        anon.get("/js/main.js"),
+        anon.get("/api/me"),
+        anon.get("/api/health"),
+        anon.get("/api/items/1"),
+        anon.post("/api/auth/login", content=b"x" * (MAX_BODY_BYTES + 1)),
+        anon.get("/docs"),
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 401, 200, 401, 413, 200]
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["referrer-policy"] == "same-origin"
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp
+        assert "script-src 'self';" in csp
+        assert "unsafe-eval" not in csp
+    assert "unsafe-inline" not in answers[0].headers["content-security-policy"]
+
+
+def test_docs_load_swagger_from_this_server(factory: Factory) -> None:
+    anon = factory.anonymous()
+    page = anon.get("/docs").text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert sources
+    assert all(s.startswith("/") and not s.startswith("//") for s in sources)
+    assert "<script>" not in page  # no inline script: script-src 'self' holds here too
+    for s in sources:
+        assert anon.get(s).status_code == 200, s
+    assert anon.get("/openapi.json").status_code == 200
+    assert anon.get("/redoc").status_code == 404
