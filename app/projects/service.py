@@ -56,8 +56,19 @@ def get_access(db: Session, *, project_id: int, user: User, engineer: bool = Fal
 
 def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
     """Create a project; its creator becomes its first engineer."""
-    if db.scalar(select(Project.id).where(Project.name == data.name)) is not None:
-        raise Conflict(f"a project named {data.name!r} exists")
+    existing = db.scalar(select(Project.id).where(Project.name == data.name))
+    if existing is not None:
+        visible = user.role == Role.admin or (
+            db.scalar(
+                select(Member.id).where(Member.project_id == existing, Member.user_id == user.id)
+            )
+            is not None
+        )
+        if visible:
+            raise Conflict(f"a project named {data.name!r} exists")
+        # Names are unique across the server, so that the name is taken cannot be hidden; the
+        # answer says no more: not that a project holds it, nor anything of that project.
+        raise Invalid("this project name is not available; choose another")
     project = Project(
         name=data.name,
         description=data.description,
