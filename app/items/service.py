@@ -6,6 +6,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -15,8 +16,8 @@ from app.auth.models import User
 from app.errors import Invalid, NotFound
 from app.fields import MAX_ID
 from app.items.models import Item, Split
-from app.items.storage import SpooledUpload, image_path
-from app.jobs.models import Job, JobKind
+from app.items.storage import SpooledUpload, discard, image_path
+from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
 from app.projects.service import Access, get_access
@@ -176,3 +177,54 @@ def image_file(images_dir: Path, item: Item) -> Path:
     if not path.is_file():
         raise NotFound("the image file of this item is missing")
     return path
+
+
+# An upload folder no job names is a request still streaming, or one that died mid-way: it is
+# deleted only once nothing was written to it for this long.
+ORPHAN_UPLOAD_GRACE = timedelta(hours=1)
+
+
+def _last_write(folder: Path) -> datetime:
+    """When anything in an upload folder was last written (a streaming file updates its own)."""
+    stamps = [folder.stat().st_mtime]
+    stamps.extend(p.stat().st_mtime for p in folder.iterdir() if p.is_file())
+    return datetime.fromtimestamp(max(stamps), tz=UTC)
+
+
+def sweep_uploads(
+    db: Session, *, uploads_dir: Path, now: datetime, retention: timedelta
+) -> list[str]:
+    """Delete upload folders no import will read again; the names of those deleted.
+
+    - its import succeeded (the importer deletes them itself, unless it died just after);
+    - its import failed or was canceled more than ``retention`` ago (kept till then: a retry
+      resumes from the files);
+    - no job names it and nothing was written to it for ``ORPHAN_UPLOAD_GRACE`` (a request that
+      died while streaming, or whose job was never written).
+    A queued or running import's folder is never touched.
+    """
+    if not uploads_dir.is_dir():
+        return []
+    deleted = []
+    for folder in sorted(p for p in uploads_dir.iterdir() if p.is_dir()):
+        job = db.execute(
+            select(Job.status, Job.finished_at)
+            .where(Job.kind == JobKind.import_, Job.params["upload_dir"].as_string() == folder.name)
+            .order_by(Job.id.desc())
+            .limit(1)
+        ).first()
+        if job is None:
+            try:
+                gone = now - _last_write(folder) > ORPHAN_UPLOAD_GRACE
+            except FileNotFoundError:
+                continue
+        elif job.status == JobStatus.succeeded:
+            gone = True
+        elif job.status in (JobStatus.failed, JobStatus.canceled):
+            gone = job.finished_at is None or now - job.finished_at > retention
+        else:
+            gone = False
+        if gone:
+            discard(folder)
+            deleted.append(folder.name)
+    return deleted
