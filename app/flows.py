@@ -1,7 +1,8 @@
-"""Steps that cross domains, called by the routers; the services never call this module.
+"""Steps that cross domains, called by the routers and runners; services never call this module.
 
 - a label or an undo, and what it means for the rounds whose batch holds the item (a batch done
   completes its round, which may start the next one);
+- a round's batch saved by its runner, complete at once when every item was labelled meanwhile;
 - a round canceled, and its job with it;
 - a round's job canceled or retried, and its round with it.
 """
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import false, select, update
 from sqlalchemy.orm import Session
@@ -17,6 +19,7 @@ from app.auth.models import User
 from app.db import utcnow
 from app.items.models import Item
 from app.jobs import service as jobs
+from app.jobs.dispatch import contained
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.labeling import service as labeling
 from app.labeling.models import Label
@@ -119,12 +122,34 @@ def after_label(db: Session, *, item: Item) -> None:
     )
     for rnd in _rounds_holding(db, item_id=item.id, status=RoundStatus.labeling):
         if _batch_done(db, round_id=rnd.id):
-            rnd.status = RoundStatus.completed
-            rnd.finished_at = utcnow()
-            db.flush()
-            log.info("round %s of project %s completed", rnd.number, rnd.project_id)
-            rounds.record_suggestion_accuracy(db, rnd=rnd)
-            on_round_completed(db, rnd=rnd)
+            _complete(db, rnd=rnd)
+
+
+def save_batch(
+    db: Session, *, round_id: int, entries: list[dict[str, Any]], metrics: dict[str, Any]
+) -> bool:
+    """The runner's last step: write the batch, and complete the round if nothing is open.
+
+    Items labelled while the proxy trained are saved as labelled; a batch that is all such
+    items completes its round at once instead of waiting for labels that will never come.
+    Returns False when the round was canceled meanwhile (nothing is written).
+    """
+    if not rounds.save_selection(db, round_id=round_id, entries=entries, metrics=metrics):
+        return False
+    rnd = db.get(Round, round_id)
+    if rnd is not None and rnd.status == RoundStatus.labeling and _batch_done(db, round_id=rnd.id):
+        _complete(db, rnd=rnd)
+    return True
+
+
+def _complete(db: Session, *, rnd: Round) -> None:
+    """A round whose batch is fully labelled: completed, its suggestions scored, maybe a next."""
+    rnd.status = RoundStatus.completed
+    rnd.finished_at = utcnow()
+    db.flush()
+    log.info("round %s of project %s completed", rnd.number, rnd.project_id)
+    rounds.record_suggestion_accuracy(db, rnd=rnd)
+    on_round_completed(db, rnd=rnd)
 
 
 def on_round_completed(db: Session, *, rnd: Round) -> None:
@@ -133,9 +158,20 @@ def on_round_completed(db: Session, *, rnd: Round) -> None:
     With the project's ``auto_next_round`` on, the next round starts with the same strategy,
     batch size and proxy; its job is sent only after this transaction commits.
     """
-    project = db.get(Project, rnd.project_id)
-    if project is not None and project_settings(project).auto_next_round:
-        rounds.start_next_round(db, finished=rnd)
+    # Nothing here may fail the label that completed the batch: stored settings that no longer
+    # validate, or a next round that cannot start, are logged and the label still commits. The
+    # savepoint undoes any half-written round, and its job is not sent.
+    try:
+        with contained(db), db.begin_nested():
+            project = db.get(Project, rnd.project_id)
+            if project is not None and project_settings(project).auto_next_round:
+                rounds.start_next_round(db, finished=rnd)
+    except Exception:
+        log.exception(
+            "round %s of project %s: the automatic next round failed; the label stands",
+            rnd.number,
+            rnd.project_id,
+        )
 
 
 def after_undo(db: Session, *, item: Item) -> None:

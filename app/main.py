@@ -9,16 +9,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from app import metrics
 from app.auth.models import Role, User
 from app.auth.service import LoginLimiter, create_user
 from app.db import unit_of_work
 from app.errors import DomainError
+from app.http import DOCS_HTML, BodyLimit, SecurityHeaders, validation_error
 from app.items.importer import run_import
 from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
@@ -73,8 +75,28 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Image labelling with active learning by selection via proxy.",
         lifespan=lifespan,
+        # FastAPI's own pages load Swagger UI and ReDoc from a CDN, with an inline script: /docs
+        # is served below from the vendored copy instead; ReDoc is not offered.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.login_limiter = LoginLimiter(settings.login_attempts_per_minute)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    # Added first, so the innermost: its ``receive`` is the one the routes read, and the 413 it
+    # raises reaches FastAPI as itself, not wrapped in the task group of a middleware above.
+    app.add_middleware(BodyLimit)
+
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+        # A net under the typed ids and NUL-free bodies: a value the database cannot hold is
+        # the caller's error, never a 500. The input is not echoed.
+        log.warning(
+            "%s %s: value refused by the database: %s", request.method, request.url.path, exc.orig
+        )
+        return JSONResponse(
+            status_code=422, content={"detail": "a value is out of range or not storable text"}
+        )
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
@@ -90,6 +112,14 @@ def create_app() -> FastAPI:
         metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
         metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         return response
+
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_HTML)
+
+    # Outermost of ours, so every answer carries them, a 413 or 422 too (only a 500 rendered by
+    # Starlette's own error middleware, outside every other, goes without).
+    app.add_middleware(SecurityHeaders)
 
     for router in ROUTERS:
         app.include_router(router)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # A queued job handed to the broker this long ago and never started is sent again (a message
     # lost with a killed worker); a duplicate delivery is harmless, as a job is claimed once.
     job_resend_after_seconds: float = Field(default=1800.0, gt=0)
+    # The uploaded files of a failed or canceled import are kept this long after it ended, so
+    # a retry can resume; then the reconciler deletes them.
+    upload_retention_hours: float = Field(default=24.0, gt=0)
     log_level: str = "INFO"
     # Where torch runs in a worker: "cuda", "cuda:1", "cpu"; empty picks CUDA when present.
     torch_device: str = ""

@@ -183,3 +183,44 @@ def test_export_refusals(factory: Factory) -> None:
     r = factory.client(factory.user("admin")).get(url)
     assert r.status_code == 200
     assert r.text == "item_id,name,split,label,labeled_by,labeled_at\n"
+
+
+def test_csv_export_neutralises_formulas_only_when_asked(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng, classes=["cat"])
+    names = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM.png", "plain.png"]
+    with unit_of_work() as db:
+        rows = [
+            Item(
+                project_id=project.id,
+                content_hash=f"{i:064x}",
+                name=name,
+                media_type="image/png",
+                width=8,
+                height=8,
+            )
+            for i, name in enumerate(names)
+        ]
+        db.add_all(rows)
+        db.flush()
+        ids = [r.id for r in rows]
+    c = factory.client(eng)
+    for i, iid in enumerate(ids):
+        r = c.post("/api/labels", json={"item_id": iid, "label": "cat", "key": f"f{i}"})
+        assert r.status_code == 201, r.text
+
+    def exported(**params: str) -> list[str]:
+        r = c.get(f"/api/projects/{project.id}/export", params={"format": "csv", **params})
+        assert r.status_code == 200
+        return [x["name"] for x in csv.DictReader(io.StringIO(r.text))]
+
+    # The default round-trips: every name exactly as stored.
+    assert exported() == names
+    assert exported(safe="false") == names
+    assert exported(safe="true") == [
+        "'=HYPERLINK(1).png",
+        "'+1.png",
+        "'-2.png",
+        "'@SUM.png",
+        "plain.png",
+    ]

@@ -10,6 +10,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from app.db import unit_of_work
+from app.db import unit_of_work, utcnow
 from app.items import importer
 from app.items.models import Item
+from app.jobs import reconcile
 from app.jobs.models import Job
 from app.jobs.runtime import JobContext, run_job
 from app.labeling.models import Label
@@ -513,3 +515,47 @@ def test_cifar10_train_zip_imports_fast(factory: Factory, settings: Settings) ->
     )
     # Loose on purpose (a shared CI box): an order of magnitude below what it does alone.
     assert 50_000 / elapsed > 300
+
+
+def test_the_reconciler_sweeps_uploads_no_import_will_read(
+    factory: Factory, settings: Settings
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    now = utcnow()
+    long_ago, lately = now - timedelta(days=2), now - timedelta(hours=1)
+    cases = {
+        "failed-long-ago": ("failed", long_ago, False),
+        "failed-lately": ("failed", lately, True),
+        "canceled-long-ago": ("canceled", long_ago, False),
+        "queued": ("queued", None, True),
+        "running": ("running", None, True),
+        "succeeded": ("succeeded", lately, False),
+        "orphan-stale": (None, None, False),
+        "orphan-fresh": (None, None, True),
+    }
+    with unit_of_work() as db:
+        for name, (status, finished, _) in cases.items():
+            folder = settings.uploads_dir / name
+            folder.mkdir(parents=True)
+            (folder / "00000").write_bytes(b"x")
+            if status is not None:
+                db.add(
+                    Job(
+                        kind="import",
+                        project_id=project.id,
+                        params={"upload_dir": name, "files": []},
+                        status=status,
+                        finished_at=finished,
+                    )
+                )
+    stale = (now - timedelta(hours=3)).timestamp()
+    for path in (
+        settings.uploads_dir / "orphan-stale",
+        settings.uploads_dir / "orphan-stale" / "00000",
+    ):
+        os.utime(path, (stale, stale))
+    deleted = reconcile.sweep_uploads(now, force=True)
+    assert sorted(deleted) == sorted(n for n, (_, _, keep) in cases.items() if not keep)
+    left = sorted(p.name for p in settings.uploads_dir.iterdir())
+    assert left == sorted(n for n, (_, _, keep) in cases.items() if keep)

@@ -225,3 +225,16 @@ def test_canceling_a_queued_round_job_cancels_its_round(factory: Factory) -> Non
     round_id = _round(project.id, 1, "queued", job.id)
     assert factory.client(engineer).post(f"/api/jobs/{job.id}/cancel").status_code == 200
     assert round_status(round_id) == "canceled"
+
+
+def test_an_annotator_who_is_engineer_of_a_project_sees_its_jobs(factory: Factory) -> None:
+    owner, person = factory.user("engineer"), factory.user("annotator")
+    theirs = factory.project(owner, members={person: "engineer"})
+    other = factory.project(owner, members={person: "annotator"})
+    visible, hidden = factory.job(theirs), factory.job(other)
+    c = factory.client(person)
+    r = c.get("/api/jobs")
+    assert r.status_code == 200, r.text
+    assert [j["id"] for j in r.json()] == [visible.id]
+    assert c.get(f"/api/jobs/{visible.id}").status_code == 200
+    assert c.get(f"/api/jobs/{hidden.id}").status_code == 404

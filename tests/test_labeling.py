@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app import flows
 from app.auth.models import User
 from app.db import make_engine, unit_of_work, utcnow
 from app.items.models import Item
@@ -29,7 +30,9 @@ def _setup(
     eng, ann1, ann2 = factory.user("engineer"), factory.user("annotator"), factory.user("annotator")
     project = factory.project(eng, members={ann1: "annotator", ann2: "annotator"})
     items = factory.items(project, n_items)
-    factory.round_with_selection(project, items[: batch or n_items])
+    if batch != 0:
+        # batch=0: no labelling round yet (the test writes its own).
+        factory.round_with_selection(project, items[: batch or n_items])
     return project, items, eng, ann1, ann2
 
 
@@ -250,6 +253,50 @@ def test_engineer_may_label_items_outside_the_batch(factory: Factory) -> None:
     assert r.status_code == 201
 
 
+def test_what_an_annotator_may_label(factory: Factory) -> None:
+    project, items, eng, ann1, ann2 = _setup(factory, n_items=5, batch=3)
+    test_item = factory.items(project, 1, split="test")[0]
+    c1, c2, ce = factory.client(ann1), factory.client(ann2), factory.client(eng)
+
+    def post(c: object, item: Item, key: str) -> int:
+        body = {"item_id": item.id, "label": "cat", "key": key}
+        return int(c.post("/api/labels", json=body).status_code)  # type: ignore[attr-defined]
+
+    # The test split is the ground truth of every accuracy: engineers only.
+    assert post(c1, test_item, "a1") == 403
+    # A pool item outside the open batch: not the annotator's to label here.
+    assert post(c1, items[4], "a2") == 403
+    # An item another annotator holds: 409, a state that passes, not a missing right.
+    held = _ids(_next(c2, project.id, n=1))
+    assert held == [items[0].id]
+    assert post(c1, items[0], "a3") == 409
+    # Their own lease, and an item of the batch nobody holds, are fine.
+    assert _ids(_next(c1, project.id, n=1)) == [items[1].id]
+    assert post(c1, items[1], "a4") == 201
+    assert post(c1, items[2], "a5") == 201
+    # Once the holder skips it, the item is anyone's.
+    assert c2.post(f"/api/projects/{project.id}/queue/skip", json={"item_id": items[0].id})
+    assert post(c1, items[0], "a6") == 201
+    with unit_of_work(write=False) as db:
+        assert db.get(Item, test_item.id).label is None  # type: ignore[union-attr]
+        assert db.get(Item, items[4].id).label is None  # type: ignore[union-attr]
+    # Engineers keep labelling anything, over a lease too.
+    assert post(ce, test_item, "e1") == 201
+    assert post(ce, items[4], "e2") == 201
+
+
+def test_a_project_may_let_annotators_label_any_pool_item(factory: Factory) -> None:
+    eng, ann = factory.user("engineer"), factory.user("annotator")
+    project = factory.project(eng, members={ann: "annotator"}, annotators_label_any_pool_item=True)
+    pool = factory.items(project, 2)
+    test_item = factory.items(project, 1, split="test")[0]
+    c = factory.client(ann)
+    r = c.post("/api/labels", json={"item_id": pool[0].id, "label": "dog", "key": "p1"})
+    assert r.status_code == 201, r.text
+    r = c.post("/api/labels", json={"item_id": test_item.id, "label": "dog", "key": "p2"})
+    assert r.status_code == 403
+
+
 def test_refusals_without_the_right(factory: Factory) -> None:
     project, items, _, ann1, _ = _setup(factory)
     anon = factory.anonymous()
@@ -383,7 +430,13 @@ def test_labels_survive_a_killed_server(tmp_path: Path, database_url: str) -> No
         for name in ("ann",):
             body = {"username": name, "password": PASSWORD, "role": "annotator"}
             assert admin.post("/api/users", json=body).status_code == 201
-        r = admin.post("/api/projects", json={"name": "restart", "classes": ["cat", "dog"]})
+        # The annotator labels pool items with no round: the project lets them (DESIGN 5).
+        body = {
+            "name": "restart",
+            "classes": ["cat", "dog"],
+            "settings": {"annotators_label_any_pool_item": True},
+        }
+        r = admin.post("/api/projects", json=body)
         pid = r.json()["id"]
         r = admin.put(f"/api/projects/{pid}/members", json={"username": "ann", "role": "annotator"})
         assert r.status_code == 200
@@ -424,3 +477,53 @@ def test_labels_survive_a_killed_server(tmp_path: Path, database_url: str) -> No
         assert r.status_code == 200
         admin.close()
         ann.close()
+
+
+def _entries(items: list[Item]) -> list[dict[str, object]]:
+    return [
+        {
+            "item_id": it.id,
+            "rank": rank,
+            "score": 1.0,
+            "suggested_label": "cat",
+            "suggested_prob": 0.9,
+            "labeled": False,
+        }
+        for rank, it in enumerate(items)
+    ]
+
+
+def test_items_labelled_while_the_proxy_trained_are_saved_labelled(factory: Factory) -> None:
+    project, items, eng, ann1, _ = _setup(factory, n_items=4, batch=0)
+    rnd = factory.round_with_selection(project, [], status="running")
+    # An engineer labels an item of the pool while the round's proxy trains.
+    r = factory.client(eng).post(
+        "/api/labels", json={"item_id": items[0].id, "label": "dog", "key": "t0"}
+    )
+    assert r.status_code == 201, r.text
+    with unit_of_work() as db:
+        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+    assert _round_status(rnd.id) == RoundStatus.labeling
+    c = factory.client(ann1)
+    assert c.get(f"/api/rounds/{rnd.id}").json()["labeled"] == 1
+    assert _ids(_next(c, project.id)) == [items[1].id]
+    r = c.post("/api/labels", json={"item_id": items[1].id, "label": "cat", "key": "t1"})
+    assert r.status_code == 201, r.text
+    assert _round_status(rnd.id) == RoundStatus.completed
+
+
+def test_a_batch_labelled_before_it_was_saved_completes_its_round_at_once(
+    factory: Factory,
+) -> None:
+    project, items, eng, _, _ = _setup(factory, n_items=3, batch=0)
+    rnd = factory.round_with_selection(project, [], status="running")
+    c = factory.client(eng)
+    for i, it in enumerate(items[:2]):
+        r = c.post("/api/labels", json={"item_id": it.id, "label": "bird", "key": f"b{i}"})
+        assert r.status_code == 201, r.text
+    with unit_of_work() as db:
+        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+    assert _round_status(rnd.id) == RoundStatus.completed
+    got = c.get(f"/api/rounds/{rnd.id}").json()
+    assert got["labeled"] == 2
+    assert got["metrics"]["suggestion_accuracy"] == 0.0

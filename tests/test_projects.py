@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.db import unit_of_work
+from app.jobs.models import WorkerNode
 from tests.factories import Factory
 
 
@@ -140,3 +142,35 @@ def test_health_and_metrics(factory: Factory) -> None:
     text = c.get("/metrics").text
     assert 'svp_http_requests_total{method="GET",route="/api/health",status="200"}' in text
     assert c.get("/openapi.json").status_code == 200
+
+
+def test_health_shows_where_workers_run_to_admins_only(factory: Factory) -> None:
+    with unit_of_work() as db:
+        db.add(WorkerNode(name="celery@secret-host", hostname="secret-host", pid=4242))
+    admin = factory.client(factory.user("admin"))
+    full = admin.get("/api/health").json()
+    assert full["worker_count"] == 1
+    assert full["workers"][0]["hostname"] == "secret-host"
+    assert full["workers"][0]["pid"] == 4242
+    for c in (factory.anonymous(), factory.client(factory.user("engineer"))):
+        r = c.get("/api/health")
+        assert r.status_code == 200
+        body = r.json()
+        assert (body["database"], body["worker_count"], len(body["workers"])) == ("ok", 1, 1)
+        assert "secret-host" not in r.text
+        assert "4242" not in r.text
+
+
+def test_a_name_conflict_reveals_no_project_the_caller_cannot_see(factory: Factory) -> None:
+    owner, other = factory.user("engineer"), factory.user("engineer")
+    factory.client(owner).post("/api/projects", json={"name": "hidden", "classes": ["a"]})
+    # The owner (a member) and an admin see it: 409 naming it.
+    r = factory.client(owner).post("/api/projects", json={"name": "hidden", "classes": ["a"]})
+    assert r.status_code == 409
+    admin = factory.client(factory.user("admin"))
+    assert admin.post("/api/projects", json={"name": "hidden", "classes": ["a"]}).status_code == 409
+    # Someone else learns only that the name is not available.
+    r = factory.client(other).post("/api/projects", json={"name": "hidden", "classes": ["a"]})
+    assert r.status_code == 422
+    assert "exists" not in r.text
+    assert "project named" not in r.text

@@ -79,6 +79,8 @@ def test_concurrent_replays_of_one_key_store_one_label(factory: Factory) -> None
     eng, ann = factory.user("engineer"), factory.user("annotator")
     project = factory.project(eng, members={ann: "annotator"})
     item = factory.items(project, 1)[0]
+    # In an open batch: what an annotator may label (DESIGN 5).
+    factory.round_with_selection(project, [item])
     clients = [factory.client(ann) for _ in range(4)]
     barrier = threading.Barrier(len(clients))
     answers: list[tuple[int, int]] = []

@@ -14,11 +14,13 @@ import pytest
 from sqlalchemy import select
 
 from app.db import unit_of_work, utcnow
+from app.items.models import Item
 from app.jobs import dispatch
 from app.jobs.models import Job, JobStatus
 from app.labeling.models import Lease
 from app.projects.models import Project
 from app.rounds import router as rounds_router
+from app.rounds import service as rounds_service
 from app.rounds.models import Round, Selection
 from tests.factories import Factory
 
@@ -515,3 +517,54 @@ def test_a_completed_batch_starts_the_next_round_when_asked(
     assert nxt["seed"] == done.seed + 1
     # Sent once the label's transaction committed.
     assert sent == [{"job_id": nxt["job_id"], "kind": "round", "committed": True}]
+
+
+@pytest.mark.parametrize("fault", ["broken_settings", "start_raises"])
+def test_the_automatic_next_round_never_fails_the_label_that_completed_a_batch(
+    factory: Factory,
+    sent: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    eng, ann = factory.user("engineer"), factory.user("annotator")
+    project = factory.project(eng, members={ann: "annotator"}, auto_next_round=True)
+    items = factory.items(project, 6)
+    done = factory.round_with_selection(project, items[:2])
+    if fault == "broken_settings":
+        # Settings stored before they were validated (or by an older version) no longer parse.
+        with unit_of_work() as db:
+            row = db.get(Project, project.id)
+            assert row is not None
+            row.settings = {"default_proxy": "resnet", "auto_next_round": True}
+    else:
+        real_start = rounds_service.start_round
+
+        def half_then_raise(db: Any, **kwargs: Any) -> Any:
+            # Writes the round and its job first: the savepoint must take both back.
+            real_start(db, **kwargs)
+            raise RuntimeError("the next round cannot start")
+
+        monkeypatch.setattr(rounds_service, "start_round", half_then_raise)
+    c = factory.client(ann)
+    for i, it in enumerate(items[:2]):
+        lease = c.post(f"/api/projects/{project.id}/queue/next", params={"n": 1})
+        assert lease.status_code == 200, lease.text
+        r = c.post("/api/labels", json={"item_id": it.id, "label": "cat", "key": f"{fault}{i}"})
+        assert r.status_code == 201, r.text
+    with unit_of_work(write=False) as db:
+        assert db.get(Item, items[1].id).label == "cat"  # type: ignore[union-attr]
+        listed = list(
+            db.scalars(select(Round).where(Round.project_id == project.id).order_by(Round.id))
+        )
+    assert (listed[0].id, listed[0].status) == (done.id, "completed")
+    if fault == "start_raises":
+        # Nothing half-written survives, and no job is sent for a round that does not exist.
+        assert len(listed) == 1
+        assert sent == []
+    else:
+        # The stale key falls back to its default; the rest of the settings still hold.
+        assert [(x.number, x.status) for x in listed[1:]] == [(2, "queued")]
+        assert sent == [{"job_id": listed[1].job_id, "kind": "round", "committed": True}]
+        r = factory.client(eng).get(f"/api/projects/{project.id}")
+        assert r.status_code == 200, r.text
+        assert r.json()["settings"]["default_proxy"] == "linear"

@@ -15,6 +15,7 @@ from app.auth.schemas import (
     UserRead,
 )
 from app.errors import Unauthenticated
+from app.fields import PathId
 from app.settings import get_settings
 
 router = APIRouter(prefix="/api", tags=["auth"])
@@ -79,6 +80,6 @@ def list_tokens(user: CurrentUser, db: DB) -> list[TokenRead]:
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_token(token_id: int, user: CurrentUser, db: DB) -> None:
+def revoke_token(token_id: PathId, user: CurrentUser, db: DB) -> None:
     """Revoke one of the caller's tokens."""
     service.revoke_token(db, user=user, token_id=token_id)

@@ -6,8 +6,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.fields import RequestBody
 
-class LoginRequest(BaseModel):
+
+class LoginRequest(RequestBody):
     """Credentials for ``POST /api/auth/login``."""
 
     username: str = Field(min_length=1, max_length=64)
@@ -31,7 +33,7 @@ class LoginResponse(BaseModel):
     csrf_token: str
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(RequestBody):
     """A new API token's name."""
 
     name: str = Field(min_length=1, max_length=100)

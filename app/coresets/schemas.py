@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from app.fields import RequestBody
 from app.rounds.schemas import ProxyConfig, RoundStrategy
 
 # Core-set selection ranks labelled items: the round strategies plus forgetting events (DESIGN 4).
@@ -13,7 +14,7 @@ CoresetStrategy = Literal[RoundStrategy, "forgetting"]
 CORESET_STRATEGIES: tuple[str, ...] = get_args(CoresetStrategy)
 
 
-class CoresetCreate(BaseModel):
+class CoresetCreate(RequestBody):
     """Ask for a core-set: the fraction of labelled pool items to keep, and how to choose them."""
 
     model_config = ConfigDict(extra="forbid")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from app.fields import RequestBody
 from app.settings import get_settings
 
 
@@ -48,7 +49,7 @@ def check_backbone(value: str) -> str:
     return value
 
 
-class EmbeddingCreate(BaseModel):
+class EmbeddingCreate(RequestBody):
     """Ask for a project's images to be embedded with a backbone (the project's by default)."""
 
     model_config = ConfigDict(extra="forbid")

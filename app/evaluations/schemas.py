@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from app.fields import RequestBody
 from app.rounds.schemas import ScratchArch
 
 
-class EvaluationCreate(BaseModel):
+class EvaluationCreate(RequestBody):
     """Train a target model on every label so far and measure it on the labelled test split."""
 
     model_config = ConfigDict(extra="forbid")

@@ -23,11 +23,23 @@ router = APIRouter(tags=["exports"])
 def export_labels(
     access: EngineerAccess,
     fmt: Annotated[ExportFormat, Query(alias="format")] = ExportFormat.csv,
+    safe: Annotated[
+        bool,
+        Query(
+            description="CSV for a spreadsheet: a cell starting with = + - @ (or tab, CR) gets "
+            "a leading ' so it is not run as a formula; off by default, which round-trips"
+        ),
+    ] = False,
 ) -> StreamingResponse:
     """Every labelled item with its label, author and time (engineers of the project)."""
     filename = f"project-{access.project.id}-labels.{EXTENSIONS[fmt]}"
     return StreamingResponse(
-        export_chunks(project_id=access.project.id, fmt=fmt, images_dir=get_settings().images_dir),
+        export_chunks(
+            project_id=access.project.id,
+            fmt=fmt,
+            images_dir=get_settings().images_dir,
+            safe=safe,
+        ),
         media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -99,8 +99,25 @@ def labeled_batches(
         after = ids[-1]
 
 
-def csv_chunks(*, project_id: int) -> Iterator[bytes]:
-    """A CSV file: the header line, then one row per labelled item."""
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP's CSV injection
+# list: = + - @, and tab and carriage return, which some programs skip before one).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: a leading ' before what it would run as a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_chunks(*, project_id: int, safe: bool = False) -> Iterator[bytes]:
+    """A CSV file: the header line, then one row per labelled item.
+
+    By default every cell is exactly what is stored, so the file round-trips (an item named
+    ``=1+1.png`` stays that name). ``safe`` is for opening the file in a spreadsheet: cells that
+    would run as a formula there get a leading ``'`` (and no longer round-trip).
+    """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -108,7 +125,10 @@ def csv_chunks(*, project_id: int) -> Iterator[bytes]:
     for batch in labeled_batches(project_id=project_id):
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-        writer.writerows(row.as_dict() for row in batch)
+        rows = (row.as_dict() for row in batch)
+        if safe:
+            rows = ({k: neutralise(v) for k, v in r.items()} for r in rows)
+        writer.writerows(rows)
         yield buf.getvalue().encode()
 
 
@@ -175,10 +195,12 @@ def imagefolder_chunks(*, project_id: int, images_dir: Path) -> Iterator[bytes]:
     yield sink.take()
 
 
-def export_chunks(*, project_id: int, fmt: ExportFormat, images_dir: Path) -> Iterator[bytes]:
-    """The export of a project in a format, as chunks of bytes."""
+def export_chunks(
+    *, project_id: int, fmt: ExportFormat, images_dir: Path, safe: bool = False
+) -> Iterator[bytes]:
+    """The export of a project in a format, as chunks of bytes (``safe``: see ``csv_chunks``)."""
     if fmt == ExportFormat.csv:
-        return csv_chunks(project_id=project_id)
+        return csv_chunks(project_id=project_id, safe=safe)
     if fmt == ExportFormat.jsonl:
         return jsonl_chunks(project_id=project_id)
     return imagefolder_chunks(project_id=project_id, images_dir=images_dir)

@@ -105,7 +105,8 @@ class Tally:
         """Count a refused file, and list it while the list is short enough to read."""
         self.rejected_count += 1
         if len(self.rejected) < MAX_REJECTED_LISTED:
-            self.rejected.append({"name": name, "reason": reason})
+            # A NUL (an archive entry's name) cannot be stored in the result's JSON.
+            self.rejected.append({"name": name.replace("\x00", "\ufffd"), "reason": reason})
 
     def as_result(self) -> dict[str, Any]:
         """The job's result: the contract's ``{added, duplicates, rejected}`` and counts."""
@@ -172,6 +173,10 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
             uploader=job.created_by,
             tally=Tally.from_result(job.result),
         )
+        if job.result is None:
+            # Files refused when the upload arrived (a NUL in the name), counted once.
+            for refused in ctx.params.get("refused", []):
+                run.tally.reject(str(refused["name"]), str(refused["reason"]))
     upload_dir = _inside(settings.uploads_dir, str(ctx.params["upload_dir"]))
     if not upload_dir.is_dir():
         if run.tally.total and run.tally.processed >= run.tally.total:

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, Response
 from app.auth.deps import DB, CurrentUser, current_user
 from app.db import unit_of_work
 from app.errors import Invalid, TooLarge
+from app.fields import PathId
 from app.items import service, storage
 from app.items.models import Split
 from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead, image_url
@@ -81,7 +82,7 @@ def _start_import(
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload_items(project_id: int, request: Request) -> JobRead:
+async def upload_items(project_id: PathId, request: Request) -> JobRead:
     """Stream images or zips to disk and start their import job (engineers of the project)."""
     settings = get_settings()
     await run_in_threadpool(_authorize_upload, request, project_id)
@@ -125,7 +126,7 @@ def list_items(
 
 
 @router.get("/api/items/{item_id}")
-def get_item(item_id: int, user: CurrentUser, db: DB) -> ItemDetail:
+def get_item(item_id: PathId, user: CurrentUser, db: DB) -> ItemDetail:
     """One item with its live label history, newest first (members of its project)."""
     item, _ = service.get_item(db, item_id=item_id, user=user)
     labels = [
@@ -160,7 +161,7 @@ def get_item(item_id: int, user: CurrentUser, db: DB) -> ItemDetail:
     response_class=Response,
     responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}},
 )
-def get_image(item_id: int, request: Request, user: CurrentUser, db: DB) -> Response:
+def get_image(item_id: PathId, request: Request, user: CurrentUser, db: DB) -> Response:
     """The image bytes with a strong ETag (the content hash); 304 when the client has them."""
     item, _ = service.get_item(db, item_id=item_id, user=user)
     etag = f'"{item.content_hash}"'

@@ -6,6 +6,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -13,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.errors import Invalid, NotFound
+from app.fields import MAX_ID
 from app.items.models import Item, Split
-from app.items.storage import SpooledUpload, image_path
-from app.jobs.models import Job, JobKind
+from app.items.storage import SpooledUpload, discard, image_path
+from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
 from app.projects.service import Access, get_access
@@ -49,6 +51,14 @@ def import_options(fields: dict[str, str]) -> ImportOptions:
     return ImportOptions(split=Split(raw_split), labels_from_folders=flag in _TRUE)
 
 
+NUL_NAME_REASON = "file name contains a NUL byte"
+
+
+def visible_name(name: str) -> str:
+    """A file name fit to store and show: NUL characters become U+FFFD."""
+    return name.replace("\x00", "\ufffd")
+
+
 def start_import(
     db: Session,
     *,
@@ -64,6 +74,14 @@ def start_import(
     strays = sorted({f.field for f in upload.files} - {"file"})
     if strays:
         raise Invalid(f"files go in the 'file' field, not {', '.join(map(repr, strays))}")
+    # A NUL in a file's name can be stored nowhere (PostgreSQL text and JSONB refuse it): that
+    # file is refused alone, under a visible form of its name, and the rest import.
+    named = [f for f in upload.files if "\x00" not in f.name]
+    refused = [
+        {"name": visible_name(f.name), "reason": NUL_NAME_REASON}
+        for f in upload.files
+        if "\x00" in f.name
+    ]
     return create_job(
         db,
         kind=JobKind.import_,
@@ -71,7 +89,8 @@ def start_import(
         params={
             # Relative to the uploads dir, so a worker with the data dir elsewhere finds them.
             "upload_dir": str(upload.dir.relative_to(uploads_dir)),
-            "files": [{"path": f.path, "name": f.name, "size": f.size} for f in upload.files],
+            "files": [{"path": f.path, "name": f.name, "size": f.size} for f in named],
+            "refused": refused,
             "split": options.split.value,
             "labels_from_folders": options.labels_from_folders,
         },
@@ -92,7 +111,8 @@ def decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise Invalid("after is not a cursor from a previous page") from exc
-    if not text.isdigit() or len(text) > 18:
+    # Bounded by the id column's range (PostgreSQL integer): a well-formed cursor past it was a 500.
+    if not text.isdigit() or len(text) > 10 or int(text) > MAX_ID:
         raise Invalid("after is not a cursor from a previous page")
     return int(text)
 
@@ -157,3 +177,54 @@ def image_file(images_dir: Path, item: Item) -> Path:
     if not path.is_file():
         raise NotFound("the image file of this item is missing")
     return path
+
+
+# An upload folder no job names is a request still streaming, or one that died mid-way: it is
+# deleted only once nothing was written to it for this long.
+ORPHAN_UPLOAD_GRACE = timedelta(hours=1)
+
+
+def _last_write(folder: Path) -> datetime:
+    """When anything in an upload folder was last written (a streaming file updates its own)."""
+    stamps = [folder.stat().st_mtime]
+    stamps.extend(p.stat().st_mtime for p in folder.iterdir() if p.is_file())
+    return datetime.fromtimestamp(max(stamps), tz=UTC)
+
+
+def sweep_uploads(
+    db: Session, *, uploads_dir: Path, now: datetime, retention: timedelta
+) -> list[str]:
+    """Delete upload folders no import will read again; the names of those deleted.
+
+    - its import succeeded (the importer deletes them itself, unless it died just after);
+    - its import failed or was canceled more than ``retention`` ago (kept till then: a retry
+      resumes from the files);
+    - no job names it and nothing was written to it for ``ORPHAN_UPLOAD_GRACE`` (a request that
+      died while streaming, or whose job was never written).
+    A queued or running import's folder is never touched.
+    """
+    if not uploads_dir.is_dir():
+        return []
+    deleted = []
+    for folder in sorted(p for p in uploads_dir.iterdir() if p.is_dir()):
+        job = db.execute(
+            select(Job.status, Job.finished_at)
+            .where(Job.kind == JobKind.import_, Job.params["upload_dir"].as_string() == folder.name)
+            .order_by(Job.id.desc())
+            .limit(1)
+        ).first()
+        if job is None:
+            try:
+                gone = now - _last_write(folder) > ORPHAN_UPLOAD_GRACE
+            except FileNotFoundError:
+                continue
+        elif job.status == JobStatus.succeeded:
+            gone = True
+        elif job.status in (JobStatus.failed, JobStatus.canceled):
+            gone = job.finished_at is None or now - job.finished_at > retention
+        else:
+            gone = False
+        if gone:
+            discard(folder)
+            deleted.append(folder.name)
+    return deleted

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session
@@ -27,8 +29,26 @@ def send_after_commit(db: Session, *, job_id: int, kind: str) -> None:
     db.info.setdefault(_PENDING, []).append((job_id, kind))
 
 
+@contextmanager
+def contained(db: Session) -> Iterator[None]:
+    """Forget the jobs queued inside the block when it raises (wrap a savepoint with it).
+
+    A rolled-back savepoint fires no ``after_rollback``: without this, a job whose row the
+    savepoint undid would still be sent after the outer transaction commits.
+    """
+    before = list(db.info.get(_PENDING, []))
+    try:
+        yield
+    except BaseException:
+        db.info[_PENDING] = before
+        raise
+
+
 @event.listens_for(Session, "after_commit")
 def _send_pending(session: Session) -> None:
+    if session.in_nested_transaction():
+        # A savepoint released, not the transaction: its rows are not committed yet.
+        return
     pending: list[tuple[int, str]] = session.info.pop(_PENDING, [])
     for job_id, kind in pending:
         try:

@@ -1,4 +1,5 @@
-"""The reconciler: no job stays running after its worker died, no queued job stays unsent.
+"""The reconciler: no job stays running after its worker died, no queued job stays unsent,
+no upload stays on disk once no import will read it.
 
 ``reconcile`` is a plain function over the database; every worker runs it at start and on each
 heartbeat (``worker.heartbeat``). Each change is a conditional UPDATE that re-checks the state
@@ -16,6 +17,7 @@ from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
+from app.items import service as items
 from app.jobs.dispatch import send_after_commit
 from app.jobs.models import Job, JobStatus, WorkerNode
 from app.jobs.runtime import MAX_ATTEMPTS, lost_worker_reason
@@ -41,6 +43,32 @@ class Reconciled:
         return bool(self.requeued or self.failed or self.resent or self.rounds)
 
 
+# Upload folders are swept at most this often per process (a directory listing each beat is
+# cheap, but a query per folder is not worth ten times a minute).
+SWEEP_EVERY = timedelta(minutes=5)
+_last_sweep: datetime | None = None
+
+
+def sweep_uploads(now: datetime | None = None, *, force: bool = False) -> list[str]:
+    """Delete the uploads no import will read again (``app.items.service.sweep_uploads``)."""
+    global _last_sweep
+    now = now or utcnow()
+    if not force and _last_sweep is not None and now - _last_sweep < SWEEP_EVERY:
+        return []
+    _last_sweep = now
+    settings = get_settings()
+    with unit_of_work(write=False) as db:
+        deleted = items.sweep_uploads(
+            db,
+            uploads_dir=settings.uploads_dir,
+            now=now,
+            retention=timedelta(hours=settings.upload_retention_hours),
+        )
+    if deleted:
+        log.warning("event=uploads_swept folders=%s", deleted)
+    return deleted
+
+
 def reconcile(now: datetime | None = None) -> Reconciled:
     """One pass: re-send or fail jobs of dead workers, re-send unsent jobs, align rounds."""
     settings = get_settings()
@@ -58,6 +86,11 @@ def reconcile(now: datetime | None = None) -> Reconciled:
         ),
     )
     done = Reconciled()
+    try:
+        sweep_uploads(now)
+    except Exception:
+        # A full disk or a permission error must not stop jobs from being reconciled.
+        log.exception("sweeping uploads failed")
     # Look first without the write lock: on SQLite most passes find nothing and write nothing.
     with unit_of_work(write=False) as db:
         lost_jobs = db.execute(select(Job.id, Job.attempts).where(lost)).all()

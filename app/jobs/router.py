@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from app import flows
 from app.auth.deps import DB, CurrentUser
+from app.fields import MAX_ID, PathId, QueryId
 from app.jobs import service
 from app.jobs.models import JobKind, JobStatus
 from app.jobs.schemas import JobRead
@@ -21,9 +22,11 @@ def list_jobs(
     db: DB,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
-    project_id: int | None = None,
+    project_id: QueryId | None = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = service.DEFAULT_PAGE,
-    after: Annotated[int | None, Query(description="the last id of the previous page")] = None,
+    after: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="the last id of the previous page")
+    ] = None,
 ) -> list[JobRead]:
     """Jobs newest first, at most ``limit``; pass the last id as ``after`` for the next ones."""
     jobs = service.list_jobs(
@@ -39,20 +42,20 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(job_id: int, user: CurrentUser, db: DB) -> JobRead:
+def get_job(job_id: PathId, user: CurrentUser, db: DB) -> JobRead:
     """One job with its stage, progress, result or error."""
     return JobRead.model_validate(service.get_job(db, user=user, job_id=job_id))
 
 
 @router.post("/{job_id}/retry")
-def retry_job(job_id: int, user: CurrentUser, db: DB) -> JobRead:
+def retry_job(job_id: PathId, user: CurrentUser, db: DB) -> JobRead:
     """Queue a failed or canceled job again (409 otherwise); it is sent once committed."""
     job = service.get_job(db, user=user, job_id=job_id)
     return JobRead.model_validate(flows.retry_job(db, job=job))
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: int, user: CurrentUser, db: DB) -> JobRead:
+def cancel_job(job_id: PathId, user: CurrentUser, db: DB) -> JobRead:
     """Cancel a queued job at once, or ask a running one to stop; 409 once it has finished."""
     job = service.get_job(db, user=user, job_id=job_id)
     return JobRead.model_validate(flows.cancel_job(db, job=job))

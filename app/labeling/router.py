@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from app import flows
 from app.auth.deps import DB, CurrentUser
+from app.fields import PathId
 from app.labeling import service
 from app.labeling.schemas import LabelCreate, LabelRead, QueueEntry, QueueSkip
 from app.projects.deps import ProjectAccess
@@ -48,6 +49,6 @@ def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Respons
 
 
 @router.delete("/api/labels/{label_id}", status_code=status.HTTP_204_NO_CONTENT)
-def undo_label(label_id: int, user: CurrentUser, db: DB) -> None:
+def undo_label(label_id: PathId, user: CurrentUser, db: DB) -> None:
     """Undo a label (its author, an engineer of the project, an admin)."""
     flows.undo_label(db, user=user, label_id=label_id)

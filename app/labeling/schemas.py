@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.fields import Id, RequestBody
 from app.rounds.schemas import SelectionEntry
 
 
@@ -15,20 +16,20 @@ class QueueEntry(SelectionEntry):
     lease_expires_at: datetime
 
 
-class QueueSkip(BaseModel):
+class QueueSkip(RequestBody):
     """Give back the lease on one item."""
 
     model_config = ConfigDict(extra="forbid")
 
-    item_id: int
+    item_id: Id
 
 
-class LabelCreate(BaseModel):
+class LabelCreate(RequestBody):
     """A label for one item; ``key`` makes the submission safe to retry."""
 
     model_config = ConfigDict(extra="forbid")
 
-    item_id: int
+    item_id: Id
     label: str = Field(min_length=1, max_length=200)
     # The client's idempotency key: the same key again returns the first label.
     key: str = Field(min_length=1, max_length=128)

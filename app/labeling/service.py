@@ -16,7 +16,7 @@ from app import metrics
 from app.auth.models import User
 from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
-from app.items.models import Item
+from app.items.models import Item, Split
 from app.items.schemas import image_url
 from app.labeling.models import Label, LabelSource, Lease
 from app.labeling.schemas import LabelRead, QueueEntry
@@ -283,19 +283,30 @@ def submit_label(
 ) -> tuple[Label, Item | None]:
     """Store a label (or return the one stored under the same key), with the item when it is new.
 
-    Any member of the item's project may label any of its items: annotators label the batch,
-    engineers relabel and label the test split. What a new label means for the batches that hold
-    the item, and for their leases, is ``app.flows.label_item``'s business.
+    Engineers of the project (and admins) label any of its items; annotators what
+    ``check_annotator_may_label`` allows. What a new label means for the batches that hold the
+    item, and for their leases, is ``app.flows.label_item``'s business.
     """
     access = _project_item(db, item_id=item_id, project_id=None, user=user)
     existing = _replay(db, key=key, user=user)
     if existing is not None:
+        # A replay answers with the first result even if the rules changed since.
         return existing, None
     if label not in access.project.classes:
         raise Invalid(
             f"{label!r} is not a class of this project; its classes are: "
             + ", ".join(access.project.classes)
         )
+    if not access.can_engineer:
+        try:
+            check_annotator_may_label(db, access=access, user=user, item_id=item_id)
+        except (PermissionDenied, Conflict):
+            # A replay racing its first try: that label may have committed since the look-up
+            # above and closed the batch; the replay still answers with it.
+            existing = _replay(db, key=key, user=user)
+            if existing is not None:
+                return existing, None
+            raise
     row = Label(
         item_id=item_id,
         project_id=access.project.id,
@@ -321,6 +332,49 @@ def submit_label(
     db.flush()
     metrics.LABELS_SUBMITTED.inc()
     return row, item
+
+
+def check_annotator_may_label(db: Session, *, access: Access, user: User, item_id: int) -> None:
+    """What an annotator may label (DESIGN 5), or the error that says why not.
+
+    - never an item of the test split (403): the proxy's and the target's accuracy are
+      measured on those labels, so engineers (or an import) set them;
+    - never an item another user holds by a live lease (409): a state that passes (the lease
+      ends or is skipped), not a missing right; the client asks ``queue/next`` for another;
+    - an item of a batch being labelled, which they hold or nobody holds (a lease that ran out
+      while its annotator still looked, or an item reopened by an undo, is still theirs to
+      label while no one else has taken it);
+    - any other pool item only where the project's ``annotators_label_any_pool_item`` is on
+      (403 otherwise).
+    """
+    item = db.get(Item, item_id)
+    assert item is not None
+    if item.split == Split.test:
+        raise PermissionDenied("labels on the test split are set by engineers of the project")
+    held = db.scalar(
+        select(Lease.user_id).where(
+            Lease.item_id == item_id, Lease.user_id != user.id, Lease.expires_at >= utcnow()
+        )
+    )
+    if held is not None:
+        raise Conflict("another annotator holds this item; ask queue/next for another")
+    in_open_batch = db.scalar(
+        select(Selection.id)
+        .join(Round, Round.id == Selection.round_id)
+        .where(
+            Selection.item_id == item_id,
+            Round.project_id == access.project.id,
+            Round.status == RoundStatus.labeling,
+        )
+        .limit(1)
+    )
+    if (
+        in_open_batch is None
+        and not project_settings(access.project).annotators_label_any_pool_item
+    ):
+        raise PermissionDenied(
+            "annotators label the items of the batch being labelled; this item is not in it"
+        )
 
 
 def release_item(db: Session, *, item_id: int) -> None:

@@ -11,15 +11,16 @@ from typing import Annotated
 from fastapi import Depends
 
 from app.auth.deps import DB, CurrentUser
+from app.fields import PathId
 from app.projects.service import Access, get_access
 
 
-def project_access(project_id: int, user: CurrentUser, db: DB) -> Access:
+def project_access(project_id: PathId, user: CurrentUser, db: DB) -> Access:
     """The project of the path, for any member of it."""
     return get_access(db, project_id=project_id, user=user)
 
 
-def engineer_access(project_id: int, user: CurrentUser, db: DB) -> Access:
+def engineer_access(project_id: PathId, user: CurrentUser, db: DB) -> Access:
     """The project of the path, for its engineers and admins."""
     return get_access(db, project_id=project_id, user=user, engineer=True)
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, status
 from sqlalchemy.orm import Session
 
 from app.auth.deps import DB, CurrentUser, EngineerUser
+from app.fields import PathId
 from app.projects import service
 from app.projects.deps import EngineerAccess, ProjectAccess
 from app.projects.models import Project
@@ -87,6 +88,6 @@ def list_members(access: EngineerAccess, db: DB) -> list[MemberRead]:
 
 
 @router.delete("/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_member(user_id: int, access: EngineerAccess, db: DB) -> None:
+def remove_member(user_id: PathId, access: EngineerAccess, db: DB) -> None:
     """Take a user out of the project."""
     service.remove_member(db, access=access, user_id=user_id)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.embeddings.schemas import DEFAULT_BACKBONE, check_backbone
+from app.fields import RequestBody
 from app.projects.models import MemberRole
 from app.rounds.schemas import ProxyArch, RoundStrategy, ScratchArch
 
@@ -39,6 +40,9 @@ class ProjectSettings(BaseModel):
     lease_seconds: int = Field(default=600, ge=10, le=86_400)
     # Off by default, as the contract says: a finished batch does not start a round by itself.
     auto_next_round: bool = False
+    # Off: annotators label the open batch only (the items the rounds chose). On: any unlabelled
+    # or labelled pool item too. The test split stays the engineers' either way.
+    annotators_label_any_pool_item: bool = False
 
     @field_validator("backbone")
     @classmethod
@@ -46,7 +50,7 @@ class ProjectSettings(BaseModel):
         return check_backbone(value)
 
 
-class ProjectCreate(BaseModel):
+class ProjectCreate(RequestBody):
     """A new project."""
 
     name: str = Field(min_length=1, max_length=200)
@@ -66,7 +70,7 @@ class ProjectCreate(BaseModel):
         return cleaned
 
 
-class ProjectUpdate(BaseModel):
+class ProjectUpdate(RequestBody):
     """Changes to a project; the class list can only grow, so existing labels stay valid."""
 
     description: str | None = Field(default=None, max_length=10_000)
@@ -100,7 +104,7 @@ class ProjectRead(BaseModel):
     rounds: int
 
 
-class MemberSet(BaseModel):
+class MemberSet(RequestBody):
     """Add a member or change their role."""
 
     username: str = Field(min_length=1, max_length=64)

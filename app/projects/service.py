@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -13,6 +15,8 @@ from app.items.models import Item
 from app.projects.models import Member, MemberRole, Project
 from app.projects.schemas import ProjectCreate, ProjectSettings, ProjectUpdate
 from app.rounds.models import Round
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,19 @@ def get_access(db: Session, *, project_id: int, user: User, engineer: bool = Fal
 
 def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
     """Create a project; its creator becomes its first engineer."""
-    if db.scalar(select(Project.id).where(Project.name == data.name)) is not None:
-        raise Conflict(f"a project named {data.name!r} exists")
+    existing = db.scalar(select(Project.id).where(Project.name == data.name))
+    if existing is not None:
+        visible = user.role == Role.admin or (
+            db.scalar(
+                select(Member.id).where(Member.project_id == existing, Member.user_id == user.id)
+            )
+            is not None
+        )
+        if visible:
+            raise Conflict(f"a project named {data.name!r} exists")
+        # Names are unique across the server, so that the name is taken cannot be hidden; the
+        # answer says no more: not that a project holds it, nor anything of that project.
+        raise Invalid("this project name is not available; choose another")
     project = Project(
         name=data.name,
         description=data.description,
@@ -115,8 +130,23 @@ def project_counts(db: Session, *, project_ids: list[int]) -> dict[int, dict[str
 
 
 def project_settings(project: Project) -> ProjectSettings:
-    """A project's settings, with defaults for keys added since it was made."""
-    return ProjectSettings.model_validate(project.settings or {})
+    """A project's settings, with defaults for keys added since it was made.
+
+    Settings are validated when written, but a stored value may predate a rule (or a backbone
+    may have been uninstalled since): such a key falls back to its default, with a warning,
+    so one stale value never fails a label, a lease or a round start.
+    """
+    stored = dict(project.settings or {})
+    try:
+        return ProjectSettings.model_validate(stored)
+    except ValidationError as exc:
+        bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+        log.warning(
+            "project %s: stored settings %s are not valid any more; using their defaults",
+            project.id,
+            sorted(bad),
+        )
+        return ProjectSettings.model_validate({k: v for k, v in stored.items() if k not in bad})
 
 
 def set_member(db: Session, *, access: Access, username: str, role: str) -> tuple[Member, User]:

@@ -13,6 +13,7 @@ from app import flows
 from app.auth.deps import DB, CurrentUser, current_user
 from app.db import unit_of_work
 from app.errors import NotFound
+from app.fields import PathId
 from app.projects.deps import EngineerAccess, ProjectAccess
 from app.rounds import service
 from app.rounds.deps import RoundAccess, RoundEngineerAccess
@@ -57,19 +58,19 @@ def list_rounds(access: ProjectAccess, db: DB) -> list[RoundRead]:
 
 
 @router.get("/rounds/{round_id}")
-def get_round(round_id: int, _: RoundAccess, db: DB) -> RoundRead:
+def get_round(round_id: PathId, _: RoundAccess, db: DB) -> RoundRead:
     """One round with its stage, progress, metrics and error (members)."""
     return _one(db, round_id)
 
 
 @router.get("/rounds/{round_id}/selection")
-def get_selection(round_id: int, _: RoundAccess, db: DB) -> list[SelectionEntry]:
+def get_selection(round_id: PathId, _: RoundAccess, db: DB) -> list[SelectionEntry]:
     """The round's batch in rank order with scores and suggestions (members)."""
     return service.selection(db, round_id=round_id)
 
 
 @router.post("/rounds/{round_id}/cancel")
-def cancel_round(round_id: int, _: RoundEngineerAccess, db: DB) -> RoundRead:
+def cancel_round(round_id: PathId, _: RoundEngineerAccess, db: DB) -> RoundRead:
     """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
     flows.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
     return _one(db, round_id)
@@ -88,7 +89,7 @@ def _state(round_id: int) -> service.RoundState | None:
 
 
 @router.get("/rounds/{round_id}/events", response_class=EventSourceResponse)
-async def round_events(round_id: int, request: Request) -> EventSourceResponse:
+async def round_events(round_id: PathId, request: Request) -> EventSourceResponse:
     """Server-sent events ``{status, stage, progress}``: now, then each change, until it settles."""
     await anyio.to_thread.run_sync(_check_events_access, request, round_id)
 

@@ -8,6 +8,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.embeddings.schemas import check_backbone
+from app.fields import RequestBody
 
 # The names the engine's model registry answers to. Kept here as plain strings because the
 # server never imports svp/ (torch); tests/test_round_runner.py checks both lists agree.
@@ -62,7 +63,7 @@ class ProxyConfig(BaseModel):
         return None if value is None else check_backbone(value)
 
 
-class RoundCreate(BaseModel):
+class RoundCreate(RequestBody):
     """Start a round: a strategy, a batch size, optionally a proxy and a seed."""
 
     model_config = ConfigDict(extra="forbid")

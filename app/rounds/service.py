@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, true
+from sqlalchemy import delete, exists, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -439,10 +439,30 @@ def save_selection(
     rnd = db.get(Round, round_id)
     if rnd is None or rnd.status != RoundStatus.running:
         return False
+    item_ids = [e["item_id"] for e in entries]
+    # An item labelled while the proxy trained must be saved as labelled, or the batch never
+    # completes. Locking the batch's item rows first (PostgreSQL) waits for a label being
+    # written to one of them, so its label is seen below; a label that comes later waits for
+    # this transaction, and then its own update finds these selection rows.
+    if item_ids:
+        db.execute(
+            select(Item.id)
+            .where(Item.id.in_(item_ids))
+            .order_by(Item.id)
+            .with_for_update(read=True)
+        )
     # Delete then insert: a task that runs twice replaces its batch, never duplicates it.
     db.execute(delete(Selection).where(Selection.round_id == round_id))
     if entries:
         db.execute(insert(Selection), [{"round_id": round_id, **e} for e in entries])
+        db.execute(
+            update(Selection)
+            .where(
+                Selection.round_id == round_id,
+                Selection.item_id.in_(select(Item.id).where(Item.label.is_not(None))),
+            )
+            .values(labeled=True)
+        )
     rnd.metrics = metrics
     rnd.status = RoundStatus.labeling
     rnd.error = None

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
+from app.auth.deps import current_user
+from app.auth.models import Role
 from app.db import unit_of_work
+from app.errors import DomainError
 from app.system import health
 
 router = APIRouter(tags=["system"])
 
 
+def _is_admin(request: Request, db: Session) -> bool:
+    """Whether the caller is a signed-in admin; anyone else (anonymous included) is not."""
+    try:
+        return current_user(request, db).role == Role.admin
+    except DomainError:
+        return False
+
+
 @router.get("/api/health")
-def get_health() -> JSONResponse:
-    """200 with the database, broker and worker state while the database answers; 503 if not."""
+def get_health(request: Request) -> JSONResponse:
+    """200 with the database, broker and worker state while the database answers; 503 if not.
+
+    Anyone may ask (a load balancer does, unauthenticated); only an admin sees which workers
+    run where (names, host names, PIDs): others get each live worker's liveness alone, and the
+    count, so the service's layout is not handed to the network.
+    """
     try:
         with unit_of_work(write=False) as db:
             db.execute(text("SELECT 1"))
             workers = health.live_workers(db)
+            if not _is_admin(request, db):
+                workers = [{"last_seen": w["last_seen"], "ping": w["ping"]} for w in workers]
     except Exception as exc:
         return JSONResponse(
             status_code=503,
@@ -27,10 +46,16 @@ def get_health() -> JSONResponse:
                 "database": f"error: {type(exc).__name__}",
                 "broker": "unknown",
                 "workers": [],
+                "worker_count": 0,
             },
         )
     return JSONResponse(
-        content={"database": "ok", "broker": health.broker_state(), "workers": workers}
+        content={
+            "database": "ok",
+            "broker": health.broker_state(),
+            "workers": workers,
+            "worker_count": len(workers),
+        }
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.auth.deps import DB, AdminUser
+from app.fields import PathId
 from app.users import service
 from app.users.schemas import UserCreate, UserDetail, UserUpdate
 
@@ -24,6 +25,6 @@ def list_users(admin: AdminUser, db: DB) -> list[UserDetail]:
 
 
 @router.patch("/{user_id}")
-def update_user(user_id: int, body: UserUpdate, admin: AdminUser, db: DB) -> UserDetail:
+def update_user(user_id: PathId, body: UserUpdate, admin: AdminUser, db: DB) -> UserDetail:
     """Change a user's role, activity or password."""
     return UserDetail.model_validate(service.update_user(db, user_id=user_id, data=body))

@@ -7,11 +7,12 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth.models import Role
+from app.fields import RequestBody
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestBody):
     """A new user."""
 
     username: str = Field(min_length=1, max_length=64, pattern=USERNAME_PATTERN)
@@ -19,7 +20,7 @@ class UserCreate(BaseModel):
     role: Role = Role.annotator
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(RequestBody):
     """Changes to a user; absent fields stay as they are."""
 
     role: Role | None = None
