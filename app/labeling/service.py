@@ -326,10 +326,7 @@ def submit_label(
         if existing is None:
             raise
         return existing, None
-    item = db.get(Item, item_id)
-    assert item is not None
-    item.label = label
-    db.flush()
+    item = _settle_label(db, item_id=item_id)
     metrics.LABELS_SUBMITTED.inc()
     return row, item
 
@@ -397,12 +394,24 @@ def undo_label(db: Session, *, user: User, label_id: int) -> Item | None:
         return None
     row.undone_at = utcnow()
     db.flush()
-    item = db.get(Item, row.item_id)
+    return _settle_label(db, item_id=row.item_id)
+
+
+def _settle_label(db: Session, *, item_id: int) -> Item:
+    """Set the item's current label to its newest live one, under the item's row lock.
+
+    The lock (PostgreSQL; SQLite's write transaction already serialises) orders a label and an
+    undo of the same item: without it, an undo that read the labels just before a new label
+    committed wrote its stale answer over the new label's (the browser test's undo-then-relabel
+    lost its label this way, on PostgreSQL).
+    """
+    item = db.get(Item, item_id, with_for_update=True)
     assert item is not None
-    # The current label is the newest one still live (ix_labels_item_id_id serves this).
+    # Read after the lock is held: on READ COMMITTED each statement sees what committed before
+    # it, so a label or undo that held the lock is seen. ix_labels_item_id_id serves this.
     item.label = db.scalar(
         select(Label.label)
-        .where(Label.item_id == item.id, Label.undone_at.is_(None))
+        .where(Label.item_id == item_id, Label.undone_at.is_(None))
         .order_by(Label.id.desc())
         .limit(1)
     )

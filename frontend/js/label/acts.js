@@ -38,7 +38,9 @@ export function createActs(page) {
     onRejected: (entry, err) => {
       const act = findAct(entry.key);
       toast(`The label “${entry.label}” was refused: ${err.message}`, { bad: true, ms: 8000 });
-      if (act && !act.undo) {
+      // A refused label from an earlier page: its item may be offered again.
+      if (!act) state.handled.delete(entry.item_id);
+      else if (!act.undo) {
         state.handled.delete(entry.item_id);
         page.queue.bumpDone(-1);
       }

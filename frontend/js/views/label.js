@@ -60,7 +60,10 @@ export async function renderLabel(main, ctx, pidText) {
   view.keyHelp();
   view.renderSync();
   view.showLoading();
-  // Labels left in the outbox by an earlier page go first, with their original keys.
+  // Labels left in the outbox by an earlier page go first, with their original keys. Their items
+  // count as handled here: a queue answer read on the server just before such a label landed
+  // can still hold the item after the outbox has let it go.
+  for (const e of acts.outbox.entries()) if (e.project_id === pid) state.handled.add(e.item_id);
   acts.outbox.pump();
   await queue.refreshRound().catch((err) => {
     if (!(err instanceof NetworkError)) throw err;
