@@ -28,8 +28,14 @@ from svp.config import SKLEARN_THREADS
 # Logit of a class with no labelled example: its softmax probability is 0 in float32 for any
 # temperature the calibration can choose, and it stays finite (no NaN in entropy or margins).
 ABSENT_LOGIT = -1.0e4
-# Temperatures searched, on a log scale; T = 1 (no change) is inside, so NLL never gets worse.
+# Temperatures searched, on a log scale; T = 1 (no change) is inside.
 T_BOUNDS = (0.05, 20.0)
+# A weak Gaussian prior on log T (weight 5 against the summed NLL: sd 0.32, about five held-out
+# rows' worth) pulls T toward 1 when few rows are held out. Measured on CIFAR-10 embeddings,
+# test ECE mean of 5 draws: 20 random labels 0.161 -> 0.098 (0.087 with T = 1), 20 typical
+# ones 0.066 -> 0.054, 50 typical 0.080 -> 0.049, 100 random 0.031 -> 0.027; weights of 20 and
+# 50 were worse from 50 labels on.
+TEMPERATURE_PRIOR = 5.0
 
 
 class LinearHead(nn.Module):
@@ -112,20 +118,21 @@ def nll(logits: Tensor, labels: Tensor) -> float:
     return float(F.cross_entropy(logits.double(), labels.long()))
 
 
-def fit_temperature(logits: Tensor, labels: Tensor) -> float:
-    """The temperature T minimising the NLL of softmax(logits / T) (Guo et al. 2017)."""
+def fit_temperature(logits: Tensor, labels: Tensor, *, prior: float = TEMPERATURE_PRIOR) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) (Guo et al. 2017), plus
+    ``prior`` x (log T)², a weak pull toward T = 1 that only matters with few rows."""
     z = logits.double()
     y = labels.long()
 
     def loss(log_t: float) -> float:
-        return float(F.cross_entropy(z / math.exp(log_t), y))
+        nll_sum = float(F.cross_entropy(z / math.exp(log_t), y, reduction="sum"))
+        return nll_sum + prior * log_t * log_t
 
     lo, hi = (math.log(b) for b in T_BOUNDS)
     # One parameter on a bounded interval: Brent's method is deterministic and needs no gradient.
     res = minimize_scalar(loss, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
-    t = math.exp(float(res.x))
-    # The NLL is convex in 1/T, so the optimum is unique; keep T = 1 when it is as good.
-    return t if loss(float(res.x)) < loss(0.0) else 1.0
+    # The objective is convex in log T near its optimum; keep T = 1 when it is as good.
+    return math.exp(float(res.x)) if loss(float(res.x)) < loss(0.0) else 1.0
 
 
 def _fit_logistic(
@@ -184,7 +191,10 @@ def _out_of_fold_logits(
         warnings.simplefilter("ignore", UserWarning)
         splits = list(skf.split(x, y))
     for train_ix, test_ix in splits:
-        w, b = _fit_logistic(x[train_ix], y[train_ix], num_classes, c)
+        # sklearn's objective is C x the summed loss + |w|²/2: scaling C by n / n_train gives a
+        # fold head the deployed head's balance of loss and penalty, so its logits are as sharp
+        # (measured: test ECE at 100 random labels 0.079 -> 0.062).
+        w, b = _fit_logistic(x[train_ix], y[train_ix], num_classes, c * len(y) / len(train_ix))
         seen = np.isin(y[test_ix], np.unique(y[train_ix]))
         # A held-out row of a class its fold never saw says nothing about the deployed head,
         # which has seen every labelled class: its NLL would be ~1e4 and drag T up for nothing.

@@ -195,7 +195,7 @@ def cluster_space(features: Tensor, *, seed: int = 0) -> np.ndarray:
 
 
 def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
-    """Cluster ids of each row from scikit-learn's k-means (mini-batch above 50 clusters)."""
+    """Cluster ids of each row from scikit-learn's k-means (mini-batch on big pools), seeded."""
     k = max(1, min(k, x.shape[0]))
     if k == 1:
         return np.zeros(x.shape[0], dtype=np.int64)
@@ -239,10 +239,10 @@ def typiclust(
     """TypiClust: the most typical point of each of the largest clusters holding no label.
 
     The pool's features are clustered into |L| + budget clusters (at most ``max_clusters`` and
-    n / MIN_CLUSTER_SIZE);
-    clusters are visited by fewest labelled points, then largest, and each visit takes the most
-    typical unlabelled point left in it. Outliers' clusters (under MIN_CLUSTER_SIZE points)
-    come last. Returns the pool indices in pick order, their typicality and what it did.
+    n / MIN_CLUSTER_SIZE); clusters are visited by fewest labelled points, then largest, and
+    each visit takes the most typical unlabelled point left in it. Outliers' clusters (under
+    MIN_CLUSTER_SIZE points) come last. Returns the pool indices in pick order, their
+    typicality and what it did.
     """
     n = features.shape[0]
     mask = labeled_mask(labeled, n)
@@ -358,6 +358,7 @@ def auto_choice(
     labeled: int, num_classes: int | None, switch_at: float = AUTO_SWITCH_PER_CLASS
 ) -> tuple[Strategy, dict[str, Any]]:
     """auto's rule: typiclust while labels per class < ``switch_at``, then margin_clusters."""
+    switch_at = float(switch_at)
     if num_classes is None:
         return Strategy.TYPICLUST, {
             "auto_choice": Strategy.TYPICLUST.value,
