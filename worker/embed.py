@@ -32,7 +32,13 @@ from app.items.storage import image_path
 from app.jobs.models import FINISHED_JOB_STATUSES, Job
 from app.jobs.runtime import JobCanceled, JobContext
 from app.settings import get_settings
-from svp.backbones import Backbone, backbone_names, load_backbone, register_torchvision_backbone
+from svp.backbones import (
+    Backbone,
+    backbone_names,
+    get_spec,
+    load_backbone,
+    register_torchvision_backbone,
+)
 from svp.data import decode_image
 from svp.embeddings import EmbeddingStore
 from worker import round_engine as engine
@@ -45,14 +51,18 @@ WAIT_SECONDS = 0.5
 DECODE_THREADS = 2
 
 
-def backbone(name: str) -> Backbone:
-    """A loaded backbone by name; the user's own from ``SVP_BACKBONES`` are registered first."""
-    settings = get_settings()
-    for user_name, spec in settings.backbones.items():
+def _register_user_backbones() -> None:
+    """Register the user's own backbones from ``SVP_BACKBONES`` once per process."""
+    for user_name, spec in get_settings().backbones.items():
         if user_name not in backbone_names():
             register_torchvision_backbone(
                 user_name, spec.arch, spec.weights, image_size=spec.image_size
             )
+
+
+def backbone(name: str) -> Backbone:
+    """A loaded backbone by name (the weights are read once per process and device)."""
+    _register_user_backbones()
     return load_backbone(name, device=engine.device())
 
 
@@ -63,7 +73,9 @@ def _store(cache_dir: str, name: str, image_size: int, dim: int) -> EmbeddingSto
 
 def store(name: str, image_size: int) -> EmbeddingStore:
     """The embedding store of a backbone and input side, refreshed with other workers' rows."""
-    dim = backbone(name).spec.dim
+    # The registry knows the width without reading weights: a warm round never loads the model.
+    _register_user_backbones()
+    dim = get_spec(name).dim
     found = _store(str(get_settings().cache_dir), name, image_size, dim)
     found.refresh()
     return found
