@@ -25,19 +25,22 @@ log = logging.getLogger("svp.worker")
 runners.register()
 
 
-# shared_task carries no types (celery ships no stubs for it); the task below is typed.
-@shared_task(  # type: ignore[untyped-decorator]
-    name=TASK_NAME,
-    bind=True,
-    acks_late=True,
-    # Only a database that does not answer is worth retrying; a runner's own error fails the job.
-    autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=8,
-    ignore_result=True,
-)
+# What both tasks share: acknowledged after the work, retried only while the database does not
+# answer (a runner's own error fails its job), no result kept (progress lives in the job's row).
+TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 8,
+    "ignore_result": True,
+}
+
+
+# shared_task carries no types (celery ships no stubs for it); the tasks below are typed.
+@shared_task(name=TASK_NAME, **TASK_OPTIONS)  # type: ignore[untyped-decorator]
 def run_job_task(self: Task[Any, Any], job_id: int) -> str:
     """Run job ``job_id`` on this worker; a second delivery of a finished job does nothing."""
     worker = self.request.hostname or "worker"
@@ -47,17 +50,7 @@ def run_job_task(self: Task[Any, Any], job_id: int) -> str:
     return status
 
 
-@shared_task(  # type: ignore[untyped-decorator]  # as above: celery ships no stubs for it
-    name=EMBED_HELP_TASK_NAME,
-    bind=True,
-    acks_late=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=8,
-    ignore_result=True,
-)
+@shared_task(name=EMBED_HELP_TASK_NAME, **TASK_OPTIONS)  # type: ignore[untyped-decorator]  # as above
 def embed_help_task(self: Task[Any, Any], job_id: int, backbone: str, image_size: int) -> int:
     """Embed chunks of a running job until none is left; a late request finds none and ends."""
     worker = self.request.hostname or "worker"
