@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -29,14 +30,21 @@ BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-def known_backbones() -> dict[str, int]:
-    """Backbones a round may name here, with their default input side: installed ones and the
-    user's own from ``SVP_BACKBONES``."""
-    known = {
+@lru_cache(maxsize=1)
+def _installed_builtins() -> dict[str, int]:
+    # Wheels do not come and go while a process runs; settings are read on every call, and a
+    # project's settings are validated on hot paths (queue/next reads its lease time).
+    return {
         name: spec.image_size
         for name, spec in BUILTIN_BACKBONES.items()
         if importlib.util.find_spec(spec.wheel_module) is not None
     }
+
+
+def known_backbones() -> dict[str, int]:
+    """Backbones a round may name here, with their default input side: installed ones and the
+    user's own from ``SVP_BACKBONES``."""
+    known = dict(_installed_builtins())
     known.update({name: b.image_size for name, b in get_settings().backbones.items()})
     return known
 
