@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not args.no_migrate:
         upgrade()
+    trusted = get_settings().trusted_proxies.strip()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -30,7 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=get_settings().log_level.lower(),
-        proxy_headers=True,
+        # uvicorn would otherwise believe forwarded headers from 127.0.0.1, i.e. from any client
+        # on the same machine: only the proxies named in SVP_TRUSTED_PROXIES are believed.
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
     )
     return 0
 

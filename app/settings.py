@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     cookie_secure: bool = False
     session_hours: int = Field(default=24 * 7, ge=1)
     login_attempts_per_minute: int = Field(default=10, ge=1)
+    # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the server believes
+    # (comma-separated IPs or networks, "*" for any). Empty: none, so a client cannot pick the
+    # address the login limiter counts it under by sending the header itself.
+    trusted_proxies: str = ""
     # Largest decoded image accepted, in pixels; Pillow's own bomb guard trips at twice this.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     # Runs import jobs in the server's own thread pool instead of the broker (tests, tiny setups).

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
+import pytest
 from sqlalchemy import select
 
 from app.auth.models import ApiToken, User
 from app.db import unit_of_work
+from tests import procs
 from tests.factories import PASSWORD, Factory
 
 
@@ -201,3 +206,29 @@ def test_first_admin_survives_two_servers_starting_at_once(settings, monkeypatch
     assert errors == []
     with unit_of_work() as db:
         assert list(db.scalars(select(User.username))) == ["root"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies(
+    tmp_path: Path, database_url: str, trusted: str
+) -> None:
+    # A real `svplabel serve`: the forwarded-header handling is uvicorn's, set up by the command.
+    env = {"SVP_LOGIN_ATTEMPTS_PER_MINUTE": "3", "SVP_TRUSTED_PROXIES": trusted}
+    with procs.stack(tmp_path, database_url=database_url, extra_env=env) as s:
+        s.serve()
+        codes = []
+        for i in range(5):
+            r = httpx.post(
+                f"{s.url}/api/auth/login",
+                json={"username": "admin", "password": "wrong"},
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                timeout=30,
+            )
+            codes.append(r.status_code)
+    if trusted:
+        # Behind a trusted proxy each forwarded address is its own client.
+        assert codes == [401] * 5
+    else:
+        # Nobody is trusted: a client cannot dodge the limit by naming another address.
+        assert codes == [401, 401, 401, 429, 429]
