@@ -240,7 +240,9 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     item = _press_and_wait_next(page, "s", item)
     assert item != skipped
 
-    # The network drops: labels go on, wait in the outbox, and the page says so plainly.
+    # The network drops: labels go on, wait in the outbox, and the page says so plainly. The
+    # labels before it are acknowledged first, so the outbox holds exactly the two made offline.
+    _wait_sent(page)
     page.context.set_offline(True)
     for key, cls in [("1", "cat"), ("2", "dog")]:
         expected[item] = cls
