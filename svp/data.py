@@ -3,19 +3,18 @@
 The store keeps every image decoded once, at one fixed size, in an ``N x C x H x W`` uint8 numpy
 memmap (``images.u8``) with a line-per-row index of keys (``keys.txt``); a pool that was decoded
 before loads from the page cache instead of from JPEGs. Rows are only appended, so readers that
-opened the file earlier keep a valid view while a writer grows it.
+opened the file earlier keep a valid view while a writer grows it; appends by several processes
+and crash safety are ``svp.rowstore.RowStore``'s.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
 import os
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
+
+from svp.rowstore import RowStore
 
 Source = bytes | str | os.PathLike[str]
 
@@ -53,7 +54,7 @@ def _read(source: Source) -> bytes:
     return Path(source).read_bytes()
 
 
-class ImageStore:
+class ImageStore(RowStore):
     """A content-keyed uint8 image cache on disk: ``add`` decodes once, ``load`` maps."""
 
     CHANNELS = 3
@@ -63,55 +64,14 @@ class ImageStore:
             raise ValueError(f"image size must be in 1..1024, not {size}")
         self.size = size
         # One store per size: the same cache dir can serve projects with different settings.
-        self.dir = Path(cache_dir) / f"images-{size}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._data_path = self.dir / "images.u8"
-        self._keys_path = self.dir / "keys.txt"
-        self._lock_path = self.dir / ".lock"
-        self._row_bytes = self.CHANNELS * size * size
-        self._keys: list[str] = []
-        self._rows: dict[str, int] = {}
-        self._index_offset = 0
+        super().__init__(
+            Path(cache_dir) / f"images-{size}", "images.u8", self.CHANNELS * size * size
+        )
         self._mm: np.memmap | None = None
         self._mm_rows = 0
         # Decodes done by this object: lets callers (and tests) see a load was served from cache.
         self.decoded = 0
         self.refresh()
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._rows
-
-    @property
-    def keys(self) -> list[str]:
-        """Keys in row order."""
-        return list(self._keys)
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        # An advisory lock so that two workers filling the same cache never interleave rows.
-        with open(self._lock_path, "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def refresh(self) -> None:
-        """Pick up rows other processes appended since this store was opened."""
-        if not self._keys_path.exists():
-            return
-        with open(self._keys_path, "rb") as fh:
-            fh.seek(self._index_offset)
-            tail = fh.read()
-        # A line without its newline is a row being written right now: leave it for later.
-        end = tail.rfind(b"\n") + 1
-        for line in tail[:end].decode("ascii").splitlines():
-            self._rows.setdefault(line, len(self._keys))
-            self._keys.append(line)
-        self._index_offset += end
 
     def _view(self) -> np.memmap:
         n = len(self._keys)
@@ -133,7 +93,7 @@ class ImageStore:
         """Cache ``(key or None, bytes or path)`` pairs; a None key means the bytes' sha256."""
         out: list[str] = []
         with self._locked():
-            self.refresh()
+            self._take_in()
             pending: list[tuple[str, np.ndarray]] = []
             fresh: set[str] = set()
             for key, source in items:
@@ -141,8 +101,7 @@ class ImageStore:
                 if key is None:
                     data = _read(source)
                     key = content_key(data)
-                if "\n" in key or not key.isascii():
-                    raise ValueError(f"keys must be one line of ASCII, not {key!r}")
+                self._check_key(key)
                 out.append(key)
                 if key in self._rows or key in fresh:
                     continue
@@ -150,31 +109,12 @@ class ImageStore:
                 self.decoded += 1
                 fresh.add(key)
             if pending:
-                self._append(pending)
+                self._append([k for k, _ in pending], b"".join(arr.tobytes() for _, arr in pending))
         return out
-
-    def _append(self, rows: Sequence[tuple[str, np.ndarray]]) -> None:
-        # Pixels first, then keys: a crash in between leaves unreferenced bytes, never a key
-        # that points at missing pixels.
-        start = len(self._keys)
-        with open(self._data_path, "ab") as fh:
-            fh.truncate(start * self._row_bytes)
-            fh.write(b"".join(arr.tobytes() for _, arr in rows))
-            fh.flush()
-            os.fsync(fh.fileno())
-        with open(self._keys_path, "ab") as fh:
-            fh.write("".join(k + "\n" for k, _ in rows).encode("ascii"))
-        self.refresh()
 
     def rows(self, keys: Sequence[str]) -> np.ndarray:
         """Row numbers of cached keys; KeyError names the first missing one."""
-        missing = [k for k in keys if k not in self._rows]
-        if missing:
-            self.refresh()
-            missing = [k for k in missing if k not in self._rows]
-            if missing:
-                raise KeyError(f"image {missing[0]!r} is not in the cache; add it first")
-        return np.fromiter((self._rows[k] for k in keys), dtype=np.int64, count=len(keys))
+        return self._row_numbers(keys, "image {key!r} is not in the cache; add it first")
 
     def load(self, keys: Sequence[str] | None = None) -> Tensor:
         """Cached images of ``keys`` (None: all, in row order) as an N x 3 x H x W uint8 tensor."""

@@ -266,6 +266,24 @@ def test_image_store_sees_rows_added_by_another_instance(tmp_path: Path) -> None
     assert a.keys == ["one", "two"]
 
 
+def test_image_store_recovers_from_a_writer_that_died_mid_key(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, size=4)
+    store.add("one", png_bytes((1, 2, 3)))
+    # A writer died after its pixels and half of its key line.
+    with open(store.dir / "images.u8", "ab") as fh:
+        fh.write(b"\x07" * (3 * 4 * 4))
+    with open(store.dir / "keys.txt", "ab") as fh:
+        fh.write(b"half-a-ke")
+    reopened = ImageStore(tmp_path, size=4)
+    assert reopened.keys == ["one"]
+    reopened.add("two", png_bytes((4, 5, 6)))
+    # The torn line is cut, not glued onto the next key, and "two" sits on its own row.
+    assert (store.dir / "keys.txt").read_text().splitlines() == ["one", "two"]
+    fresh = ImageStore(tmp_path, size=4)
+    assert fresh.keys == ["one", "two"]
+    assert fresh.load(["two"])[0, :, 0, 0].tolist() == [4, 5, 6]
+
+
 def test_augment_crops_and_flips_batchwise() -> None:
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).reshape(2, 3, 8, 8)
     out = augment(x, torch.Generator().manual_seed(0), pad=2)

@@ -1,0 +1,127 @@
+"""Append-only, content-keyed rows of fixed width on disk, shared by processes: the mechanism
+under the image cache (``svp.data.ImageStore``) and the embedding cache
+(``svp.embeddings.EmbeddingStore``).
+
+A store's folder holds a data file of fixed-width rows and ``keys.txt``, one key a line (line i
+names row i). Any number of processes may append at once: an advisory ``flock`` serialises
+writers, each writer re-reads the index under the lock, so rows are never interleaved and a key
+is never written twice; readers take the lock shared while they read the index.
+
+Crash safety rests on one order: a writer writes and fsyncs its rows before it appends their
+keys. So a key line without its newline (a writer died mid-line) and a key whose row is not in
+the data file are not trusted, and the next writer cuts both off before appending: a torn line
+never joins the next key, and no key is shifted onto another key's row.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+class RowStore:
+    """Fixed-width rows keyed by one-line ASCII strings; subclasses say how a row is read."""
+
+    def __init__(self, folder: Path, data_name: str, row_bytes: int) -> None:
+        self.dir = folder
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._data_path = folder / data_name
+        self._keys_path = folder / "keys.txt"
+        self._lock_path = folder / ".lock"
+        self._row_bytes = row_bytes
+        self._keys: list[str] = []
+        self._rows: dict[str, int] = {}
+        # Bytes of keys.txt taken in: always the end of the last trusted line.
+        self._index_offset = 0
+        # Guards this object's index for threads; the flock guards the files for processes.
+        self._mutex = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    @property
+    def keys(self) -> list[str]:
+        """Keys in row order."""
+        return list(self._keys)
+
+    @contextmanager
+    def _locked(self, shared: bool = False) -> Iterator[None]:
+        # Writers hold the lock exclusively; readers share it, so a reader never sees a writer
+        # halfway through cutting off a dead writer's tail and appending in its place.
+        with self._mutex, open(self._lock_path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def refresh(self) -> None:
+        """Take in the rows other processes (or other stores on this folder) appended."""
+        with self._locked(shared=True):
+            self._take_in()
+
+    def _take_in(self) -> None:
+        # Under the lock: no writer is active, so what is not trusted here is a dead writer's.
+        if not self._keys_path.exists():
+            return
+        with open(self._keys_path, "rb") as fh:
+            fh.seek(self._index_offset)
+            tail = fh.read()
+        try:
+            rows_on_disk = self._data_path.stat().st_size // self._row_bytes
+        except FileNotFoundError:
+            rows_on_disk = 0
+        # The piece after the last newline is a torn line; a key past the data's last row
+        # lost its row. Neither is taken in, and the next writer cuts both off.
+        taken = 0
+        for line in tail.split(b"\n")[:-1]:
+            if len(self._keys) >= rows_on_disk:
+                break
+            key = line.decode("latin-1")
+            self._rows.setdefault(key, len(self._keys))
+            self._keys.append(key)
+            taken += len(line) + 1
+        self._index_offset += taken
+
+    @staticmethod
+    def _check_key(key: object) -> None:
+        if not isinstance(key, str) or not key or "\n" in key or not key.isascii():
+            raise ValueError(f"keys must be one non-empty line of ASCII, not {key!r}")
+
+    def _append(self, keys: Sequence[str], data: bytes) -> None:
+        """Append rows (``len(keys)`` rows of bytes) and their keys; call under ``_locked()``."""
+        start = len(self._keys)
+        with open(self._data_path, "ab") as fh:
+            # Bytes past the last trusted row are a dead writer's: cut them so rows stay aligned.
+            fh.truncate(start * self._row_bytes)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(self._keys_path, "ab") as fh:
+            # The same for a torn last line or keys without rows: otherwise the next key would
+            # be glued onto a torn line, or shifted onto another key's row.
+            fh.truncate(self._index_offset)
+            fh.write("".join(k + "\n" for k in keys).encode("ascii"))
+            fh.flush()
+        self._take_in()
+        assert len(self._keys) == start + len(keys), "the index and the data disagree"
+
+    def _row_numbers(self, keys: Sequence[str], missing: str) -> np.ndarray:
+        """Row numbers of stored keys; KeyError with ``missing`` (formatted with the first
+        absent key) when one is not stored, even after a refresh."""
+        absent = [k for k in keys if k not in self._rows]
+        if absent:
+            self.refresh()
+            absent = [k for k in absent if k not in self._rows]
+            if absent:
+                raise KeyError(missing.format(key=absent[0]))
+        return np.fromiter((self._rows[k] for k in keys), dtype=np.int64, count=len(keys))
