@@ -13,7 +13,7 @@ import socket
 
 from celery import Celery
 
-from app.jobs.broker import QUEUES, get_celery
+from app.jobs.broker import QUEUES, declare_queues, get_celery
 from app.settings import get_settings
 
 
@@ -56,6 +56,8 @@ def run_worker(
     ]
     if events:
         argv.append("--task-events")
+    # Before Celery's consumer declares them itself, racing any other worker starting now.
+    declare_queues(celery)
     celery.worker_main(argv)
 
 

@@ -8,6 +8,10 @@ is one row in ``ROUTES``; a new task (a fanned-out chunk, say) is one more name 
 
 from __future__ import annotations
 
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,11 +151,19 @@ def _split_key_prefix(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The file of an embedded broker's URL; None for an in-memory one."""
+    _, _, rest = url.partition(":///")
+    if not rest or rest.startswith(":memory:"):
+        return None
+    return Path(rest.split("?", 1)[0]).expanduser()
+
+
 def _ensure_sqlite_dir(url: str) -> None:
     # kombu creates its tables on first use but not the directory of the SQLite file.
-    _, _, rest = url.partition(":///")
-    if rest and rest != ":memory:":
-        Path(rest.split("?", 1)[0]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 _APPS: dict[str, Celery] = {}
@@ -166,9 +178,53 @@ def get_celery() -> Celery:
     return celery
 
 
+_DECLARED: set[str] = set()
+_DECLARE_LOCK = threading.Lock()
+
+
+def declare_queues(celery: Celery) -> None:
+    """Make the embedded broker's tables and queue rows once, one process at a time.
+
+    kombu's SQLAlchemy transport creates a queue's row on first use with a check-then-insert that
+    is guarded only within one process: two workers starting together both insert, and the
+    loser dies on the unique name (seen in CI: a worker lost at start-up). Declaring every queue
+    here, under a lock file beside the broker's database, leaves the transport only rows to find.
+    Redis needs none of this; the call is then free.
+    """
+    url = str(celery.conf.broker_url)
+    if broker_kind(url) != "embedded" or url in _DECLARED:
+        return
+    with _DECLARE_LOCK:
+        if url in _DECLARED:
+            return
+        path = _sqlite_path(url)
+        lock_path = path.with_name(path.name + ".lock") if path else None
+        with _file_lock(lock_path), celery.connection_for_write() as conn:
+            channel = conn.default_channel
+            for queue in celery.conf.task_queues:
+                queue.bind(channel).declare()
+        _DECLARED.add(url)
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` for the block; no lock where there is no file."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def send_task(name: str, args: list[Any], *, kind: str) -> None:
     """Send task ``name`` to the queue of jobs of ``kind``, with that kind's time limits."""
     route = route_for(kind)
+    declare_queues(get_celery())
     get_celery().send_task(
         name, args=args, queue=route.queue, soft_time_limit=route.soft, time_limit=route.hard
     )
