@@ -162,13 +162,23 @@ def kcenter_greedy(
     return chosen, dists
 
 
+# Images converted to float at a time by pixel_features: 4096 x 3 x 32 x 32 floats is 50 MB.
+PIXEL_CHUNK = 4096
+
+
 def pixel_features(images: Tensor, side: int = 8) -> Tensor:
     """Raw-pixel features for a cold start: images average-pooled to side x side, in [0, 1]."""
-    # 3 x 8 x 8 = 192 numbers an image keeps a 100k pool at 77 MB instead of 1.2 GB at 32 x 32.
-    x = images.float().div_(255.0)
-    if x.shape[-1] > side or x.shape[-2] > side:
-        x = F.adaptive_avg_pool2d(x, side)
-    return x.flatten(1)
+    # 3 x 8 x 8 = 192 numbers an image keeps a 100k pool at 77 MB instead of 1.2 GB at 32 x 32;
+    # converted in chunks, so the float copy of the whole pool is never made either.
+    n = images.shape[0]
+    out_side = (min(side, images.shape[-2]), min(side, images.shape[-1]))
+    out = torch.empty((n, images.shape[1] * out_side[0] * out_side[1]), dtype=torch.float32)
+    for start in range(0, n, PIXEL_CHUNK):
+        x = images[start : start + PIXEL_CHUNK].float().div_(255.0)
+        if x.shape[-2:] != out_side:
+            x = F.adaptive_avg_pool2d(x, out_side)
+        out[start : start + x.shape[0]] = x.flatten(1)
+    return out
 
 
 def pool_features(images: Tensor) -> Tensor:

@@ -433,3 +433,22 @@ def test_kcenter_memory_is_linear_in_the_pool() -> None:
     assert len(set(chosen.tolist())) == 500
     assert (dists[1:] <= dists[:-1] + 1e-4).all()  # greedy distances never grow
     assert time.perf_counter() - start < 20
+
+
+def test_pixel_features_in_chunks_match_the_whole_pool_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cold start's k-centre features are made a chunk at a time (never a float copy of the
+    # whole pool); chunk edges must not change them.
+    from svp import strategies
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (23, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    whole = torch.nn.functional.adaptive_avg_pool2d(images.float() / 255.0, 8).flatten(1)
+    monkeypatch.setattr(strategies, "PIXEL_CHUNK", 5)
+    chunked = strategies.pixel_features(images)
+    assert chunked.shape == (23, 192)
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole)
+    small = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8, generator=gen)
+    torch.testing.assert_close(strategies.pixel_features(small), small.float().div(255).flatten(1))
