@@ -448,7 +448,7 @@ def test_redis_restarted_with_a_round_running(
         upload(c, pid, make_zip(10, folders=True), "pool", folders=True)
         upload(c, pid, make_zip(10, offset=100), "pool")
         # Long enough to be running while Redis goes away and comes back.
-        proxy = {"arch": "small_cnn", "epochs": 60, "batch_size": 8, "image_size": 16}
+        proxy = {"arch": "small_cnn", "epochs": 25, "batch_size": 8, "image_size": 16}
         r = c.post(
             f"/api/projects/{pid}/rounds",
             json={"strategy": "entropy", "batch_size": 5, "proxy": proxy},
