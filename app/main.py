@@ -13,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import metrics
 from app.auth.models import Role, User
@@ -30,6 +31,9 @@ from app.settings import get_settings
 log = logging.getLogger(__name__)
 
 FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
+# The answer while the database cannot be reached, and when to try again.
+DATABASE_UNAVAILABLE = "the database is unavailable right now; try again in a few seconds"
+DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 def ensure_first_admin() -> None:
@@ -97,6 +101,25 @@ def create_app() -> FastAPI:
         return JSONResponse(
             status_code=422, content={"detail": "a value is out of range or not storable text"}
         )
+
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database is down, restarting or out of connections: a state that passes, not a
+        # bug, so 503 with Retry-After (a client retries, its label key keeps that safe), not
+        # 500. The pool's pre-ping reconnects once it is back: no restart needed (#9 item 1).
+        log.warning(
+            "%s %s: database unavailable: %s",
+            request.method,
+            request.url.path,
+            getattr(exc, "orig", None) or exc,
+        )
+        return JSONResponse(
+            status_code=503,
+            content={"detail": DATABASE_UNAVAILABLE},
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
+
+    for unavailable in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(unavailable, _database_unavailable)
 
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:

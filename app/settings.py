@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # Images per chunk of an embedding job, and how many other workers one job asks for help.
     embed_chunk_size: int = Field(default=512, ge=1, le=100_000)
     embed_fanout: int = Field(default=8, ge=0, le=1024)
+    # Test only, honoured only when ``environment`` is "test": a job stops (sleeps until killed)
+    # at this point, so a fault test can SIGKILL its worker exactly there. "<kind>:<stage>" is
+    # the job's first report of that stage past 0 (a trained epoch, an embedded chunk);
+    # "round:save-batch" is inside the transaction writing a batch, before it commits.
+    test_pause_at: str = ""
 
     @field_validator("data_dir")
     @classmethod

@@ -176,6 +176,14 @@ def test_reconcile_resends_queued_jobs_never_sent(factory: Factory, no_worker: S
     assert job_row(just_made.id).sent_at is None
 
 
+def test_a_starting_worker_resends_every_queued_job(factory: Factory, no_worker: Settings) -> None:
+    # A broker restarted without persistence while no worker ran lost these messages.
+    now = utcnow()
+    just_sent = factory.job(None, created_at=now - timedelta(minutes=5), sent_at=now)
+    assert not reconcile(now + timedelta(seconds=1))
+    assert reconcile(now + timedelta(seconds=1), resend_queued=True).resent == [just_sent.id]
+
+
 def test_reconcile_fails_a_round_whose_job_failed(factory: Factory, no_worker: Settings) -> None:
     project = factory.project(factory.user("engineer"))
     dead = utcnow() - timedelta(hours=1)

@@ -64,14 +64,18 @@ class Heartbeat:
         if missing:
             self.register()
 
-    def tick(self) -> None:
-        """One beat and one reconciliation; errors are logged, the thread goes on."""
+    def tick(self, *, starting: bool = False) -> None:
+        """One beat and one reconciliation; errors are logged, the thread goes on.
+
+        At start every queued job is sent again: its message may have been lost with a broker
+        restarted while no worker ran (``reconcile``'s ``resend_queued``).
+        """
         try:
             self.beat()
         except Exception:
             log.warning("worker=%s event=heartbeat-failed", self.name, exc_info=True)
         try:
-            reconcile()
+            reconcile(resend_queued=starting)
         except Exception:
             log.warning("worker=%s event=reconcile-failed", self.name, exc_info=True)
 
@@ -83,7 +87,8 @@ class Heartbeat:
         log.info("worker=%s event=registered every=%ss", self.name, self.interval)
 
     def _run(self) -> None:
-        self.tick()  # the reconciler also runs at start: jobs left by a worker that died
+        # The reconciler also runs at start: jobs left by a worker that died, messages lost.
+        self.tick(starting=True)
         while not self._stop.wait(self.interval):
             self.tick()
 

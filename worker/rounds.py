@@ -29,7 +29,7 @@ from app import flows
 from app.db import unit_of_work
 from app.items.models import Item, Split
 from app.items.storage import image_path
-from app.jobs.runtime import JobCanceled, JobContext
+from app.jobs.runtime import JobCanceled, JobContext, pause_point
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.rounds import service as rounds
@@ -379,6 +379,7 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
     with unit_of_work() as db:
         if not flows.save_batch(db, round_id=plan.round_id, entries=entries, metrics=metrics):
             raise JobCanceled(f"round {plan.round_id} was canceled before its batch was saved")
+        pause_point("round:save-batch")
     log.info("round %s: %s selected by %s; %s", plan.round_id, len(entries), plan.strategy, metrics)
     return {"round_id": plan.round_id, "selected": len(entries), "metrics": metrics}
 

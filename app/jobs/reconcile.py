@@ -69,12 +69,20 @@ def sweep_uploads(now: datetime | None = None, *, force: bool = False) -> list[s
     return deleted
 
 
-def reconcile(now: datetime | None = None) -> Reconciled:
-    """One pass: re-send or fail jobs of dead workers, re-send unsent jobs, align rounds."""
+def reconcile(now: datetime | None = None, *, resend_queued: bool = False) -> Reconciled:
+    """One pass: re-send or fail jobs of dead workers, re-send unsent jobs, align rounds.
+
+    ``resend_queued`` (a worker starting) re-sends every queued job at once, however recently
+    it was sent: a broker that lost its messages while no worker consumed them (Redis restarted
+    without persistence) would otherwise leave them queued for ``job_resend_after_seconds``.
+    A duplicate delivery is harmless, as a job is claimed once.
+    """
     settings = get_settings()
     now = now or utcnow()
     dead_before = now - timedelta(seconds=settings.worker_dead_after_seconds)
     resend_before = now - timedelta(seconds=settings.job_resend_after_seconds)
+    if resend_queued:
+        resend_before = now
     dead = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < dead_before)
     lost = and_(Job.status == JobStatus.running, dead)
     # A job is sent right after its creating transaction commits; give that a moment.

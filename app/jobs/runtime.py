@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,6 +63,21 @@ class JobContext:
             canceled = job is None or job.cancel_requested
         if canceled:
             raise JobCanceled(f"job {self.job_id} was canceled")
+        if fraction > 0:
+            pause_point(f"{self.kind}:{stage}")
+
+
+def pause_point(point: str) -> None:
+    """Test only: stop here for good when ``SVP_TEST_PAUSE_AT`` names this point (see Settings).
+
+    The job's heartbeat goes on meanwhile, as in a healthy worker, until the test kills it.
+    """
+    settings = get_settings()
+    if settings.environment != "test" or settings.test_pause_at != point:
+        return
+    log.warning("event=paused point=%s; waiting to be killed (SVP_TEST_PAUSE_AT)", point)
+    while True:
+        time.sleep(60)
 
 
 Runner = Callable[[JobContext], dict[str, Any]]

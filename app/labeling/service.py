@@ -365,13 +365,27 @@ def check_annotator_may_label(db: Session, *, access: Access, user: User, item_i
         )
         .limit(1)
     )
-    if (
-        in_open_batch is None
-        and not project_settings(access.project).annotators_label_any_pool_item
-    ):
+    if project_settings(access.project).annotators_label_any_pool_item:
+        return
+    if in_open_batch is None:
         raise PermissionDenied(
             "annotators label the items of the batch being labelled; this item is not in it"
         )
+    if item.label is not None and _labelled_by_another(db, item_id=item_id, user=user):
+        # A late label from an annotator whose lease ran out, after another took the item over
+        # and labelled it: refused like a live lease of theirs, never written over their label.
+        raise Conflict("another annotator labelled this item meanwhile; ask queue/next for another")
+
+
+def _labelled_by_another(db: Session, *, item_id: int, user: User) -> bool:
+    """Whether the item's current label was given by someone else (ix_labels_item_id_id)."""
+    author = db.scalar(
+        select(Label.user_id)
+        .where(Label.item_id == item_id, Label.undone_at.is_(None))
+        .order_by(Label.id.desc())
+        .limit(1)
+    )
+    return author is not None and author != user.id
 
 
 def release_item(db: Session, *, item_id: int) -> None:
