@@ -344,6 +344,17 @@ def wait_stuck(database_url: str, pid: int, limit: float) -> dict[str, int]:
         time.sleep(2)
 
 
+def drop_keys(redis_url: str, prefix: str) -> None:
+    """Remove the soak's keys (queues, bindings) from a Redis others may share."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 def main() -> int:
     """Run the soak and print its figures; exit 1 when a check fails."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -380,8 +391,9 @@ def main() -> int:
     with engine.connect() as db:
         round_id = int(db.scalar(text("SELECT id FROM rounds WHERE project_id = :p"), {"p": pid}))
     engine.dispose()
+    prefix = f"svpsoak-{uuid.uuid4().hex[:10]}-"
     sep = "&" if "?" in args.redis_url else "?"
-    broker = f"{args.redis_url}{sep}global_keyprefix=svpsoak-{uuid.uuid4().hex[:10]}-"
+    broker = f"{args.redis_url}{sep}global_keyprefix={prefix}"
     base = Path(tempfile.mkdtemp(prefix="svp-soak-"))
     # No access log: the soak measures the service, not its logging.
     env = {"SVP_LOG_LEVEL": "WARNING"}
@@ -399,6 +411,7 @@ def main() -> int:
         mem_end = memory(server, workers)
         found = wait_stuck(args.database_url, pid, limit=120)
         tracebacks = {p.name: p.log().count("Traceback") for p in s.procs}
+    drop_keys(args.redis_url, prefix)
     checks = check_database(args.database_url, pid, soak.record)
     all_5xx = sum(1 for _, st in soak.statuses if st >= 500)
     figures = {
@@ -430,8 +443,9 @@ def main() -> int:
     )
     figures["ok"] = ok
     # Flat or not: growth after the first minute, when every process has done each kind of work.
-    after_warmup = rows[0]["memory_mb"] if len(rows) > 1 else mem_start
-    figures["pss_growth_after_first_minute_mb"] = {
+    # (None in a run of one minute or less: there is no after.)
+    after_warmup = rows[0]["memory_mb"] if len(rows) > 1 else None
+    figures["pss_growth_after_first_minute_mb"] = after_warmup and {
         name: round(mem_end[name]["pss"] - after_warmup[name]["pss"], 1) for name in mem_end
     }
     print(json.dumps({k: v for k, v in figures.items() if k != "per_minute"}, indent=2))
