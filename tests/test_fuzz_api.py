@@ -18,7 +18,8 @@ Left out, and why:
 
 State a case may destroy for the cases after it (the run's own token deleted, its user
 deactivated or demoted, the annotator removed from the project) is put back before each case, so
-every case runs with the credentials it was set up with.
+every case runs with the credentials it was set up with. ``POST /api/auth/logout`` is fuzzed like
+the rest: the run signs in with a bearer token, which logout (a cookie's) leaves alone.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class World:
     roles: dict[int, str]
     user_id: int | None = None
     token_id: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # the bearer token
     # Whether a case since the last restore could have changed anything (it was not a GET).
     dirty: bool = True
 
