@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # DESIGN 5: a JSON body larger than this gets 413, before it is parsed.
@@ -81,6 +82,42 @@ class BodyLimit:
             if started:
                 raise
             await _too_large_response()(scope, receive, send)
+
+
+class FieldError(BaseModel):
+    """One reason a request was refused: where (``loc``), what kind, and a message."""
+
+    type: str | None
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"detail": ...}``, a message, or the list of what failed validation."""
+
+    detail: str | list[FieldError]
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "the body cannot be read (JSON that is not UTF-8 text)",
+    401: "no valid session cookie or bearer token",
+    403: "signed in, without the right (or a cookie write without its CSRF token)",
+    404: "no such object, or one in a project the caller cannot see",
+    409: "the request conflicts with the current state",
+    413: "the request body is larger than the server accepts",
+    422: "the request is malformed, or its content is not acceptable",
+    429: "too many attempts; wait and try again",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each with the ``{"detail"}`` body."""
+    return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+# What any route of the API may answer: declared once for every router (DESIGN 5), so the schema
+# lists the statuses a client must handle. A route adds the ones only it gives (409, 429).
+API_ERRORS = error_responses(400, 401, 403, 404, 413, 422)
 
 
 def _clean_error(error: dict[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,11 @@ from app.auth.models import Role, User
 from app.auth.service import LoginLimiter, create_user
 from app.db import unit_of_work
 from app.errors import DomainError
-from app.http import DOCS_HTML, BodyLimit, SecurityHeaders, validation_error
+from app.http import API_ERRORS, DOCS_HTML, BodyLimit, SecurityHeaders, validation_error
 from app.items.importer import run_import
 from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
-from app.routers import ROUTERS
+from app.routers import OPEN_ROUTERS, ROUTERS
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SecurityHeaders)
 
     for router in ROUTERS:
+        app.include_router(router, responses=API_ERRORS)
+    for router in OPEN_ROUTERS:
         app.include_router(router)
 
     if FRONTEND_DIR.is_dir():

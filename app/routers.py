@@ -1,4 +1,8 @@
-"""Every router of the API, in the order they are matched (the front end's static files last)."""
+"""Every router of the API, in the order they are matched (the front end's static files last).
+
+``ROUTERS`` answer signed-in callers, so each of their routes may give the common errors
+(app.http.API_ERRORS); ``OPEN_ROUTERS`` answer anyone (health) and declare their own.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ ROUTERS: list[APIRouter] = [
     auth_router,
     users_router,
     projects_router,
-    system_router,
     rounds_router,
     coresets_router,
     embeddings_router,
@@ -31,3 +34,5 @@ ROUTERS: list[APIRouter] = [
     items_router,
     exports_router,
 ]
+
+OPEN_ROUTERS: list[APIRouter] = [system_router]

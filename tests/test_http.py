@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from app.http import MAX_BODY_BYTES
+from app.http import MAX_BODY_BYTES, ErrorBody
 from app.items.service import encode_cursor
 from tests.factories import Factory, png_bytes
 
@@ -217,3 +218,74 @@ def test_docs_load_swagger_from_this_server(factory: Factory) -> None:
         assert anon.get(s).status_code == 200, s
     assert anon.get("/openapi.json").status_code == 200
     assert anon.get("/redoc").status_code == 404
+
+
+def _declared(app_schema: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    return app_schema["paths"][path][method.lower()]["responses"]
+
+
+def test_every_error_answer_is_one_the_schema_declares(factory: Factory) -> None:
+    """Issue 9's fuzzing found these undeclared: each status a route gives is in /openapi.json,
+    with the {detail} body a client can parse (a message, or validation errors)."""
+    admin = factory.client(factory.user("admin"))
+    eng_user = factory.user("engineer")
+    project = factory.project(eng_user)
+    eng = factory.client(eng_user)
+    anon = factory.anonymous()
+    app_schema = anon.get("/openapi.json").json()
+    body_schema = app_schema["components"]["schemas"]["ErrorBody"]
+    assert set(body_schema["required"]) == {"detail"}
+    answers = [
+        # JSON that is not UTF-8: FastAPI's own 400, before any validation.
+        (
+            "POST",
+            "/api/tokens",
+            admin.post(
+                "/api/tokens", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+            ),
+        ),
+        ("GET", "/api/me", anon.get("/api/me")),
+        ("GET", "/api/users", eng.get("/api/users")),
+        ("GET", "/api/items/{item_id}", eng.get("/api/items/999999")),
+        (
+            "POST",
+            "/api/users",
+            admin.post(
+                "/api/users",
+                json={"username": eng_user.username, "password": "long enough pw", "role": "admin"},
+            ),
+        ),
+        (
+            "POST",
+            "/api/projects/{project_id}/rounds",
+            eng.post(
+                f"/api/projects/{project.id}/rounds", json={"strategy": "nope", "batch_size": 1}
+            ),
+        ),
+        (
+            "POST",
+            "/api/labels",
+            eng.post("/api/labels", json={"item_id": 1, "label": "x", "key": "k" * 10_000}),
+        ),
+    ]
+    statuses = [r.status_code for _, _, r in answers]
+    assert statuses == [400, 401, 403, 404, 409, 422, 422], [r.text for _, _, r in answers]
+    for method, path, r in answers:
+        declared = _declared(app_schema, method, path)
+        assert str(r.status_code) in declared, (method, path, r.status_code, sorted(declared))
+        ref = declared[str(r.status_code)]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/ErrorBody", (method, path, ref)
+        assert ErrorBody.model_validate(r.json())
+    # A domain 422 carries a message where FastAPI's carries a list: both are ErrorBody.
+    body = {"fraction": 0.5, "strategy": "forgetting"}
+    r = eng.post(f"/api/projects/{project.id}/coresets", json=body)
+    assert r.status_code == 422, r.text
+    assert isinstance(r.json()["detail"], str), r.text
+    assert "422" in _declared(app_schema, "POST", "/api/projects/{project_id}/coresets")
+    # Too many failed sign-ins: 429, declared on login alone.
+    assert "429" in _declared(app_schema, "POST", "/api/auth/login")
+    assert "429" not in _declared(app_schema, "GET", "/api/me")
+    # Health answers anyone: no 401 there, but its 503.
+    health = _declared(app_schema, "GET", "/api/health")
+    assert "503" in health
+    assert "401" not in health

@@ -16,6 +16,7 @@ from app.auth.schemas import (
 )
 from app.errors import Unauthenticated
 from app.fields import PathId
+from app.http import error_responses
 from app.settings import get_settings
 
 router = APIRouter(prefix="/api", tags=["auth"])
@@ -25,7 +26,7 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", responses=error_responses(429))
 def login(body: LoginRequest, request: Request, response: Response, db: DB) -> LoginResponse:
     """Check credentials and set the session cookie; failures are rate-limited."""
     settings = get_settings()

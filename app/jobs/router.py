@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from app import flows
 from app.auth.deps import DB, CurrentUser
 from app.fields import MAX_ID, PathId, QueryId
+from app.http import error_responses
 from app.jobs import service
 from app.jobs.models import JobKind, JobStatus
 from app.jobs.schemas import JobRead
@@ -47,14 +48,14 @@ def get_job(job_id: PathId, user: CurrentUser, db: DB) -> JobRead:
     return JobRead.model_validate(service.get_job(db, user=user, job_id=job_id))
 
 
-@router.post("/{job_id}/retry")
+@router.post("/{job_id}/retry", responses=error_responses(409))
 def retry_job(job_id: PathId, user: CurrentUser, db: DB) -> JobRead:
     """Queue a failed or canceled job again (409 otherwise); it is sent once committed."""
     job = service.get_job(db, user=user, job_id=job_id)
     return JobRead.model_validate(flows.retry_job(db, job=job))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses=error_responses(409))
 def cancel_job(job_id: PathId, user: CurrentUser, db: DB) -> JobRead:
     """Cancel a queued job at once, or ask a running one to stop; 409 once it has finished."""
     job = service.get_job(db, user=user, job_id=job_id)

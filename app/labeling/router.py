@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 from app import flows
 from app.auth.deps import DB, CurrentUser
 from app.fields import PathId
+from app.http import error_responses
 from app.labeling import service
 from app.labeling.schemas import LabelCreate, LabelRead, QueueEntry, QueueSkip
 from app.projects.deps import ProjectAccess
@@ -27,7 +28,11 @@ def queue_next(
     return service.next_batch(db, access=access, user=user, n=n)
 
 
-@router.post("/api/projects/{project_id}/queue/skip", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/api/projects/{project_id}/queue/skip",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(409),
+)
 def queue_skip(body: QueueSkip, access: ProjectAccess, user: CurrentUser, db: DB) -> None:
     """Give the caller's lease on an item back; 409 when the caller holds none."""
     service.skip(db, access=access, user=user, item_id=body.item_id)
@@ -36,7 +41,10 @@ def queue_skip(body: QueueSkip, access: ProjectAccess, user: CurrentUser, db: DB
 @router.post(
     "/api/labels",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": LabelRead, "description": "a replayed key: the first label"}},
+    responses={
+        200: {"model": LabelRead, "description": "a replayed key: the first label"},
+        **error_responses(409),
+    },
 )
 def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Response) -> LabelRead:
     """Store a label: 201 when new, 200 with the first label when the key is replayed."""

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.deps import DB, CurrentUser, EngineerUser
 from app.fields import PathId
+from app.http import error_responses
 from app.projects import service
 from app.projects.deps import EngineerAccess, ProjectAccess
 from app.projects.models import Project
@@ -41,7 +42,7 @@ def _with_counts(project: Project, role: str | None, counts: dict[str, int]) -> 
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(409))
 def create_project(body: ProjectCreate, user: EngineerUser, db: DB) -> ProjectRead:
     """Create a project; the caller becomes its engineer."""
     project = service.create_project(db, data=body, user=user)

@@ -14,6 +14,7 @@ from app.auth.deps import DB, CurrentUser, current_user
 from app.db import unit_of_work
 from app.errors import NotFound
 from app.fields import PathId
+from app.http import error_responses
 from app.projects.deps import EngineerAccess, ProjectAccess
 from app.rounds import service
 from app.rounds.deps import RoundAccess, RoundEngineerAccess
@@ -34,7 +35,11 @@ def _one(db: DB, round_id: int) -> RoundRead:
     return rows[0]
 
 
-@router.post("/projects/{project_id}/rounds", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/projects/{project_id}/rounds",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(409),
+)
 def start_round(body: RoundCreate, access: EngineerAccess, user: CurrentUser, db: DB) -> RoundRead:
     """Start a round (engineers): 202 with the queued round; 409 while another is active or
     labelling, unless ``supersede`` closes the open batch first."""
@@ -69,7 +74,7 @@ def get_selection(round_id: PathId, _: RoundAccess, db: DB) -> list[SelectionEnt
     return service.selection(db, round_id=round_id)
 
 
-@router.post("/rounds/{round_id}/cancel")
+@router.post("/rounds/{round_id}/cancel", responses=error_responses(409))
 def cancel_round(round_id: PathId, _: RoundEngineerAccess, db: DB) -> RoundRead:
     """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
     flows.cancel_round(db, rnd=service.load_round(db, round_id=round_id))

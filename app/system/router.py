@@ -25,7 +25,10 @@ def _is_admin(request: Request, db: Session) -> bool:
         return False
 
 
-@router.get("/api/health")
+@router.get(
+    "/api/health",
+    responses={503: {"description": "the database does not answer; the same fields, with why"}},
+)
 def get_health(request: Request) -> JSONResponse:
     """200 with the database, broker and worker state while the database answers; 503 if not.
 

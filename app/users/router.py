@@ -6,13 +6,14 @@ from fastapi import APIRouter, status
 
 from app.auth.deps import DB, AdminUser
 from app.fields import PathId
+from app.http import error_responses
 from app.users import service
 from app.users.schemas import UserCreate, UserDetail, UserUpdate
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(409))
 def create_user(body: UserCreate, admin: AdminUser, db: DB) -> UserDetail:
     """Add a user."""
     return UserDetail.model_validate(service.add_user(db, data=body))
