@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     # The session cookie carries Secure only behind https, so plain http://127.0.0.1 works.
     cookie_secure: bool = False
     session_hours: int = Field(default=24 * 7, ge=1)
+    # Sign-in attempts allowed per (username, address), and per address across every username
+    # (a spray of names), in the current and the previous minute together; a good password does
+    # not count. Shared by every server process through the database.
     login_attempts_per_minute: int = Field(default=10, ge=1)
+    login_address_attempts_per_minute: int = Field(default=30, ge=1)
     # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the server believes
     # (comma-separated IPs or networks, "*" for any). Empty: none, so a client cannot pick the
     # address the login limiter counts it under by sending the header itself.

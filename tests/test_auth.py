@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.auth.models import ApiToken, User
+from app.auth.models import ApiToken, LoginAttempt, User
 from app.db import unit_of_work
+from app.main import create_app
+from app.settings import get_settings
 from tests import procs
 from tests.factories import PASSWORD, Factory
 
@@ -119,6 +126,105 @@ def test_failed_logins_are_rate_limited_per_user_and_address(factory: Factory) -
     other = factory.user()
     r = c.post("/api/auth/login", json={"username": other.username, "password": PASSWORD})
     assert r.status_code == 200
+
+
+def _limits(monkeypatch: pytest.MonkeyPatch, *, pair: int, address: int) -> None:
+    monkeypatch.setenv("SVP_LOGIN_ATTEMPTS_PER_MINUTE", str(pair))
+    monkeypatch.setenv("SVP_LOGIN_ADDRESS_ATTEMPTS_PER_MINUTE", str(address))
+    get_settings.cache_clear()
+
+
+def test_a_spray_of_usernames_from_one_address_is_limited(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _limits(monkeypatch, pair=10, address=5)
+    user = factory.user()
+    c = factory.anonymous()
+    codes = [
+        c.post("/api/auth/login", json={"username": f"nobody{i}", "password": "x"}).status_code
+        for i in range(7)
+    ]
+    assert codes == [401] * 5 + [429] * 2
+    # The address waits out the window, whoever it names, the right password too ...
+    r = c.post("/api/auth/login", json={"username": user.username, "password": PASSWORD})
+    assert r.status_code == 429
+    # ... while another address is not affected.
+    other = TestClient(factory.app, client=("192.0.2.7", 50000))
+    r = other.post("/api/auth/login", json={"username": user.username, "password": PASSWORD})
+    assert r.status_code == 200
+    # Good sign-ins give their place back: they never lock out an office behind one address.
+    for _ in range(8):
+        r = other.post("/api/auth/login", json={"username": user.username, "password": PASSWORD})
+        assert r.status_code == 200
+
+
+def test_login_counts_are_shared_by_server_processes(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two applications on one database stand for two `svplabel serve` workers: what one counted,
+    # the other sees. Before, each process kept its own count, so N workers allowed N times more.
+    _limits(monkeypatch, pair=3, address=100)
+    user = factory.user()
+    first, second = TestClient(factory.app), TestClient(create_app())
+    bad = {"username": user.username, "password": "bad"}
+    assert [first.post("/api/auth/login", json=bad).status_code for _ in range(2)] == [401, 401]
+    assert second.post("/api/auth/login", json=bad).status_code == 401
+    assert first.post("/api/auth/login", json=bad).status_code == 429
+    assert second.post("/api/auth/login", json=bad).status_code == 429
+    with unit_of_work() as db:
+        rows = list(db.scalars(select(LoginAttempt)))
+    # The table holds digests, never the names or addresses people typed.
+    assert rows
+    assert all(user.username not in r.key and "testclient" not in r.key for r in rows)
+
+
+def test_parallel_attempts_cannot_pass_the_limit(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _limits(monkeypatch, pair=4, address=100)
+    user = factory.user()
+    c = factory.anonymous()
+    bad = {"username": user.username, "password": "bad"}
+    with ThreadPoolExecutor(10) as pool:
+        codes = sorted(
+            pool.map(lambda _: c.post("/api/auth/login", json=bad).status_code, range(10))
+        )
+    # Each attempt takes its place before argon2 runs, so parallel guesses cannot all slip
+    # through a check made before any of them was counted.
+    assert codes == [401] * 4 + [429] * 6
+
+
+def test_argon2_runs_outside_the_write_queue(factory: Factory) -> None:
+    # A user whose stored hash is costly to verify (argon2's parameters live in the hash): its
+    # sign-in spends seconds in argon2. Other writers must not wait for it, as they did when
+    # the login held SQLite's write transaction (and the writer queue) around argon2.
+    slow = factory.user("annotator")
+    with unit_of_work() as db:
+        row = db.get(User, slow.id)
+        assert row is not None
+        row.password_hash = PasswordHasher(time_cost=40).hash(PASSWORD)
+    writer = factory.client(factory.user("engineer"))
+    login = factory.anonymous()
+    started = threading.Event()
+
+    def sign_in() -> int:
+        started.set()
+        body = {"username": slow.username, "password": "wrong guess"}
+        return login.post("/api/auth/login", json=body).status_code
+
+    with ThreadPoolExecutor(1) as pool:
+        t0 = time.perf_counter()
+        result = pool.submit(sign_in)
+        started.wait()
+        time.sleep(0.5)  # the sign-in is in argon2 by now
+        write_started = time.perf_counter()
+        assert writer.post("/api/tokens", json={"name": "t"}).status_code == 201
+        write_s = time.perf_counter() - write_started
+        assert result.result() == 401
+        login_s = time.perf_counter() - t0
+    assert login_s > 1.5, "the slow hash was not slow: the test proves nothing"
+    # Had it waited, it would have taken the rest of the sign-in, over a second.
+    assert write_s < min(1.0, login_s - 1.0), f"a write waited {write_s:.2f}s behind argon2"
 
 
 def test_admin_manages_users_and_others_cannot(factory: Factory) -> None:
