@@ -338,3 +338,50 @@ def test_forwarded_addresses_are_believed_only_from_trusted_proxies(
     else:
         # Nobody is trusted: a client cannot dodge the limit by naming another address.
         assert codes == [401, 401, 401, 429, 429]
+
+
+def test_a_password_reset_or_disabling_revokes_sessions_and_tokens(factory: Factory) -> None:
+    admin = factory.client(factory.user("admin"))
+    ann = factory.user("annotator")
+    cookie, bearer = factory.client(ann), factory.token_client(ann)
+    assert bearer.get("/api/me").status_code == 200
+    r = admin.patch(f"/api/users/{ann.id}", json={"password": "a new password"})
+    assert r.status_code == 200
+    assert cookie.get("/api/me").status_code == 401
+    assert bearer.get("/api/me").status_code == 401  # a stolen token dies with the old password
+    with unit_of_work() as db:
+        assert db.scalars(select(ApiToken).where(ApiToken.user_id == ann.id)).all() == []
+
+    # Disabled, then enabled again: the tokens made before do not come back to life.
+    assert admin.patch(f"/api/users/{ann.id}", json={"password": PASSWORD}).status_code == 200
+    bearer = factory.token_client(ann)
+    assert admin.patch(f"/api/users/{ann.id}", json={"active": False}).status_code == 200
+    assert admin.patch(f"/api/users/{ann.id}", json={"active": True}).status_code == 200
+    assert bearer.get("/api/me").status_code == 401
+
+
+def test_an_admin_changing_their_own_password_keeps_this_session_only(factory: Factory) -> None:
+    me = factory.user("admin")
+    here, elsewhere, token = factory.client(me), factory.client(me), factory.token_client(me)
+    assert here.patch(f"/api/users/{me.id}", json={"password": "a new password"}).status_code == 200
+    assert here.get("/api/me").status_code == 200
+    assert elsewhere.get("/api/me").status_code == 401
+    assert token.get("/api/me").status_code == 401
+
+
+def test_the_last_active_admin_cannot_demote_or_disable_themself(factory: Factory) -> None:
+    me = factory.user("admin")
+    c = factory.client(me)
+    for change in ({"role": "engineer"}, {"active": False}):
+        r = c.patch(f"/api/users/{me.id}", json=change)
+        assert r.status_code == 409
+        assert "only active admin" in r.json()["detail"]
+    assert c.get("/api/me").json()["role"] == "admin"
+    # A disabled admin does not count: the last active one is still alone.
+    other = factory.user("admin")
+    assert c.patch(f"/api/users/{other.id}", json={"active": False}).status_code == 200
+    assert c.patch(f"/api/users/{me.id}", json={"role": "engineer"}).status_code == 409
+    # With another active admin, stepping down is fine.
+    assert c.patch(f"/api/users/{other.id}", json={"active": True}).status_code == 200
+    assert c.patch(f"/api/users/{me.id}", json={"role": "engineer"}).status_code == 200
+    assert c.get("/api/users").status_code == 403

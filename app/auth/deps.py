@@ -35,6 +35,7 @@ def current_user(request: Request, db: DB) -> User:
         if not cookie:
             raise Unauthenticated("sign in first")
         user, session_row = service.user_from_session(db, secret=cookie)
+        request.state.session_id = session_row.id
         if request.method not in SAFE_METHODS:
             service.check_csrf(session_row, request.headers.get(CSRF_HEADER))
     request.state.user = user
