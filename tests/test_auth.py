@@ -385,3 +385,40 @@ def test_the_last_active_admin_cannot_demote_or_disable_themself(factory: Factor
     assert c.patch(f"/api/users/{other.id}", json={"active": True}).status_code == 200
     assert c.patch(f"/api/users/{me.id}", json={"role": "engineer"}).status_code == 200
     assert c.get("/api/users").status_code == 403
+
+
+def test_a_token_records_its_last_use_at_most_once_a_minute(factory: Factory) -> None:
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    user = factory.user("engineer")
+    bearer = factory.token_client(user)
+
+    def last_used() -> object:
+        with unit_of_work() as db:
+            return db.scalar(
+                select(ApiToken.last_used_at).where(
+                    ApiToken.user_id == user.id, ApiToken.name == "test"
+                )
+            )
+
+    assert last_used() is None
+    assert bearer.get("/api/me").status_code == 200  # a read notes it in a write of its own
+    first = last_used()
+    assert first is not None
+    assert bearer.get("/api/me").status_code == 200
+    assert bearer.post("/api/tokens", json={"name": "second"}).status_code == 201
+    assert last_used() == first  # not written again within the minute
+    with unit_of_work() as db:
+        db.execute(
+            ApiToken.__table__.update()
+            .where(ApiToken.user_id == user.id, ApiToken.name == "test")
+            .values(last_used_at=utcnow() - timedelta(minutes=5))
+        )
+    before = utcnow()
+    assert bearer.post("/api/tokens", json={"name": "third"}).status_code == 201  # a write
+    with unit_of_work() as db:
+        stamp = db.scalar(select(ApiToken.last_used_at).where(ApiToken.name == "test"))
+    assert stamp is not None
+    assert stamp >= before

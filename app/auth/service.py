@@ -228,15 +228,40 @@ def user_from_session(db: Session, *, secret: str) -> tuple[User, AuthSession]:
     return user, row
 
 
-def user_from_token(db: Session, *, secret: str) -> User:
-    """The active user behind a bearer token, or raise Unauthenticated."""
+def user_from_token(db: Session, *, secret: str) -> tuple[User, ApiToken]:
+    """The active user behind a bearer token, and the token, or raise Unauthenticated."""
     token = db.scalar(select(ApiToken).where(ApiToken.token_hash == hash_secret(secret)))
     if token is None:
         raise Unauthenticated("invalid API token")
     user = db.get(User, token.user_id)
     if user is None or not user.active:
         raise Unauthenticated("this account is disabled")
-    return user
+    return user, token
+
+
+# A token's last use is written at most this often: auth is on every request's path, and a
+# write per request would put every token-authenticated read in SQLite's writer queue.
+TOKEN_USE_RESOLUTION = timedelta(seconds=60)
+
+
+def token_use_is_stale(token: ApiToken) -> bool:
+    """Whether the token's ``last_used_at`` is unset or older than the resolution."""
+    return token.last_used_at is None or token.last_used_at < utcnow() - TOKEN_USE_RESOLUTION
+
+
+def note_token_use(db: Session, *, token_id: int) -> None:
+    """Set the token's ``last_used_at`` unless another request did within the resolution."""
+    now = utcnow()
+    db.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == token_id,
+            or_(
+                ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - TOKEN_USE_RESOLUTION
+            ),
+        )
+        .values(last_used_at=now)
+    )
 
 
 def check_csrf(session_row: AuthSession, header_value: str | None) -> None:
