@@ -422,3 +422,39 @@ def test_a_token_records_its_last_use_at_most_once_a_minute(factory: Factory) ->
         stamp = db.scalar(select(ApiToken.last_used_at).where(ApiToken.name == "test"))
     assert stamp is not None
     assert stamp >= before
+
+
+@pytest.mark.slow
+def test_an_events_stream_ends_after_its_caller_signs_out(
+    factory: Factory, tmp_path: Path, database_url: str
+) -> None:
+    # A real server: the stream must be read while it runs, which the test client cannot do.
+    engineer = factory.user("engineer")
+    project = factory.project(engineer)
+    rnd = factory.round_with_selection(project, factory.items(project, 2), status="running")
+    with procs.stack(tmp_path, database_url=database_url) as s:
+        s.serve()
+        c = httpx.Client(base_url=s.url, timeout=30)
+        r = c.post("/api/auth/login", json={"username": engineer.username, "password": PASSWORD})
+        csrf = r.json()["csrf_token"]
+        events: list[str] = []
+        ended = threading.Event()
+
+        def listen() -> None:
+            with (
+                httpx.Client(base_url=s.url, cookies=c.cookies, timeout=60) as listener,
+                listener.stream("GET", f"/api/rounds/{rnd.id}/events") as stream,
+            ):
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        events.append(line)
+            ended.set()
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        procs.wait_for(lambda: events, 20, "no first event")
+        assert not ended.wait(1.0), "the stream of a running round ended by itself"
+        assert c.post("/api/auth/logout", headers={"X-CSRF-Token": csrf}).status_code == 204
+        # Re-checked every EVENTS_REAUTH_SECONDS: it ends well within this.
+        assert ended.wait(15), "the stream outlived its caller's session"
+        c.close()
