@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # (comma-separated IPs or networks, "*" for any). Empty: none, so a client cannot pick the
     # address the login limiter counts it under by sending the header itself.
     trusted_proxies: str = ""
+    # The bearer token a Prometheus scraper sends for GET /metrics (admins may read it too);
+    # empty: admins only. At least 32 characters when set.
+    metrics_token: str = ""
     # Largest decoded image accepted, in pixels; Pillow's own bomb guard trips at twice this.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     # Runs import jobs in the server's own thread pool instead of the broker (tests, tiny setups).
@@ -78,6 +81,14 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: str) -> str:
+        value = value.strip()
+        if value and len(value) < 32:
+            raise ValueError("SVP_METRICS_TOKEN must be at least 32 characters (or empty)")
+        return value
 
     @field_validator("database_url")
     @classmethod

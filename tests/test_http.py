@@ -217,3 +217,23 @@ def test_docs_load_swagger_from_this_server(factory: Factory) -> None:
         assert anon.get(s).status_code == 200, s
     assert anon.get("/openapi.json").status_code == 200
     assert anon.get("/redoc").status_code == 404
+
+
+def test_metrics_answer_admins_and_the_scraper_token_only(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.settings import get_settings
+
+    scraper_token = "m" * 40
+    monkeypatch.setenv("SVP_METRICS_TOKEN", scraper_token)
+    get_settings.cache_clear()
+    anonymous = factory.anonymous()
+    assert anonymous.get("/metrics").status_code == 401
+    anonymous.headers["Authorization"] = "Bearer " + "x" * 40
+    assert anonymous.get("/metrics").status_code == 401
+    assert factory.client(factory.user("engineer")).get("/metrics").status_code == 403
+    r = factory.client(factory.user("admin")).get("/metrics")
+    assert r.status_code == 200
+    assert "svp_http_requests_total" in r.text
+    anonymous.headers["Authorization"] = f"Bearer {scraper_token}"
+    assert anonymous.get("/metrics").status_code == 200
