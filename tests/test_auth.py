@@ -458,3 +458,37 @@ def test_an_events_stream_ends_after_its_caller_signs_out(
         # Re-checked every EVENTS_REAUTH_SECONDS: it ends well within this.
         assert ended.wait(15), "the stream outlived its caller's session"
         c.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "reason"),
+    [
+        ({"SVP_ENVIRONMENT": "production"}, [], "production"),
+        ({"SVP_DATABASE_URL": "postgresql://svp@db.internal/svp"}, [], "not the embedded SQLite"),
+        ({}, ["--host", "0.0.0.0"], "reachable from other machines"),  # noqa: S104
+    ],
+)
+def test_demo_refuses_to_create_well_known_logins_outside_a_laptop(
+    settings,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    args: list[str],
+    reason: str,
+) -> None:
+    from app.cli import main
+    from app.demo import demo_refusal
+
+    assert demo_refusal(settings, host="127.0.0.1") is None  # ./scripts/demo's case runs
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    assert main(["demo", "--port", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert reason in err
+    assert "--allow-demo-logins" in err
+    get_settings.cache_clear()
+    monkeypatch.delenv("SVP_DATABASE_URL")
+    monkeypatch.setenv("SVP_DATABASE_URL", settings.database_url)
+    with unit_of_work() as db:
+        assert db.scalars(select(User.username)).all() == []  # nothing was created
