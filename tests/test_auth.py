@@ -492,3 +492,20 @@ def test_demo_refuses_to_create_well_known_logins_outside_a_laptop(
     monkeypatch.setenv("SVP_DATABASE_URL", settings.database_url)
     with unit_of_work() as db:
         assert db.scalars(select(User.username)).all() == []  # nothing was created
+
+
+def test_old_login_windows_are_swept(factory: Factory) -> None:
+    from app.auth.service import LOGIN_WINDOW_SECONDS, login_window
+
+    old = login_window() - 5 * LOGIN_WINDOW_SECONDS
+    with unit_of_work() as db:
+        db.add_all(
+            LoginAttempt(scope="address", key=f"{i:064x}", window_start=old, count=3)
+            for i in range(5)
+        )
+    c = factory.anonymous()
+    assert c.post("/api/auth/login", json={"username": "x", "password": "y"}).status_code == 401
+    with unit_of_work() as db:
+        windows = set(db.scalars(select(LoginAttempt.window_start)))
+    assert old not in windows
+    assert windows  # the attempt just made is kept

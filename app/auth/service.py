@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -134,11 +134,7 @@ def reserve_login_attempt(db: Session, *, limits: LoginLimits, username: str, ad
             raise _too_many()
         if scope == LoginScope.address and count == 1:
             # A new window of an address: the moment to sweep windows nobody reads any more.
-            db.execute(
-                delete(LoginAttempt).where(
-                    LoginAttempt.window_start < window - LOGIN_WINDOW_SECONDS
-                )
-            )
+            _sweep(db, before=window - LOGIN_WINDOW_SECONDS)
     return window
 
 
@@ -151,6 +147,29 @@ def _previous_only(db: Session, *, scope: LoginScope, key: str, window: int) -> 
         )
     )
     return int(count or 0)
+
+
+# Rows one sweep deletes at most: a sweep is part of a sign-in, so its cost stays bounded.
+SWEEP_BATCH = 1000
+
+
+def _sweep(db: Session, *, before: int) -> None:
+    """Delete counters of windows older than ``before`` that no limit reads any more.
+
+    Rows another sweep holds are skipped (PostgreSQL), so two sign-ins sweeping at once neither
+    wait for nor deadlock with each other; SQLite's writers take turns anyway.
+    """
+    stale = (
+        select(LoginAttempt.scope, LoginAttempt.key, LoginAttempt.window_start)
+        .where(LoginAttempt.window_start < before)
+        .limit(SWEEP_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    db.execute(
+        delete(LoginAttempt).where(
+            tuple_(LoginAttempt.scope, LoginAttempt.key, LoginAttempt.window_start).in_(stale)
+        )
+    )
 
 
 def login_succeeded(db: Session, *, username: str, address: str, window: int) -> None:
