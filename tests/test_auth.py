@@ -509,3 +509,21 @@ def test_old_login_windows_are_swept(factory: Factory) -> None:
         windows = set(db.scalars(select(LoginAttempt.window_start)))
     assert old not in windows
     assert windows  # the attempt just made is kept
+
+
+@pytest.mark.slow
+def test_two_server_processes_share_the_login_count(tmp_path: Path, database_url: str) -> None:
+    # Two real `svplabel serve` on one database, as `--workers 2` or two hosts would be.
+    env = {"SVP_LOGIN_ATTEMPTS_PER_MINUTE": "4"}
+    with procs.stack(tmp_path, database_url=database_url, extra_env=env) as s:
+        s.serve()
+        second_port = procs.free_port()
+        second = s.spawn("server2", "serve", "--host", "127.0.0.1", "--port", str(second_port))
+        second_url = f"http://127.0.0.1:{second_port}"
+        procs.wait_for(lambda: procs._healthy(second_url), 60, "second server", second)
+        bad = {"username": "admin", "password": "wrong"}
+        codes = [
+            httpx.post(f"{url}/api/auth/login", json=bad, timeout=30).status_code
+            for url in (s.url, second_url, s.url, second_url, s.url, second_url)
+        ]
+    assert codes == [401, 401, 401, 401, 429, 429]
