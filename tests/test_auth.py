@@ -469,7 +469,7 @@ def test_an_events_stream_ends_after_its_caller_signs_out(
     ],
 )
 def test_demo_refuses_to_create_well_known_logins_outside_a_laptop(
-    settings,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     env: dict[str, str],
@@ -478,20 +478,24 @@ def test_demo_refuses_to_create_well_known_logins_outside_a_laptop(
 ) -> None:
     from app.cli import main
     from app.demo import demo_refusal
+    from app.settings import Settings
 
-    assert demo_refusal(settings, host="127.0.0.1") is None  # ./scripts/demo's case runs
+    # The laptop: the embedded SQLite file, development, loopback (./scripts/demo's case).
+    monkeypatch.setenv("SVP_ENVIRONMENT", "development")
+    monkeypatch.setenv("SVP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("SVP_DATABASE_URL", raising=False)
+    assert demo_refusal(Settings(), host="127.0.0.1") is None
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    assert main(["demo", "--port", "1", *args]) == 2
+    try:
+        assert main(["demo", "--port", "1", *args]) == 2
+    finally:
+        get_settings.cache_clear()
     err = capsys.readouterr().err
     assert reason in err
     assert "--allow-demo-logins" in err
-    get_settings.cache_clear()
-    monkeypatch.delenv("SVP_DATABASE_URL")
-    monkeypatch.setenv("SVP_DATABASE_URL", settings.database_url)
-    with unit_of_work() as db:
-        assert db.scalars(select(User.username)).all() == []  # nothing was created
+    assert not (tmp_path / "data").exists()  # refused before it created or migrated anything
 
 
 def test_old_login_windows_are_swept(factory: Factory) -> None:
