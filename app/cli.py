@@ -85,7 +85,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
-    return run_demo(host=args.host, port=args.port)
+    return run_demo(host=args.host, port=args.port, allow_demo_logins=args.allow_demo_logins)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="demo project, users, server and worker together")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument(
+        "--allow-demo-logins",
+        action="store_true",
+        help="run even in production, on a non-SQLite database or on a non-loopback --host "
+        "(the demo's logins are well known)",
+    )
     demo.set_defaults(func=_demo)
 
     return parser

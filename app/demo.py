@@ -29,7 +29,7 @@ from sqlalchemy import select
 from app.auth.models import Role, User
 from app.auth.service import create_user
 from app.db import unit_of_work
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 PROJECT_NAME = "Digits (demo)"
 CLASSES = [str(d) for d in range(10)]
@@ -57,11 +57,40 @@ USERS = (
 )
 
 
-def run_demo(*, host: str = "127.0.0.1", port: int = 8000) -> int:
+LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def demo_refusal(settings: Settings, *, host: str) -> str | None:
+    """Why the demo must not run here, or None.
+
+    Its logins are printed in the README: on a production setting, a shared database or a
+    reachable address they would be anyone's admin account. Each refusal can be overridden
+    with ``--allow-demo-logins``.
+    """
+    if settings.environment == "production":
+        return "SVP_ENVIRONMENT is production"
+    if not settings.is_sqlite:
+        return "the database is not the embedded SQLite file (SVP_DATABASE_URL is set)"
+    if not (host in LOOPBACK_HOSTS or host.startswith("127.")):
+        return f"--host {host} makes the server reachable from other machines"
+    return None
+
+
+def run_demo(*, host: str = "127.0.0.1", port: int = 8000, allow_demo_logins: bool = False) -> int:
     """Run the demo until interrupted; the exit status."""
     from app.migrate import upgrade
 
     settings = get_settings()
+    refusal = demo_refusal(settings, host=host)
+    if refusal and not allow_demo_logins:
+        print(
+            f"svplabel demo refuses to run: {refusal}. It creates the users admin, engineer and "
+            "annotator with passwords printed in the README. Use `svplabel serve` with "
+            "SVP_ADMIN_USERNAME/SVP_ADMIN_PASSWORD instead, or pass --allow-demo-logins if "
+            "this really is a throwaway demo.",
+            file=sys.stderr,
+        )
+        return 2
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise here
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     print(f"data dir: {settings.data_dir}", flush=True)

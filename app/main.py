@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import metrics
 from app.auth.models import Role, User
-from app.auth.service import LoginLimiter, create_user
+from app.auth.service import create_user
 from app.db import unit_of_work
 from app.errors import DomainError
 from app.http import API_ERRORS, DOCS_HTML, BodyLimit, SecurityHeaders, validation_error
@@ -71,7 +71,7 @@ def _route_template(request: Request) -> str:
 
 def create_app() -> FastAPI:
     """Build the application with every router."""
-    settings = get_settings()
+    get_settings()  # bad settings fail here, at start, not on the first request
     # The only runner the server's own pool may run (SVP_INLINE_JOBS): imports need no torch.
     register_runner(JobKind.import_, run_import)
     app = FastAPI(
@@ -84,7 +84,6 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.state.login_limiter = LoginLimiter(settings.login_attempts_per_minute)
 
     app.add_exception_handler(RequestValidationError, validation_error)
     # Added first, so the innermost: its ``receive`` is the one the routes read, and the 413 it

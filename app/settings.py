@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-# Development secrets are made per data dir; this is the literal we refuse outside development.
-_UNSAFE_SECRETS = {"", "changeme", "secret", "dev"}
 
 
 class BackboneSetting(BaseModel):
@@ -33,18 +29,24 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./svp-data")
     database_url: str = ""
     broker_url: str = ""
-    secret_key: str = ""
     admin_username: str | None = None
     admin_password: str | None = None
     max_upload_mb: int = Field(default=2048, ge=1)
     # The session cookie carries Secure only behind https, so plain http://127.0.0.1 works.
     cookie_secure: bool = False
     session_hours: int = Field(default=24 * 7, ge=1)
+    # Sign-in attempts allowed per (username, address), and per address across every username
+    # (a spray of names), in the current and the previous minute together; a good password does
+    # not count. Shared by every server process through the database.
     login_attempts_per_minute: int = Field(default=10, ge=1)
+    login_address_attempts_per_minute: int = Field(default=30, ge=1)
     # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the server believes
     # (comma-separated IPs or networks, "*" for any). Empty: none, so a client cannot pick the
     # address the login limiter counts it under by sending the header itself.
     trusted_proxies: str = ""
+    # The bearer token a Prometheus scraper sends for GET /metrics (admins may read it too);
+    # empty: admins only. At least 32 characters when set.
+    metrics_token: str = ""
     # Largest decoded image accepted, in pixels; Pillow's own bomb guard trips at twice this.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     # Runs import jobs in the server's own thread pool instead of the broker (tests, tiny setups).
@@ -80,6 +82,14 @@ class Settings(BaseSettings):
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: str) -> str:
+        value = value.strip()
+        if value and len(value) < 32:
+            raise ValueError("SVP_METRICS_TOKEN must be at least 32 characters (or empty)")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
@@ -96,10 +106,6 @@ class Settings(BaseSettings):
         if not self.broker_url:
             # kombu's SQLAlchemy transport: a broker in the data dir that needs no server.
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
-        if self.secret_key.strip().lower() in _UNSAFE_SECRETS:
-            if self.environment == "production":
-                raise ValueError("SVP_SECRET_KEY must be set to a long random value in production")
-            self.secret_key = _secret_from_data_dir(self.data_dir)
         return self
 
     @property
@@ -126,18 +132,6 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """The upload limit in bytes."""
         return self.max_upload_mb * 1024 * 1024
-
-
-def _secret_from_data_dir(data_dir: Path) -> str:
-    """Make the development secret once and keep it, so sessions survive a restart."""
-    path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
-    path.write_text(value)
-    path.chmod(0o600)
-    return value
 
 
 @lru_cache

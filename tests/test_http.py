@@ -289,3 +289,23 @@ def test_every_error_answer_is_one_the_schema_declares(factory: Factory) -> None
     health = _declared(app_schema, "GET", "/api/health")
     assert "503" in health
     assert "401" not in health
+
+
+def test_metrics_answer_admins_and_the_scraper_token_only(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.settings import get_settings
+
+    scraper_token = "m" * 40
+    monkeypatch.setenv("SVP_METRICS_TOKEN", scraper_token)
+    get_settings.cache_clear()
+    anonymous = factory.anonymous()
+    assert anonymous.get("/metrics").status_code == 401
+    anonymous.headers["Authorization"] = "Bearer " + "x" * 40
+    assert anonymous.get("/metrics").status_code == 401
+    assert factory.client(factory.user("engineer")).get("/metrics").status_code == 403
+    r = factory.client(factory.user("admin")).get("/metrics")
+    assert r.status_code == 200
+    assert "svp_http_requests_total" in r.text
+    anonymous.headers["Authorization"] = f"Bearer {scraper_token}"
+    assert anonymous.get("/metrics").status_code == 200

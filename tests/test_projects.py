@@ -139,7 +139,8 @@ def test_health_and_metrics(factory: Factory) -> None:
     assert r.status_code == 200
     assert r.json()["database"] == "ok"
     assert set(r.json()) >= {"database", "broker", "workers"}
-    text = c.get("/metrics").text
+    assert c.get("/metrics").status_code == 401  # admins and the scraper token only
+    text = factory.client(factory.user("admin")).get("/metrics").text
     assert 'svp_http_requests_total{method="GET",route="/api/health",status="200"}' in text
     assert c.get("/openapi.json").status_code == 200
 

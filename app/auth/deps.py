@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.auth import service
 from app.auth.models import Role, User
-from app.db import SAFE_METHODS, get_db
+from app.db import SAFE_METHODS, get_db, unit_of_work
 from app.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "svp_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -22,6 +26,20 @@ CSRF_HEADER = "X-CSRF-Token"
 DB = Annotated[Session, Depends(get_db, scope="function")]
 
 
+def _note_token_use(request: Request, db: Session, token_id: int) -> None:
+    if request.method not in SAFE_METHODS:
+        service.note_token_use(db, token_id=token_id)  # the request's own write transaction
+        return
+    # A read's unit of work does not hold the write lock (SQLite) and must not take it midway:
+    # a short write of its own, at most once a minute per token. Best effort: a timestamp never
+    # fails a request.
+    try:
+        with unit_of_work() as own:
+            service.note_token_use(own, token_id=token_id)
+    except OperationalError as exc:
+        log.warning("could not note the use of API token %s: %s", token_id, exc.orig)
+
+
 def current_user(request: Request, db: DB) -> User:
     """Authenticate by bearer token or session cookie; cookie writes must carry the CSRF token."""
     authorization = request.headers.get("authorization")
@@ -29,12 +47,15 @@ def current_user(request: Request, db: DB) -> User:
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
-        user = service.user_from_token(db, secret=secret.strip())
+        user, token = service.user_from_token(db, secret=secret.strip())
+        if service.token_use_is_stale(token):
+            _note_token_use(request, db, token.id)
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             raise Unauthenticated("sign in first")
         user, session_row = service.user_from_session(db, secret=cookie)
+        request.state.session_id = session_row.id
         if request.method not in SAFE_METHODS:
             service.check_csrf(session_row, request.headers.get(CSRF_HEADER))
     request.state.user = user

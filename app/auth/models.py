@@ -56,3 +56,19 @@ class AuthSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class LoginAttempt(Base):
+    """Sign-in attempts counted in one fixed one-minute window, shared by every server process.
+
+    ``key`` is a SHA-256 of the (username, address) pair or of the address, so the table holds
+    neither names nor addresses (people type passwords into the username field).
+    """
+
+    __tablename__ = "login_attempts"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The window's start, in whole seconds since the epoch.
+    window_start: Mapped[int] = mapped_column(primary_key=True, index=True)
+    count: Mapped[int] = mapped_column(default=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import anyio
 import anyio.to_thread
@@ -12,7 +14,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app import flows
 from app.auth.deps import DB, CurrentUser, current_user
 from app.db import unit_of_work
-from app.errors import NotFound
+from app.errors import DomainError, NotFound
 from app.fields import PathId
 from app.http import error_responses
 from app.projects.deps import EngineerAccess, ProjectAccess
@@ -26,6 +28,9 @@ router = APIRouter(prefix="/api", tags=["rounds"])
 EVENTS_POLL_SECONDS = 0.5
 # A comment line now and then keeps proxies from closing a quiet stream.
 EVENTS_PING_SECONDS = 15
+# How often a stream checks again that its caller may still listen: signed out, disabled,
+# re-keyed or removed from the project, they stop receiving within this long.
+EVENTS_REAUTH_SECONDS = 5.0
 
 
 def _one(db: DB, round_id: int) -> RoundRead:
@@ -88,8 +93,14 @@ def _check_events_access(request: Request, round_id: int) -> None:
         service.get_round(db, round_id=round_id, user=current_user(request, db))
 
 
-def _state(round_id: int) -> service.RoundState | None:
+def _state(request: Request, round_id: int, *, reauth: bool) -> service.RoundState | None:
+    """The round's state; None when it is gone or, on a re-check, the caller may not see it."""
     with unit_of_work(write=False) as db:
+        if reauth:
+            try:
+                service.get_round(db, round_id=round_id, user=current_user(request, db))
+            except DomainError:
+                return None
         return service.round_state(db, round_id=round_id)
 
 
@@ -100,9 +111,15 @@ async def round_events(round_id: PathId, request: Request) -> EventSourceRespons
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         last: service.RoundState | None = None
+        checked = time.monotonic()
         while True:
-            state = await anyio.to_thread.run_sync(_state, round_id)
-            if state is None:  # deleted with its project while someone watched
+            reauth = time.monotonic() - checked >= EVENTS_REAUTH_SECONDS
+            if reauth:
+                checked = time.monotonic()
+            state = await anyio.to_thread.run_sync(
+                partial(_state, request, round_id, reauth=reauth)
+            )
+            if state is None:  # deleted with its project, or the caller's access ended
                 return
             if state != last:
                 event = RoundEvent(status=state.status, stage=state.stage, progress=state.progress)

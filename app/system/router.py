@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,7 +13,8 @@ from sqlalchemy.orm import Session
 from app.auth.deps import current_user
 from app.auth.models import Role
 from app.db import unit_of_work
-from app.errors import DomainError
+from app.errors import DomainError, PermissionDenied
+from app.settings import get_settings
 from app.system import health
 
 router = APIRouter(tags=["system"])
@@ -62,7 +65,22 @@ def get_health(request: Request) -> JSONResponse:
     )
 
 
+def _is_metrics_scraper(request: Request) -> bool:
+    """Whether the request carries ``SVP_METRICS_TOKEN`` as its bearer token."""
+    expected = get_settings().metrics_token
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    return bool(
+        expected
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(presented.strip().encode(), expected.encode())
+    )
+
+
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    """Prometheus text."""
+def metrics(request: Request) -> Response:
+    """Prometheus text, for a scraper with ``SVP_METRICS_TOKEN`` or a signed-in admin."""
+    if not _is_metrics_scraper(request):
+        with unit_of_work(write=False) as db:
+            if current_user(request, db).role != Role.admin:
+                raise PermissionDenied("metrics are for admins and the SVP_METRICS_TOKEN bearer")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from app.auth.deps import DB, AdminUser
 from app.fields import PathId
@@ -26,6 +26,12 @@ def list_users(admin: AdminUser, db: DB) -> list[UserDetail]:
 
 
 @router.patch("/{user_id}")
-def update_user(user_id: PathId, body: UserUpdate, admin: AdminUser, db: DB) -> UserDetail:
-    """Change a user's role, activity or password."""
-    return UserDetail.model_validate(service.update_user(db, user_id=user_id, data=body))
+def update_user(
+    user_id: PathId, body: UserUpdate, admin: AdminUser, request: Request, db: DB
+) -> UserDetail:
+    """Change a user's role, activity or password; a new password or disabling revokes the
+    user's sessions and tokens (an admin changing their own password keeps this session)."""
+    keep = getattr(request.state, "session_id", None) if admin.id == user_id else None
+    return UserDetail.model_validate(
+        service.update_user(db, user_id=user_id, data=body, keep_session_id=keep)
+    )
