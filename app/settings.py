@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Development secrets are made per data dir; this is the literal we refuse outside development.
+_UNSAFE_SECRETS = {"", "changeme", "secret", "dev"}
 
 
 class BackboneSetting(BaseModel):
@@ -29,6 +33,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./svp-data")
     database_url: str = ""
     broker_url: str = ""
+    secret_key: str = ""
     admin_username: str | None = None
     admin_password: str | None = None
     max_upload_mb: int = Field(default=2048, ge=1)
@@ -106,6 +111,10 @@ class Settings(BaseSettings):
         if not self.broker_url:
             # kombu's SQLAlchemy transport: a broker in the data dir that needs no server.
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
+        if self.secret_key.strip().lower() in _UNSAFE_SECRETS:
+            if self.environment == "production":
+                raise ValueError("SVP_SECRET_KEY must be set to a long random value in production")
+            self.secret_key = _secret_from_data_dir(self.data_dir)
         return self
 
     @property
@@ -132,6 +141,18 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """The upload limit in bytes."""
         return self.max_upload_mb * 1024 * 1024
+
+
+def _secret_from_data_dir(data_dir: Path) -> str:
+    """Make the development secret once and keep it, so sessions survive a restart."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
 
 
 @lru_cache
