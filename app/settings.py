@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -111,11 +113,17 @@ class Settings(BaseSettings):
         if not self.broker_url:
             # kombu's SQLAlchemy transport: a broker in the data dir that needs no server.
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
-        if self.secret_key.strip().lower() in _UNSAFE_SECRETS:
-            if self.environment == "production":
-                raise ValueError("SVP_SECRET_KEY must be set to a long random value in production")
-            self.secret_key = _secret_from_data_dir(self.data_dir)
+        weak = self.secret_key.strip().lower() in _UNSAFE_SECRETS or len(self.secret_key) < 32
+        if weak and self.environment == "production":
+            raise ValueError(
+                "SVP_SECRET_KEY must be a random value of 32+ characters in production"
+            )
         return self
+
+    @property
+    def has_secret_key(self) -> bool:
+        """Whether SVP_SECRET_KEY is set to something other than a placeholder."""
+        return self.secret_key.strip().lower() not in _UNSAFE_SECRETS
 
     @property
     def is_sqlite(self) -> bool:
@@ -143,15 +151,26 @@ class Settings(BaseSettings):
         return self.max_upload_mb * 1024 * 1024
 
 
-def _secret_from_data_dir(data_dir: Path) -> str:
-    """Make the development secret once and keep it, so sessions survive a restart."""
+def secret_from_data_dir(data_dir: Path) -> str:
+    """Make the development secret once and keep it, so sessions survive a restart.
+
+    Made with O_EXCL: server processes starting together (``--workers N``) all read the one
+    that won, never each their own.
+    """
     path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(100):  # the winner may not have written it yet
+            value = path.read_text().strip()
+            if value:
+                return value
+            time.sleep(0.01)
+        raise RuntimeError(f"{path} is empty: delete it, or set SVP_SECRET_KEY") from None
     value = secrets.token_urlsafe(48)
-    path.write_text(value)
-    path.chmod(0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
     return value
 
 

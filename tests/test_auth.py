@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,8 @@ from sqlalchemy import select
 from app.auth.models import ApiToken, LoginAttempt, User
 from app.db import unit_of_work
 from app.main import create_app
-from app.settings import get_settings
+from app.security import hash_secret, key_stored_hash, new_secret
+from app.settings import Settings, get_settings, secret_from_data_dir
 from tests import procs
 from tests.factories import PASSWORD, Factory
 
@@ -463,7 +465,8 @@ def test_an_events_stream_ends_after_its_caller_signs_out(
 @pytest.mark.parametrize(
     ("env", "args", "reason"),
     [
-        ({"SVP_ENVIRONMENT": "production"}, [], "production"),
+        # Production needs its secret key to start at all.
+        ({"SVP_ENVIRONMENT": "production", "SVP_SECRET_KEY": "k" * 40}, [], "production"),
         ({"SVP_DATABASE_URL": "postgresql://svp@db.internal/svp"}, [], "not the embedded SQLite"),
         ({}, ["--host", "0.0.0.0"], "reachable from other machines"),  # noqa: S104
     ],
@@ -531,3 +534,64 @@ def test_two_server_processes_share_the_login_count(tmp_path: Path, database_url
             for url in (s.url, second_url, s.url, second_url, s.url, second_url)
         ]
     assert codes == [401, 401, 401, 401, 429, 429]
+
+
+def test_a_row_written_into_the_database_without_the_key_signs_no_one_in(
+    factory: Factory,
+) -> None:
+    # Session and token secrets are stored as HMAC under SVP_SECRET_KEY: someone who can write
+    # to the database (a tampered backup, an injected row) but lacks the key cannot plant a
+    # token they know, neither in the unkeyed form earlier releases stored nor keyed otherwise.
+    admin = factory.user("admin")
+    planted = {
+        "bare": "svp_" + new_secret(),
+        "other-key": "svp_" + new_secret(),
+    }
+    with unit_of_work() as db:
+        db.add(
+            ApiToken(
+                user_id=admin.id,
+                name="bare",
+                token_hash=hashlib.sha256(planted["bare"].encode()).hexdigest(),
+            )
+        )
+        unkeyed = hashlib.sha256(planted["other-key"].encode()).hexdigest()
+        db.add(
+            ApiToken(
+                user_id=admin.id,
+                name="other-key",
+                token_hash=key_stored_hash(unkeyed, key="a key that is not this server's key"),
+            )
+        )
+    anon = factory.anonymous()
+    for secret in planted.values():
+        r = anon.get("/api/me", headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 401, r.text
+    # A token the server made is stored keyed, and works.
+    made = factory.token_client(admin)
+    assert made.get("/api/me").status_code == 200
+    secret = made.headers["Authorization"].removeprefix("Bearer ")
+    with unit_of_work(write=False) as db:
+        hashes = set(db.scalars(select(ApiToken.token_hash)))
+    assert hash_secret(secret) in hashes
+
+
+def test_production_refuses_to_start_without_a_strong_secret_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SVP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SVP_ENVIRONMENT", "production")
+    for weak in ("", "changeme", "short-but-not-default"):
+        monkeypatch.setenv("SVP_SECRET_KEY", weak)
+        with pytest.raises(ValueError, match="SVP_SECRET_KEY"):
+            Settings()
+    monkeypatch.setenv("SVP_SECRET_KEY", "k" * 40)
+    assert Settings().secret_key == "k" * 40
+    # Outside production one is made in the data dir when first needed, and kept.
+    monkeypatch.setenv("SVP_ENVIRONMENT", "development")
+    monkeypatch.setenv("SVP_SECRET_KEY", "")
+    assert not (tmp_path / "secret_key").exists()
+    first = secret_from_data_dir(tmp_path)
+    assert len(first) >= 32
+    assert secret_from_data_dir(tmp_path) == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
