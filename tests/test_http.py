@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.http import MAX_BODY_BYTES, ErrorBody
 from app.items.service import encode_cursor
@@ -309,3 +310,7 @@ def test_metrics_answer_admins_and_the_scraper_token_only(
     assert "svp_http_requests_total" in r.text
     anonymous.headers["Authorization"] = f"Bearer {scraper_token}"
     assert anonymous.get("/metrics").status_code == 200
+    # Anyone on the host itself (a Prometheus beside the server) needs nothing: DESIGN section 5.
+    for host, status in (("127.0.0.1", 200), ("::1", 200), ("10.1.2.3", 401)):
+        local = TestClient(factory.app, client=(host, 50000))
+        assert local.get("/metrics").status_code == status, host

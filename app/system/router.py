@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -76,10 +77,20 @@ def _is_metrics_scraper(request: Request) -> bool:
     )
 
 
+def _from_this_host(request: Request) -> bool:
+    """Whether the caller is on this host (loopback), after trusted proxies' forwarding."""
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
-    """Prometheus text, for a scraper with ``SVP_METRICS_TOKEN`` or a signed-in admin."""
-    if not _is_metrics_scraper(request):
+    """Prometheus text: for anyone on this host (DESIGN section 5), a scraper elsewhere with
+    ``SVP_METRICS_TOKEN``, or a signed-in admin; never for any client on the network."""
+    if not (_from_this_host(request) or _is_metrics_scraper(request)):
         with unit_of_work(write=False) as db:
             if current_user(request, db).role != Role.admin:
                 raise PermissionDenied("metrics are for admins and the SVP_METRICS_TOKEN bearer")
