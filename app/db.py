@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -149,6 +149,27 @@ _request_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSlots]
 )
 
 
+@asynccontextmanager
+async def connection_slot(*, write: bool) -> AsyncIterator[None]:
+    """Wait, in the event loop, for one of the pool's connections (see ``db_slot``)."""
+    loop = asyncio.get_running_loop()
+    slots = _request_slots.get(loop)
+    if slots is None:
+        size, overflow = SQLITE_POOL if get_settings().is_sqlite else POSTGRES_POOL
+        slots = _request_slots[loop] = _LoopSlots(
+            connections=asyncio.Semaphore(max(1, size + overflow - UNSLOTTED_CONNECTIONS)),
+            sqlite_writer=asyncio.Lock(),
+        )
+    if get_settings().is_sqlite and write:
+        # The writer queue first, then a connection: queued writers do not hold connections
+        # that readers could use meanwhile.
+        async with slots.sqlite_writer, slots.connections:
+            yield
+    else:
+        async with slots.connections:
+            yield
+
+
 async def db_slot(request: Request) -> AsyncIterator[None]:
     """FastAPI dependency: wait, in the event loop, for one of the pool's connections.
 
@@ -163,22 +184,8 @@ async def db_slot(request: Request) -> AsyncIterator[None]:
     with growing sleeps and lets newcomers overtake: 20 annotators saw a 24 ms median and a
     9.5 s p99 that way.
     """
-    loop = asyncio.get_running_loop()
-    slots = _request_slots.get(loop)
-    if slots is None:
-        size, overflow = SQLITE_POOL if get_settings().is_sqlite else POSTGRES_POOL
-        slots = _request_slots[loop] = _LoopSlots(
-            connections=asyncio.Semaphore(max(1, size + overflow - UNSLOTTED_CONNECTIONS)),
-            sqlite_writer=asyncio.Lock(),
-        )
-    if get_settings().is_sqlite and request.method not in SAFE_METHODS:
-        # The writer queue first, then a connection: queued writers do not hold connections
-        # that readers could use meanwhile.
-        async with slots.sqlite_writer, slots.connections:
-            yield
-    else:
-        async with slots.connections:
-            yield
+    async with connection_slot(write=request.method not in SAFE_METHODS):
+        yield
 
 
 def get_db(request: Request, _slot: Annotated[None, Depends(db_slot)]) -> Iterator[Session]:
