@@ -8,10 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from app.auth import cache as auth_cache
 from app.auth import service
-from app.auth.models import Role, User
-from app.db import SAFE_METHODS, get_db
+from app.auth.models import AuthSession, Role, User
+from app.db import SAFE_METHODS, get_db, utcnow
 from app.errors import PermissionDenied, Unauthenticated
+from app.security import hash_secret
 
 SESSION_COOKIE = "svp_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -29,15 +31,37 @@ def current_user(request: Request, db: DB) -> User:
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
-        user = service.user_from_token(db, secret=secret.strip())
+        user = _token_user(db, secret.strip())
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             raise Unauthenticated("sign in first")
-        user, session_row = service.user_from_session(db, secret=cookie)
+        user, session_row = _session_user(db, cookie)
         if request.method not in SAFE_METHODS:
             service.check_csrf(session_row, request.headers.get(CSRF_HEADER))
     request.state.user = user
+    return user
+
+
+def _session_user(db: Session, secret: str) -> tuple[User, AuthSession]:
+    """The session's user, from the cache within its TTL (an expired session is looked up)."""
+    key = auth_cache.session_key(secret)
+    hit = auth_cache.recall(key)
+    if hit is not None and hit[1] is not None and hit[1].expires_at >= utcnow():
+        return hit[0], hit[1]
+    user, row = service.user_from_session(db, secret=secret)
+    auth_cache.remember(key, user, row)
+    return user, row
+
+
+def _token_user(db: Session, secret: str) -> User:
+    """The token's user, from the cache within its TTL."""
+    key = auth_cache.token_key(hash_secret(secret))
+    hit = auth_cache.recall(key)
+    if hit is not None:
+        return hit[0]
+    user = service.user_from_token(db, secret=secret)
+    auth_cache.remember(key, user)
     return user
 
 

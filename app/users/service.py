@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.auth import cache as auth_cache
 from app.auth.models import AuthSession, User
 from app.auth.service import create_user
 from app.errors import Conflict, NotFound
@@ -38,4 +39,6 @@ def update_user(db: Session, *, user_id: int, data: UserUpdate) -> User:
     if data.active is False or data.password is not None:
         db.execute(delete(AuthSession).where(AuthSession.user_id == user.id))
     db.flush()
+    # Role, activity and password take effect at once in this process, within seconds elsewhere.
+    auth_cache.forget_user(user.id, db=db)
     return user
