@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -11,8 +13,9 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar
 
+import anyio.to_thread
 from fastapi import Depends, Request
-from sqlalchemy import JSON, DateTime, Engine, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -170,11 +173,58 @@ async def request_slot(*, write: bool) -> AsyncIterator[None]:
     if write and get_settings().is_sqlite:
         # The writer queue first, then a connection: queued writers do not hold connections
         # that readers could use meanwhile.
-        async with slots.sqlite_writer, slots.connections:
+        async with slots.sqlite_writer, _sqlite_writer_across_processes(), slots.connections:
             yield
     else:
         async with slots.connections:
             yield
+
+
+def _writer_lock_fd() -> int | None:
+    """This process's handle on the lock file beside the SQLite database (None in memory)."""
+    database = make_url(get_settings().database_url).database
+    if not database or database == ":memory:":
+        return None
+    return _open_writer_lock(database)
+
+
+# Open lock files by database file: tests (and CLI sub-commands) switch databases in a process.
+_writer_locks: dict[str, int] = {}
+
+
+def _open_writer_lock(database: str) -> int:
+    fd = _writer_locks.get(database)
+    if fd is None:
+        opened = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # Two event loops racing here each open one: the loser's is closed, not leaked.
+        fd = _writer_locks.setdefault(database, opened)
+        if fd != opened:
+            os.close(opened)
+    return fd
+
+
+@asynccontextmanager
+async def _sqlite_writer_across_processes() -> AsyncIterator[None]:
+    """The SQLite writer's turn among server processes (``serve --workers N``): an flock.
+
+    The per-loop lock above orders the writers of one process; between processes only SQLite's
+    busy handler would, polling with sleeps of up to 100 ms and letting newcomers overtake.
+    The lock is tried without blocking first, so an uncontended write costs no thread hop; a
+    wait happens in a worker thread, never in the event loop, and only one coroutine per
+    process waits at a time (the per-loop lock is held).
+    """
+    fd = _writer_lock_fd()
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 async def db_slot(request: Request) -> AsyncIterator[None]:
@@ -207,4 +257,6 @@ def reset_caches() -> None:
         get_engine().dispose()
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
+    while _writer_locks:
+        os.close(_writer_locks.popitem()[1])
     get_settings.cache_clear()

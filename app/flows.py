@@ -10,19 +10,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import false, select, update
+from sqlalchemy import Table, false, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
-from app.items.models import Item
 from app.jobs import service as jobs
 from app.jobs.dispatch import contained
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.labeling import service as labeling
-from app.labeling.models import Label
+from app.labeling.schemas import LabelRead
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.rounds import service as rounds
@@ -33,23 +32,26 @@ log = logging.getLogger(__name__)
 
 def label_item(
     db: Session, *, user: User, item_id: int, label: str, key: str
-) -> tuple[Label, bool]:
+) -> tuple[LabelRead, bool]:
     """Store a label and settle the batches that hold the item; True when the label is new."""
-    row, item = labeling.submit_label(db, user=user, item_id=item_id, label=label, key=key)
-    if item is None:
+    row, created = labeling.submit_label(db, user=user, item_id=item_id, label=label, key=key)
+    if not created:
         return row, False
     # Selections before leases: a concurrent queue/next locks selection rows, then the lease
-    # row; taking them in the same order here cannot deadlock with it.
-    after_label(db, item=item)
-    labeling.release_item(db, item_id=item.id)
+    # row; taking them in the same order here cannot deadlock with it. The rounds' locks come
+    # last, so each is held for the batch-done probe and the commit only.
+    round_ids = mark_labeled(db, item_id=item_id)
+    labeling.release_item(db, item_id=item_id)
+    complete_done_rounds(db, round_ids=round_ids)
     return row, True
 
 
 def undo_label(db: Session, *, user: User, label_id: int) -> None:
     """Undo a label, and reopen what it had completed (idempotent)."""
-    item = labeling.undo_label(db, user=user, label_id=label_id)
-    if item is not None:
-        after_undo(db, item=item)
+    undone = labeling.undo_label(db, user=user, label_id=label_id)
+    if undone is not None:
+        item_id, label = undone
+        after_undo(db, item_id=item_id, label=label)
 
 
 def cancel_round(db: Session, *, rnd: Round) -> Round:
@@ -113,15 +115,39 @@ def _batch_done(db: Session, *, round_id: int) -> bool:
     return open_item is None
 
 
-def after_label(db: Session, *, item: Item) -> None:
-    """Mark the item done in every batch that holds it; complete a round whose batch is done."""
-    db.execute(
-        update(Selection)
-        .where(Selection.item_id == item.id, Selection.labeled == false())
-        .values(labeled=True)
+def mark_labeled(db: Session, *, item_id: int) -> list[int]:
+    """Mark the item done in every batch that holds it; the rounds whose batch changed."""
+    selections = cast(Table, Selection.__table__)
+    return list(
+        db.scalars(
+            update(selections)
+            .where(selections.c.item_id == item_id, selections.c.labeled == false())
+            .values(labeled=True)
+            .returning(selections.c.round_id)
+        )
     )
-    for rnd in _rounds_holding(db, item_id=item.id, status=RoundStatus.labeling):
-        if _batch_done(db, round_id=rnd.id):
+
+
+def complete_done_rounds(db: Session, *, round_ids: list[int]) -> None:
+    """Complete those of these rounds in labelling whose batch is now fully labelled.
+
+    Each round's row is locked first (PostgreSQL; SQLite's write transaction already
+    serialises), so the batch-done check, a statement that starts after the lock is granted,
+    sees every concurrent label of the round: without it, two annotators labelling the last two
+    items at once would each see the other's item still open.
+    """
+    if not round_ids:
+        return
+    locked = db.scalars(
+        select(Round.id)
+        .where(Round.id.in_(round_ids), Round.status == RoundStatus.labeling)
+        .order_by(Round.id)
+        .with_for_update()
+    ).all()
+    for round_id in locked:
+        if _batch_done(db, round_id=round_id):
+            rnd = db.get(Round, round_id)
+            assert rnd is not None
             _complete(db, rnd=rnd)
 
 
@@ -174,16 +200,16 @@ def on_round_completed(db: Session, *, rnd: Round) -> None:
         )
 
 
-def after_undo(db: Session, *, item: Item) -> None:
+def after_undo(db: Session, *, item_id: int, label: str | None) -> None:
     """After an undo left the item without a label: reopen it, and the round it had completed.
 
     Only a completed round that is still the project's newest goes back to labelling: once a
     later round exists, the older batch stays closed and the item returns to the pool.
     """
-    if item.label is not None:
+    if label is not None:
         return
-    db.execute(update(Selection).where(Selection.item_id == item.id).values(labeled=False))
-    for rnd in _rounds_holding(db, item_id=item.id, status=RoundStatus.completed):
+    db.execute(update(Selection).where(Selection.item_id == item_id).values(labeled=False))
+    for rnd in _rounds_holding(db, item_id=item_id, status=RoundStatus.completed):
         newest = db.scalar(
             select(Round.id)
             .where(Round.project_id == rnd.project_id)

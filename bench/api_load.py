@@ -10,7 +10,12 @@ checks from the database that every label answered 201 is stored exactly once, a
 client's own record that no item was held by two annotators at once.
 
     python bench/api_load.py --annotators 50 --duration 30 --pool 10000
-    python bench/api_load.py --annotators 20 --database-url sqlite:////tmp/svp_bench.sqlite3
+    python bench/api_load.py --annotators 20 --sqlite --workers 2
+    python bench/api_load.py --annotators 1 --pool 200000
+
+Also prints the load average at start, the server's resident memory idle and after the run
+(all its processes), and the cores the client and the server kept busy: on a small machine the
+client's share is taken from the server.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -219,6 +225,38 @@ async def annotator(
                 rec.created[r.json()["id"]] = item
 
 
+def _tree(pid: int) -> list[int]:
+    """A process and its descendants (the uvicorn supervisor and its workers), from /proc."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children[int(fields[1])].append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def server_usage(pid: int) -> tuple[float, float]:
+    """The server tree's resident memory (MiB) and CPU seconds so far."""
+    rss_kib, ticks = 0, 0
+    for p in _tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        rss_kib += next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS"))
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return round(rss_kib / 1024, 1), ticks / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (nearest rank), or None without values."""
     if not values:
@@ -264,11 +302,14 @@ def check_database(url: str, pid: int, rec: Record) -> dict[str, int]:
     }
 
 
-async def run_load(args: argparse.Namespace, base: str, pid: int) -> tuple[Record, float]:
-    """All annotators at once; the wall time they ran."""
+async def run_load(
+    args: argparse.Namespace, base: str, pid: int, on_start: Callable[[], None]
+) -> tuple[Record, float]:
+    """All annotators at once; the wall time they ran. ``on_start`` runs as the clock starts."""
     rec = Record()
     # Sign-ins (a slow argon2 check each, on purpose) happen before the clock starts.
     clients = await asyncio.gather(*(sign_in(base, k) for k in range(args.annotators)))
+    on_start()
     started = time.monotonic()
     deadline = started + args.duration
     try:
@@ -290,6 +331,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=20_000, help="capped at the pool size")
     parser.add_argument("--n", type=int, default=5, help="items per queue/next")
     parser.add_argument("--database-url", default=DEFAULT_URL)
+    parser.add_argument(
+        "--sqlite", action="store_true", help="the embedded default, in a temporary file"
+    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--lease-seconds", type=int, default=600)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -297,6 +341,11 @@ def main() -> int:
     if not 1 <= args.annotators <= 500 or not 0 < args.duration <= 600:
         parser.error("--annotators must be 1..500 and --duration 0..600 seconds")
     batch = min(args.batch, args.pool)
+    if args.sqlite:
+        args.database_url = f"sqlite:///{Path(tempfile.gettempdir()) / 'svp_bench.sqlite3'}"
+    # Read the figures against the machine's load: other work on it slows both sides.
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    print(f"load average at start: {load_at_start} on {os.cpu_count()} cpus")
 
     fresh_database(args.database_url)
     pid = seed(
@@ -346,7 +395,18 @@ def main() -> int:
                 if server.poll() is not None:
                     raise SystemExit(f"server exited:\n{log_path.read_text()}")
                 time.sleep(0.1)
-            rec, elapsed = asyncio.run(run_load(args, base, pid))
+            # Idle: up and answering, before any annotator signs in.
+            rss_idle, _ = server_usage(server.pid)
+            cpu_at_start: list[float] = []
+
+            def clock_starts() -> None:
+                # After the sign-ins: their argon2 checks are not the hot path's CPU.
+                cpu_at_start[:] = [time.process_time(), server_usage(server.pid)[1]]
+
+            rec, elapsed = asyncio.run(run_load(args, base, pid, clock_starts))
+            client_cpu = time.process_time() - cpu_at_start[0]
+            rss_after, server_cpu = server_usage(server.pid)
+            server_cpu -= cpu_at_start[1]
         finally:
             server.terminate()
             server.wait(30)
@@ -358,6 +418,18 @@ def main() -> int:
     held_by_many = sum(1 for who in rec.leased_by.values() if len(who) > 1)
     figures: dict[str, Any] = {
         "database": make_url(args.database_url).get_backend_name(),
+        "workers": args.workers,
+        "load_average_at_start": load_at_start,
+        "cpus": os.cpu_count(),
+        "server_rss_mib": {"idle": rss_idle, "after": rss_after},
+        # Cores kept busy over the run: the client shares the machine with the server.
+        "cpu_cores_used": {
+            "client": round(client_cpu / elapsed, 2),
+            "server": round(server_cpu / elapsed, 2),
+        },
+        # Server CPU per stored label (its queue/next share included): a figure that holds
+        # up better than latency on a machine others load too.
+        "server_cpu_ms_per_label": round(1000 * server_cpu / max(1, len(rec.created)), 2),
         "annotators": args.annotators,
         "pool": args.pool,
         "batch": batch,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+from collections.abc import MutableMapping
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from app import db as app_db
 from app.db import unit_of_work, utcnow
 from app.items.models import Item
 from app.labeling.models import Label
@@ -185,7 +190,7 @@ def test_image_bytes_etag_and_304(factory: Factory) -> None:
     assert r.headers["content-type"] == "image/png"
     etag = f'"{hashlib.sha256(data).hexdigest()}"'
     assert r.headers["etag"] == etag
-    assert r.headers["cache-control"] == "private, max-age=86400, immutable"
+    assert r.headers["cache-control"] == "private, max-age=31536000, immutable"
     assert (item.width, item.height) == (20, 10)
 
     r = c.get(f"/api/items/{item.id}/image", headers={"If-None-Match": etag})
@@ -208,3 +213,60 @@ def test_image_bytes_etag_and_304(factory: Factory) -> None:
     )
     assert factory.client(stranger).get(f"/api/items/{item.id}/image").status_code == 404
     assert factory.anonymous().get(f"/api/items/{item.id}/image").status_code == 401
+
+
+def test_image_body_is_sent_without_holding_a_database_slot(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    data = png_bytes(3, size=(16, 16))
+    r = factory.client(eng).post(
+        f"/api/projects/{project.id}/items", files=[("file", ("three.png", data, "image/png"))]
+    )
+    assert factory.wait_job(r.json()["id"]).status == "succeeded"
+    with unit_of_work(write=False) as db:
+        item_id = db.scalars(select(Item.id).where(Item.project_id == project.id)).one()
+    authorization = factory.token_client(eng).headers["Authorization"]
+    # One request slot in all: while the body goes out, a slot still held would be locked.
+    monkeypatch.setattr(app_db, "SQLITE_POOL", (1, app_db.UNSLOTTED_CONNECTIONS))
+    monkeypatch.setattr(app_db, "POSTGRES_POOL", (1, app_db.UNSLOTTED_CONNECTIONS))
+    seen: list[tuple[str, bool]] = []
+    body = bytearray()
+
+    async def drive() -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": f"/api/items/{item_id}/image",
+            "raw_path": f"/api/items/{item_id}/image".encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), (b"authorization", authorization.encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+
+        requests = [{"type": "http.request", "body": b"", "more_body": False}]
+        never = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            if requests:
+                return requests.pop()
+            await never.wait()  # the client stays connected
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            slots = app_db._request_slots[asyncio.get_running_loop()]
+            seen.append((message["type"], slots.connections.locked()))
+            body.extend(message.get("body", b""))
+
+        await factory.app(scope, receive, send)
+
+    asyncio.run(drive())
+    assert bytes(body) == data
+    assert ("http.response.start", False) in seen
+    assert all(not locked for _, locked in seen), seen

@@ -10,10 +10,12 @@ from fastapi import Depends, Request
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from app.auth import cache as auth_cache
 from app.auth import service
-from app.auth.models import Role, User
-from app.db import SAFE_METHODS, get_db, unit_of_work
+from app.auth.models import ApiToken, AuthSession, Role, User
+from app.db import SAFE_METHODS, get_db, unit_of_work, utcnow
 from app.errors import PermissionDenied, Unauthenticated
+from app.security import hash_secret
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +49,42 @@ def current_user(request: Request, db: DB) -> User:
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("Authorization must be 'Bearer <token>'")
-        user, token = service.user_from_token(db, secret=secret.strip())
+        key = auth_cache.token_key(hash_secret(secret.strip()))
+        user, token = _token_user(db, key, secret.strip())
         if service.token_use_is_stale(token):
             _note_token_use(request, db, token.id)
+            auth_cache.note_used(key, utcnow())
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             raise Unauthenticated("sign in first")
-        user, session_row = service.user_from_session(db, secret=cookie)
+        user, session_row = _session_user(db, cookie)
         request.state.session_id = session_row.id
         if request.method not in SAFE_METHODS:
             service.check_csrf(session_row, request.headers.get(CSRF_HEADER))
     request.state.user = user
     return user
+
+
+def _session_user(db: Session, secret: str) -> tuple[User, AuthSession]:
+    """The session's user, from the cache within its TTL (an expired session is looked up)."""
+    key = auth_cache.session_key(secret)
+    hit = auth_cache.recall(key)
+    if hit is not None and isinstance(hit[1], AuthSession) and hit[1].expires_at >= utcnow():
+        return hit[0], hit[1]
+    user, row = service.user_from_session(db, secret=secret)
+    auth_cache.remember(key, user, row)
+    return user, row
+
+
+def _token_user(db: Session, key: str, secret: str) -> tuple[User, ApiToken]:
+    """The token's user and row, from the cache within its TTL."""
+    hit = auth_cache.recall(key)
+    if hit is not None and isinstance(hit[1], ApiToken):
+        return hit[0], hit[1]
+    user, token = service.user_from_token(db, secret=secret)
+    auth_cache.remember(key, user, token)
+    return user, token
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

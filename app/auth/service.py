@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from app.auth import cache as auth_cache
 from app.auth.models import ApiToken, AuthSession, LoginAttempt, User
 from app.db import utcnow
 from app.errors import NotFound, PermissionDenied, TooManyRequests, Unauthenticated
@@ -234,26 +235,37 @@ def open_session(db: Session, *, user: User, hours: int) -> NewSession:
 def close_session(db: Session, *, secret: str) -> None:
     """End the cookie session with this secret, if any."""
     db.execute(delete(AuthSession).where(AuthSession.token_hash == hash_secret(secret)))
+    auth_cache.forget(auth_cache.session_key(secret), db=db)
 
 
 def user_from_session(db: Session, *, secret: str) -> tuple[User, AuthSession]:
     """The active user behind a session cookie, or raise Unauthenticated."""
-    row = db.scalar(select(AuthSession).where(AuthSession.token_hash == hash_secret(secret)))
-    if row is None or row.expires_at < utcnow():
+    # One indexed look-up: the session with its user.
+    found = db.execute(
+        select(AuthSession, User)
+        .join(User, User.id == AuthSession.user_id)
+        .where(AuthSession.token_hash == hash_secret(secret))
+    ).first()
+    if found is None or found[0].expires_at < utcnow():
         raise Unauthenticated("your session has ended; sign in again")
-    user = db.get(User, row.user_id)
-    if user is None or not user.active:
+    row, user = found
+    if not user.active:
         raise Unauthenticated("this account is disabled")
     return user, row
 
 
 def user_from_token(db: Session, *, secret: str) -> tuple[User, ApiToken]:
     """The active user behind a bearer token, and the token, or raise Unauthenticated."""
-    token = db.scalar(select(ApiToken).where(ApiToken.token_hash == hash_secret(secret)))
-    if token is None:
+    # One indexed look-up: the token with its user.
+    row = db.execute(
+        select(User, ApiToken)
+        .join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_hash == hash_secret(secret))
+    ).first()
+    if row is None:
         raise Unauthenticated("invalid API token")
-    user = db.get(User, token.user_id)
-    if user is None or not user.active:
+    user, token = row
+    if not user.active:
         raise Unauthenticated("this account is disabled")
     return user, token
 
@@ -311,6 +323,7 @@ def revoke_token(db: Session, *, user: User, token_id: int) -> None:
     if token is None or token.user_id != user.id:
         raise NotFound("no such token")
     db.delete(token)
+    auth_cache.forget(auth_cache.token_key(token.token_hash), db=db)
 
 
 def create_user(db: Session, *, username: str, password: str, role: str) -> User:

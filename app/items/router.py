@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
 from app.auth.deps import DB, CurrentUser, current_user
-from app.db import unit_of_work
-from app.errors import Invalid, TooLarge
+from app.db import request_slot, unit_of_work
+from app.errors import Invalid, NotFound, TooLarge
 from app.fields import PathId
 from app.items import service, storage
 from app.items.models import Split
@@ -22,8 +23,9 @@ from app.settings import get_settings
 
 router = APIRouter(tags=["items"])
 
-# Images never change under a content hash: browsers may keep them for a day without asking.
-IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
+# Images never change under a content hash (the ETag): browsers may keep them for a year without
+# asking. Private: an image is for the members of its project, not for shared caches.
+IMAGE_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -161,15 +163,33 @@ def get_item(item_id: PathId, user: CurrentUser, db: DB) -> ItemDetail:
     response_class=Response,
     responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}},
 )
-def get_image(item_id: PathId, request: Request, user: CurrentUser, db: DB) -> Response:
-    """The image bytes with a strong ETag (the content hash); 304 when the client has them."""
-    item, _ = service.get_item(db, item_id=item_id, user=user)
-    etag = f'"{item.content_hash}"'
+async def get_image(item_id: PathId, request: Request) -> Response:
+    """The image bytes with a strong ETag (the content hash); 304 when the client has them.
+
+    The access check is a short read with a connection slot of its own, given back before the
+    body is sent: a slow client downloading an image never holds a database connection.
+    """
+    async with request_slot(write=False):
+        content_hash, media_type = await run_in_threadpool(_image_of, request, item_id)
+    etag = f'"{content_hash}"'
     headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    path = service.image_file(get_settings().images_dir, item)
-    return FileResponse(path, media_type=item.media_type, headers=headers)
+    path = storage.image_path(get_settings().images_dir, content_hash)
+    try:
+        # One stat, which FileResponse reuses, tells a missing file apart without a second look.
+        stat = await anyio.Path(path).stat()
+    except FileNotFoundError:
+        raise NotFound("the image file of this item is missing") from None
+    return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
+
+
+def _image_of(request: Request, item_id: int) -> tuple[str, str]:
+    """The content hash and media type of an item the caller may see (401, 404 otherwise)."""
+    with unit_of_work(write=False) as db:
+        user = current_user(request, db)
+        item, _ = service.get_item(db, item_id=item_id, user=user)
+        return item.content_hash, item.media_type
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

@@ -16,7 +16,7 @@ from app.auth.models import User
 from app.errors import Invalid, NotFound
 from app.fields import MAX_ID
 from app.items.models import Item, Split
-from app.items.storage import SpooledUpload, discard, image_path
+from app.items.storage import SpooledUpload, discard
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
@@ -169,14 +169,6 @@ def item_labels(db: Session, *, item_id: int) -> list[tuple[Label, str | None]]:
         .order_by(Label.id.desc())
     )
     return [(label, username) for label, username in rows.tuples()]
-
-
-def image_file(images_dir: Path, item: Item) -> Path:
-    """The stored file of an item's image; 404 if it has gone missing from the disk."""
-    path = image_path(images_dir, item.content_hash)
-    if not path.is_file():
-        raise NotFound("the image file of this item is missing")
-    return path
 
 
 # An upload folder no job names is a request still streaming, or one that died mid-way: it is

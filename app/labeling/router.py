@@ -53,7 +53,7 @@ def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Respons
     )
     if not created:
         response.status_code = status.HTTP_200_OK
-    return service.label_read(label, service.username_of(db, user_id=label.user_id))
+    return label
 
 
 @router.delete("/api/labels/{label_id}", status_code=status.HTTP_204_NO_CONTENT)

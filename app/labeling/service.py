@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import Select, case, delete, false, or_, select
+from sqlalchemy import Table, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import metrics
-from app.auth.models import User
-from app.db import utcnow
+from app.auth.models import Role, User
+from app.db import JSONType, UTCDateTime, utcnow
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item, Split
 from app.items.schemas import image_url
 from app.labeling.models import Label, LabelSource, Lease
 from app.labeling.schemas import LabelRead, QueueEntry
-from app.projects.service import Access, get_access, project_settings
-from app.rounds.models import Round, RoundStatus, Selection
+from app.projects.models import MemberRole
+from app.projects.service import Access, get_access, project_settings, settings_of
+from app.rounds.models import Round, RoundStatus
 from app.rounds.schemas import Suggestion
 
 # A lease race lost to another annotator is retried this many times before answering with
 # what was won; each retry sees the winner's committed lease, so one retry nearly always does.
 LEASE_ATTEMPTS = 4
+# The tables themselves: Core statements on the hot path skip the ORM's bulk machinery.
+_LABELS = cast(Table, Label.__table__)
+_LEASES = cast(Table, Lease.__table__)
 
 
 @dataclass(frozen=True)
@@ -39,183 +43,141 @@ class _Candidate:
     suggested_prob: float | None
 
 
-def current_round(db: Session, *, project_id: int) -> Round | None:
-    """The project's newest round whose batch is being labelled, if any."""
+# The batch entries a caller may lease, in two parts. Their live leases on unlabelled items of
+# the round come back first (a reload loses nothing); then open items nobody holds: no lease,
+# one from an older round, or one that ran out, except that a caller's own lease that ended (a
+# skip sets it to end now) stays out of their own queue for a lease period, so a skipped item
+# is not handed straight back. The open part walks ix_selections_round_labeled_rank in rank
+# order and stops after :n hits, so it reads about n plus the items others hold right now,
+# whatever the pool or batch size ("labeled, rank" pins that index: with the unique
+# (round_id, rank) index the planner would filter its way past every labelled item).
+_ENTRY = "s.item_id, i.name, s.rank, s.score, s.suggested_label, s.suggested_prob"
+_OWN_SQL = f"""
+    SELECT {_ENTRY}, 0 AS fresh FROM leases l
+    JOIN selections s ON s.item_id = l.item_id AND s.round_id = :round_id
+    JOIN items i ON i.id = s.item_id
+    WHERE l.round_id = :round_id AND l.user_id = :user_id AND l.expires_at >= :now
+      AND i.label IS NULL AND s.item_id NOT IN (SELECT item_id FROM tried)
+    ORDER BY s.rank LIMIT :n"""  # noqa: S608 - constants of this module, never input
+_OPEN_SQL = f"""
+    SELECT {_ENTRY}, 1 AS fresh FROM selections s
+    JOIN items i ON i.id = s.item_id
+    LEFT JOIN leases l ON l.item_id = s.item_id
+    WHERE s.round_id = :round_id AND s.labeled = false AND i.label IS NULL
+      AND (l.id IS NULL OR l.round_id <> :round_id
+           OR (l.expires_at < :now AND (l.user_id <> :user_id OR l.expires_at < :grace)))
+      AND s.item_id NOT IN (SELECT item_id FROM tried)
+    ORDER BY s.labeled, s.rank LIMIT :n"""  # noqa: S608 - constants of this module, never input
+# Insert or take over leases; the unique leases.item_id decides a race atomically: on
+# PostgreSQL a second writer waits for the first, re-checks the WHERE on the committed row and
+# gets nothing back, instead of an IntegrityError that would abort the transaction. Renewing
+# one's own lease and taking over an expired one are the same statement; a renewal keeps when
+# the holder first took the item, a takeover starts afresh.
+_UPSERT_SQL = """
+    INSERT INTO leases (item_id, round_id, user_id, expires_at, created_at)
+    SELECT item_id, :round_id, :user_id, :until, :now FROM cand WHERE true
+    ON CONFLICT (item_id) DO UPDATE SET
+        round_id = excluded.round_id,
+        expires_at = excluded.expires_at,
+        created_at = CASE WHEN leases.user_id = excluded.user_id
+                          THEN leases.created_at ELSE excluded.created_at END,
+        user_id = excluded.user_id
+    WHERE leases.user_id = :user_id OR leases.expires_at < :now OR leases.round_id <> :round_id
+    RETURNING item_id"""
+_TIMES = (
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("grace", type_=UTCDateTime()),
+    bindparam("until", type_=UTCDateTime()),
+)
+# PostgreSQL: choose and lease in one round trip. The open items' selection rows are locked
+# with SKIP LOCKED, so a concurrent caller passes over them instead of waiting or taking the
+# same ones; every candidate comes back, flagged with whether its lease was won.
+_LEASE_PG = text(
+    f"""
+    WITH tried(item_id) AS (SELECT unnest(CAST(:tried AS integer[]))),
+    own AS ({_OWN_SQL}),
+    open_items AS ({_OPEN_SQL} FOR UPDATE OF s SKIP LOCKED),
+    cand AS (
+        SELECT * FROM (SELECT * FROM own UNION ALL SELECT * FROM open_items) AS c
+        ORDER BY fresh, rank LIMIT :n
+    ),
+    won AS ({_UPSERT_SQL})
+    SELECT cand.*, cand.item_id IN (SELECT item_id FROM won) AS won FROM cand
+    """  # noqa: S608 - constants of this module, never input
+).bindparams(*_TIMES)
+# SQLite: writers are serialised (BEGIN IMMEDIATE), so nothing wins a race between this read
+# and the upsert below, and no row locks exist to take.
+_CANDIDATES_SQLITE = text(
+    f"""
+    WITH tried(item_id) AS (SELECT value FROM json_each(:tried))
+    SELECT * FROM (SELECT * FROM ({_OWN_SQL}) UNION ALL SELECT * FROM ({_OPEN_SQL}))
+    ORDER BY fresh, rank LIMIT :n
+    """  # noqa: S608 - constants of this module, never input
+).bindparams(*_TIMES[:2])
+# RETURNING needs SQLite 3.35.
+_UPSERT_SQLITE = text(
+    "WITH cand(item_id) AS (SELECT value FROM json_each(:ids)) " + _UPSERT_SQL  # noqa: S608
+).bindparams(_TIMES[0], _TIMES[2])
+
+
+def current_round(db: Session, *, project_id: int) -> int | None:
+    """The id of the project's newest round whose batch is being labelled, if any."""
     return db.scalar(
-        select(Round)
+        select(Round.id)
         .where(Round.project_id == project_id, Round.status == RoundStatus.labeling)
         .order_by(Round.number.desc())
         .limit(1)
     )
 
 
-def _candidate_columns() -> Select[Any]:
-    return select(
-        Selection.item_id,
-        Item.name,
-        Selection.rank,
-        Selection.score,
-        Selection.suggested_label,
-        Selection.suggested_prob,
-    ).join(Item, Item.id == Selection.item_id)
-
-
-def _own_leases(
-    db: Session, *, round_id: int, user_id: int, now: datetime, n: int
-) -> list[_Candidate]:
-    """The caller's live leases on unlabelled items of the round, in rank order."""
-    rows = db.execute(
-        _candidate_columns()
-        .join(Lease, Lease.item_id == Selection.item_id)
-        .where(
-            Selection.round_id == round_id,
-            Lease.round_id == round_id,
-            Lease.user_id == user_id,
-            Lease.expires_at >= now,
-            Item.label.is_(None),
+def _lease_sqlite(db: Session, *, params: dict[str, Any]) -> list[tuple[_Candidate, bool]]:
+    """Choose and lease on SQLite: candidates, then their upsert; those won, with freshness."""
+    rows = db.execute(_CANDIDATES_SQLITE, params | {"tried": "[]"}).all()
+    if not rows:
+        return []
+    won = set(
+        db.scalars(
+            _UPSERT_SQLITE,
+            {k: params[k] for k in ("round_id", "user_id", "now", "until")}
+            | {"ids": json.dumps([row.item_id for row in rows])},
         )
-        .order_by(Selection.rank)
-        .limit(n)
     )
-    return [_Candidate(*row) for row in rows.tuples()]
-
-
-def _open_items(
-    db: Session,
-    *,
-    round_id: int,
-    user_id: int,
-    now: datetime,
-    skip_grace: timedelta,
-    n: int,
-    exclude: set[int],
-) -> list[_Candidate]:
-    """Unlabelled items of the batch nobody holds, in rank order, locked against other callers.
-
-    The scan walks the open part of the batch in rank order and stops after ``n`` hits, so it
-    reads about ``n`` plus the items others hold right now, whatever the pool or batch size.
-    On PostgreSQL the selection rows are locked with SKIP LOCKED: a concurrent caller passes
-    over them instead of waiting or taking the same ones.
-    """
-    free = or_(
-        Lease.id.is_(None),
-        # A lease from an older round does not hold an item of this one.
-        Lease.round_id != round_id,
-        # Expired: anyone may take it over, except that a caller's own lease that ended (a skip
-        # sets it to end now) stays out of their own queue for a lease period, so a skipped
-        # item is not handed straight back to the annotator who skipped it.
-        (Lease.expires_at < now)
-        & or_(Lease.user_id != user_id, Lease.expires_at < now - skip_grace),
-    )
-    query = (
-        _candidate_columns()
-        .outerjoin(Lease, Lease.item_id == Selection.item_id)
-        .where(
-            Selection.round_id == round_id,
-            # Equality on ``labeled`` keeps the scan on ix_selections_round_labeled_rank, in rank
-            # order, past the batch's open items only; Item.label is the final word.
-            Selection.labeled == false(),
-            Item.label.is_(None),
-            free,
-        )
-        # "labeled, rank", not just "rank": with labeled fixed this is the same order, but only
-        # ix_selections_round_labeled_rank delivers it, so the planner cannot pick the unique
-        # (round_id, rank) index and filter its way past every labelled item of the batch.
-        .order_by(Selection.labeled, Selection.rank)
-        .limit(n)
-    )
-    if exclude:
-        query = query.where(Selection.item_id.not_in(exclude))
-    if db.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Selection, skip_locked=True)
-    return [_Candidate(*row) for row in db.execute(query).tuples()]
-
-
-def _take_leases(
-    db: Session, *, item_ids: list[int], round_id: int, user_id: int, now: datetime, until: datetime
-) -> set[int]:
-    """Insert or take over leases in one statement; returns the items actually won.
-
-    ``ON CONFLICT (item_id) DO UPDATE ... WHERE`` makes the unique ``leases.item_id`` decide a
-    race atomically: on PostgreSQL a second writer waits for the first, re-checks the WHERE on
-    the committed row and gets nothing back, instead of an IntegrityError that would abort the
-    transaction. Renewing one's own lease and taking over an expired one are the same statement.
-    """
-    if not item_ids:
-        return set()
-    dialect = db.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Lease).values(
-        [
-            {
-                "item_id": item_id,
-                "round_id": round_id,
-                "user_id": user_id,
-                "expires_at": until,
-                "created_at": now,
-            }
-            for item_id in item_ids
-        ]
-    )
-    upsert = stmt.on_conflict_do_update(
-        index_elements=[Lease.item_id],
-        set_={
-            "round_id": stmt.excluded.round_id,
-            "expires_at": stmt.excluded.expires_at,
-            # A renewal keeps when the holder first took the item; a takeover starts afresh.
-            "created_at": case(
-                (Lease.user_id == stmt.excluded.user_id, Lease.created_at),
-                else_=stmt.excluded.created_at,
-            ),
-            "user_id": stmt.excluded.user_id,
-        },
-        where=or_(Lease.user_id == user_id, Lease.expires_at < now, Lease.round_id != round_id),
-    ).returning(Lease.item_id)
-    return set(db.scalars(upsert))
+    return [(_Candidate(*row[:6]), bool(row.fresh)) for row in rows if row.item_id in won]
 
 
 def next_batch(db: Session, *, access: Access, user: User, n: int) -> list[QueueEntry]:
     """Lease up to ``n`` items of the current batch to the caller, their own leases first."""
-    rnd = current_round(db, project_id=access.project.id)
-    if rnd is None:
+    round_id = current_round(db, project_id=access.project.id)
+    if round_id is None:
         return []
     lease_seconds = project_settings(access.project).lease_seconds
     now = utcnow()
     until = now + timedelta(seconds=lease_seconds)
-    # A reload loses nothing: the caller's live leases come back first, and are renewed below.
-    chosen = _own_leases(db, round_id=rnd.id, user_id=user.id, now=now, n=n)
-    tried = {c.item_id for c in chosen}
-    won = _take_leases(
-        db, item_ids=list(tried), round_id=rnd.id, user_id=user.id, now=now, until=until
-    )
-    chosen = [c for c in chosen if c.item_id in won]
-    for _ in range(LEASE_ATTEMPTS):
-        wanted = n - len(chosen)
-        if wanted <= 0:
-            break
-        fresh = _open_items(
-            db,
-            round_id=rnd.id,
-            user_id=user.id,
-            now=now,
-            skip_grace=timedelta(seconds=lease_seconds),
-            n=wanted,
-            exclude=tried,
-        )
-        if not fresh:
-            break
-        tried.update(c.item_id for c in fresh)
-        won = _take_leases(
-            db,
-            item_ids=[c.item_id for c in fresh],
-            round_id=rnd.id,
-            user_id=user.id,
-            now=now,
-            until=until,
-        )
-        new = [c for c in fresh if c.item_id in won]
-        metrics.ITEMS_LEASED.inc(len(new))
-        chosen.extend(new)
+    params: dict[str, Any] = {
+        "round_id": round_id,
+        "user_id": user.id,
+        "now": now,
+        "grace": now - timedelta(seconds=lease_seconds),
+        "until": until,
+    }
+    chosen: list[_Candidate] = []
+    if db.get_bind().dialect.name == "postgresql":
+        tried: list[int] = []
+        for _ in range(LEASE_ATTEMPTS):
+            wanted = n - len(chosen)
+            rows = db.execute(_LEASE_PG, params | {"n": wanted, "tried": tried}).all()
+            new = [(_Candidate(*row[:6]), bool(row.fresh)) for row in rows if row.won]
+            chosen.extend(c for c, _ in new)
+            metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in new))
+            # A race lost to another caller: retried without the items tried, as each retry
+            # sees the winner's committed lease, one retry nearly always does.
+            if len(new) == len(rows) or len(chosen) >= n:
+                break
+            tried.extend(row.item_id for row in rows)
+    else:
+        won = _lease_sqlite(db, params=params | {"n": n})
+        chosen = [c for c, _ in won]
+        metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in won))
     chosen.sort(key=lambda c: c.rank)
     return [
         QueueEntry(
@@ -231,12 +193,12 @@ def next_batch(db: Session, *, access: Access, user: User, n: int) -> list[Queue
     ]
 
 
-def _project_item(db: Session, *, item_id: int, project_id: int | None, user: User) -> Access:
+def _project_item(db: Session, *, item_id: int, project_id: int, user: User) -> Access:
     """The item's project as the caller may reach it; 404 for an item they cannot see."""
-    item = db.get(Item, item_id)
-    if item is None or (project_id is not None and item.project_id != project_id):
+    item_project = db.scalar(select(Item.project_id).where(Item.id == item_id))
+    if item_project is None or item_project != project_id:
         raise NotFound("no such item in this project")
-    return get_access(db, project_id=item.project_id, user=user)
+    return get_access(db, project_id=item_project, user=user)
 
 
 def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
@@ -259,79 +221,152 @@ def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
     db.flush()
 
 
-def label_read(label: Label, username: str | None) -> LabelRead:
-    """The API shape of a label."""
-    return LabelRead(
-        id=label.id,
-        item_id=label.item_id,
-        label=label.label,
-        user=username,
-        created_at=label.created_at,
+@dataclass(frozen=True)
+class _LabelContext:
+    """What deciding on a label needs, read in one statement."""
+
+    project_id: int
+    split: str
+    classes: list[str]
+    settings: dict[str, Any] | None
+    role: str | None  # the caller's membership role; None when not a member
+    held_by_other: bool  # another user holds a live lease on the item
+    in_open_batch: bool  # a batch being labelled in the item's project holds it
+    labelled_by_other: bool  # the item's current label was given by another user
+    replay: bool  # a label is stored under this key already
+
+
+# The item with its project, the caller's membership and the facts the annotator rules read,
+# in one round trip. On PostgreSQL the item's row is locked here: it orders a label and an undo
+# of the same item, and every later statement of this transaction sees what committed before
+# the lock was granted (see ``_settle_label``).
+_LABEL_CONTEXT_SQL = """
+    SELECT i.project_id, i.split, p.classes, p.settings, m.role,
+        EXISTS (SELECT 1 FROM leases l WHERE l.item_id = i.id AND l.user_id <> :user_id
+                AND l.expires_at >= :now) AS held_by_other,
+        EXISTS (SELECT 1 FROM selections s JOIN rounds r ON r.id = s.round_id
+                WHERE s.item_id = i.id AND r.project_id = i.project_id
+                AND r.status = 'labeling') AS in_open_batch,
+        (i.label IS NOT NULL AND (SELECT c.user_id FROM labels c
+                WHERE c.item_id = i.id AND c.undone_at IS NULL
+                ORDER BY c.id DESC LIMIT 1) <> :user_id) AS labelled_by_other,
+        EXISTS (SELECT 1 FROM labels k WHERE k.key = :key) AS replay
+    FROM items i JOIN projects p ON p.id = i.project_id
+    LEFT JOIN members m ON m.project_id = i.project_id AND m.user_id = :user_id
+    WHERE i.id = :item_id"""
+_LABEL_CONTEXT = {
+    dialect: text(_LABEL_CONTEXT_SQL + lock)
+    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .columns(classes=JSONType, settings=JSONType)
+    for dialect, lock in (("postgresql", " FOR UPDATE OF i"), ("sqlite", ""))
+}
+
+
+def _label_context(db: Session, *, user: User, item_id: int, key: str) -> _LabelContext:
+    """The context of a label on an item; 404 for an item the caller cannot see."""
+    stmt = _LABEL_CONTEXT[db.get_bind().dialect.name]
+    row = db.execute(
+        stmt, {"item_id": item_id, "user_id": user.id, "key": key, "now": utcnow()}
+    ).first()
+    role = "admin" if user.role == Role.admin else (row.role if row is not None else None)
+    if row is None or role is None:
+        raise NotFound("no such item in this project")
+    return _LabelContext(
+        project_id=row.project_id,
+        split=row.split,
+        classes=list(row.classes),
+        settings=row.settings,
+        role=role,
+        held_by_other=bool(row.held_by_other),
+        in_open_batch=bool(row.in_open_batch),
+        labelled_by_other=bool(row.labelled_by_other),
+        replay=bool(row.replay),
     )
 
 
-def _replay(db: Session, *, key: str, user: User) -> Label | None:
+def _replay(db: Session, *, key: str, user: User) -> LabelRead | None:
     """The label stored earlier under ``key`` by this user; Conflict if another user owns it."""
-    existing = db.scalar(select(Label).where(Label.key == key))
-    if existing is not None and existing.user_id != user.id:
+    existing = db.execute(
+        select(Label.id, Label.item_id, Label.label, Label.user_id, Label.created_at).where(
+            Label.key == key
+        )
+    ).first()
+    if existing is None:
+        return None
+    if existing.user_id != user.id:
         raise Conflict("this key was used by another user; pick a new key")
-    return existing
+    # The author is the caller: their name needs no look-up.
+    return LabelRead(
+        id=existing.id,
+        item_id=existing.item_id,
+        label=existing.label,
+        user=user.username,
+        created_at=existing.created_at,
+    )
 
 
 def submit_label(
     db: Session, *, user: User, item_id: int, label: str, key: str
-) -> tuple[Label, Item | None]:
-    """Store a label (or return the one stored under the same key), with the item when it is new.
+) -> tuple[LabelRead, bool]:
+    """Store a label (or return the one stored under the same key); True when it is new.
 
     Engineers of the project (and admins) label any of its items; annotators what
-    ``check_annotator_may_label`` allows. What a new label means for the batches that hold the
-    item, and for their leases, is ``app.flows.label_item``'s business.
+    ``check_annotator_may_label`` allows. The item's current label is settled here; what a new
+    label means for the batches that hold the item, and for their leases, is
+    ``app.flows.label_item``'s business.
     """
-    access = _project_item(db, item_id=item_id, project_id=None, user=user)
-    existing = _replay(db, key=key, user=user)
-    if existing is not None:
-        # A replay answers with the first result even if the rules changed since.
-        return existing, None
-    if label not in access.project.classes:
+    ctx = _label_context(db, user=user, item_id=item_id, key=key)
+    if ctx.replay:
+        existing = _replay(db, key=key, user=user)
+        if existing is not None:
+            # A replay answers with the first result even if the rules changed since.
+            return existing, False
+    if label not in ctx.classes:
         raise Invalid(
-            f"{label!r} is not a class of this project; its classes are: "
-            + ", ".join(access.project.classes)
+            f"{label!r} is not a class of this project; its classes are: " + ", ".join(ctx.classes)
         )
-    if not access.can_engineer:
+    if ctx.role not in ("admin", MemberRole.engineer):
         try:
-            check_annotator_may_label(db, access=access, user=user, item_id=item_id)
+            check_annotator_may_label(ctx)
         except (PermissionDenied, Conflict):
             # A replay racing its first try: that label may have committed since the look-up
             # above and closed the batch; the replay still answers with it.
             existing = _replay(db, key=key, user=user)
             if existing is not None:
-                return existing, None
+                return existing, False
             raise
-    row = Label(
-        item_id=item_id,
-        project_id=access.project.id,
-        user_id=user.id,
-        label=label,
-        source=LabelSource.human,
-        key=key,
-    )
-    try:
-        # A savepoint: when a concurrent replay of the same key wins the unique index, only this
-        # insert is rolled back and the request answers with the winner's row.
-        with db.begin_nested():
-            db.add(row)
-            db.flush()
-    except IntegrityError:
+    now = utcnow()
+    table = _LABELS
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    # A concurrent replay of the same key that wins the unique index leaves this insert with
+    # nothing to return (PostgreSQL waits for the winner to commit first); the request then
+    # answers with the winner's row. No savepoint, no IntegrityError to recover from.
+    stored = db.execute(
+        insert(table)
+        .values(
+            item_id=item_id,
+            project_id=ctx.project_id,
+            user_id=user.id,
+            label=label,
+            source=LabelSource.human,
+            key=key,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.key])
+        .returning(table.c.id)
+    ).scalar()
+    if stored is None:
         existing = _replay(db, key=key, user=user)
         if existing is None:
-            raise
-        return existing, None
-    item = _settle_label(db, item_id=item_id)
+            raise Conflict("this key is being used by another request; try again")
+        return existing, False
+    _settle_label(db, item_id=item_id)
     metrics.LABELS_SUBMITTED.inc()
-    return row, item
+    read = LabelRead(id=stored, item_id=item_id, label=label, user=user.username, created_at=now)
+    return read, True
 
 
-def check_annotator_may_label(db: Session, *, access: Access, user: User, item_id: int) -> None:
+def check_annotator_may_label(ctx: _LabelContext) -> None:
     """What an annotator may label (DESIGN 5), or the error that says why not.
 
     - never an item of the test split (403): the proxy's and the target's accuracy are
@@ -344,59 +379,32 @@ def check_annotator_may_label(db: Session, *, access: Access, user: User, item_i
     - any other pool item only where the project's ``annotators_label_any_pool_item`` is on
       (403 otherwise).
     """
-    item = db.get(Item, item_id)
-    assert item is not None
-    if item.split == Split.test:
+    if ctx.split == Split.test:
         raise PermissionDenied("labels on the test split are set by engineers of the project")
-    held = db.scalar(
-        select(Lease.user_id).where(
-            Lease.item_id == item_id, Lease.user_id != user.id, Lease.expires_at >= utcnow()
-        )
-    )
-    if held is not None:
+    if ctx.held_by_other:
         raise Conflict("another annotator holds this item; ask queue/next for another")
-    in_open_batch = db.scalar(
-        select(Selection.id)
-        .join(Round, Round.id == Selection.round_id)
-        .where(
-            Selection.item_id == item_id,
-            Round.project_id == access.project.id,
-            Round.status == RoundStatus.labeling,
-        )
-        .limit(1)
-    )
-    if project_settings(access.project).annotators_label_any_pool_item:
+    if settings_of(ctx.project_id, ctx.settings).annotators_label_any_pool_item:
         return
-    if in_open_batch is None:
+    if not ctx.in_open_batch:
         raise PermissionDenied(
             "annotators label the items of the batch being labelled; this item is not in it"
         )
-    if item.label is not None and _labelled_by_another(db, item_id=item_id, user=user):
+    if ctx.labelled_by_other:
         # A late label from an annotator whose lease ran out, after another took the item over
         # and labelled it: refused like a live lease of theirs, never written over their label.
         raise Conflict("another annotator labelled this item meanwhile; ask queue/next for another")
 
 
-def _labelled_by_another(db: Session, *, item_id: int, user: User) -> bool:
-    """Whether the item's current label was given by someone else (ix_labels_item_id_id)."""
-    author = db.scalar(
-        select(Label.user_id)
-        .where(Label.item_id == item_id, Label.undone_at.is_(None))
-        .order_by(Label.id.desc())
-        .limit(1)
-    )
-    return author is not None and author != user.id
-
-
 def release_item(db: Session, *, item_id: int) -> None:
     """End every lease on a labelled item, whoever held it (an engineer may label over one)."""
-    db.execute(delete(Lease).where(Lease.item_id == item_id))
+    db.execute(delete(_LEASES).where(_LEASES.c.item_id == item_id))
 
 
-def undo_label(db: Session, *, user: User, label_id: int) -> Item | None:
+def undo_label(db: Session, *, user: User, label_id: int) -> tuple[int, str | None] | None:
     """Undo a label: its author, an engineer of the project or an admin may; idempotent.
 
-    Returns the item when this call undid the label (None when it was undone before).
+    Returns the item's id and its label now when this call undid the label (None when it was
+    undone before).
     """
     row = db.get(Label, label_id)
     if row is None:
@@ -406,35 +414,28 @@ def undo_label(db: Session, *, user: User, label_id: int) -> Item | None:
         raise PermissionDenied("only its author or an engineer of the project may undo a label")
     if row.undone_at is not None:
         return None
+    if db.get_bind().dialect.name == "postgresql":
+        # The item's lock before the label's change, as a new label takes it (see above).
+        db.execute(select(Item.id).where(Item.id == row.item_id).with_for_update())
     row.undone_at = utcnow()
     db.flush()
-    return _settle_label(db, item_id=row.item_id)
+    return row.item_id, _settle_label(db, item_id=row.item_id)
 
 
-def _settle_label(db: Session, *, item_id: int) -> Item:
-    """Set the item's current label to its newest live one, under the item's row lock.
+_SETTLE_SQL = text(
+    "UPDATE items SET label = (SELECT l.label FROM labels l WHERE l.item_id = :item_id "
+    "AND l.undone_at IS NULL ORDER BY l.id DESC LIMIT 1) WHERE id = :item_id RETURNING label"
+)
 
-    The lock (PostgreSQL; SQLite's write transaction already serialises) orders a label and an
-    undo of the same item: without it, an undo that read the labels just before a new label
-    committed wrote its stale answer over the new label's (the browser test's undo-then-relabel
-    lost its label this way, on PostgreSQL).
+
+def _settle_label(db: Session, *, item_id: int) -> str | None:
+    """Set the item's current label to its newest live one; the label it has now.
+
+    The caller holds the item's row lock (PostgreSQL; SQLite's write transaction already
+    serialises), taken before it wrote: that orders a label and an undo of the same item.
+    Without it, an undo that read the labels just before a new label committed wrote its stale
+    answer over the new label's (the browser test's undo-then-relabel lost its label this way,
+    on PostgreSQL). This statement starts after the lock was granted, so on READ COMMITTED it
+    sees every label or undo that held the lock before. ix_labels_item_id_id serves the read.
     """
-    item = db.get(Item, item_id, with_for_update=True)
-    assert item is not None
-    # Read after the lock is held: on READ COMMITTED each statement sees what committed before
-    # it, so a label or undo that held the lock is seen. ix_labels_item_id_id serves this.
-    item.label = db.scalar(
-        select(Label.label)
-        .where(Label.item_id == item_id, Label.undone_at.is_(None))
-        .order_by(Label.id.desc())
-        .limit(1)
-    )
-    db.flush()
-    return item
-
-
-def username_of(db: Session, *, user_id: int | None) -> str | None:
-    """A user's name, or None for a deleted account."""
-    if user_id is None:
-        return None
-    return db.scalar(select(User.username).where(User.id == user_id))
+    return db.execute(_SETTLE_SQL, {"item_id": item_id}).scalar()

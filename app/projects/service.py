@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -43,8 +44,18 @@ def member_role(db: Session, *, project_id: int, user: User) -> str | None:
 
 def get_access(db: Session, *, project_id: int, user: User, engineer: bool = False) -> Access:
     """The project if the caller is a member (404 otherwise); 403 if it needs an engineer."""
-    project = db.get(Project, project_id)
-    role = member_role(db, project_id=project_id, user=user) if project else None
+    project: Project | None
+    role: str | None
+    if user.role == Role.admin:
+        project, role = db.get(Project, project_id), "admin"
+    else:
+        # One round trip: the project with the caller's membership, none for a non-member.
+        row = db.execute(
+            select(Project, Member.role)
+            .join(Member, (Member.project_id == Project.id) & (Member.user_id == user.id))
+            .where(Project.id == project_id)
+        ).first()
+        project, role = (row[0], row[1]) if row is not None else (None, None)
     if project is None or role is None:
         # Not a member: the project does not exist as far as this caller can tell.
         raise NotFound("no such project")
@@ -136,14 +147,19 @@ def project_settings(project: Project) -> ProjectSettings:
     may have been uninstalled since): such a key falls back to its default, with a warning,
     so one stale value never fails a label, a lease or a round start.
     """
-    stored = dict(project.settings or {})
+    return settings_of(project.id, project.settings)
+
+
+def settings_of(project_id: int, stored_settings: dict[str, Any] | None) -> ProjectSettings:
+    """``project_settings`` from a plain row's columns, for paths that read no Project object."""
+    stored = dict(stored_settings or {})
     try:
         return ProjectSettings.model_validate(stored)
     except ValidationError as exc:
         bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
         log.warning(
             "project %s: stored settings %s are not valid any more; using their defaults",
-            project.id,
+            project_id,
             sorted(bad),
         )
         return ProjectSettings.model_validate({k: v for k, v in stored.items() if k not in bad})

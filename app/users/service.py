@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from app.auth import cache as auth_cache
 from app.auth.models import ApiToken, AuthSession, Role, User
 from app.auth.service import create_user
 from app.errors import Conflict, NotFound
@@ -62,4 +63,6 @@ def update_user(
         db.execute(sessions)
         db.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
     db.flush()
+    # Role, activity and password take effect at once in this process, within seconds elsewhere.
+    auth_cache.forget_user(user.id, db=db)
     return user
