@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -61,12 +60,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start-up: the first admin."""
     ensure_first_admin()
     yield
-
-
-def _route_template(request: Request) -> str:
-    # Label metrics by route template, not raw path, so ids do not explode the series count.
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
 
 
 def create_app() -> FastAPI:
@@ -124,16 +117,7 @@ def create_app() -> FastAPI:
     async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
-    @app.middleware("http")
-    async def _measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = _route_template(request)
-        metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
-        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(metrics.RequestMetrics)
 
     @app.get("/docs", include_in_schema=False)
     def _docs() -> HTMLResponse:

@@ -305,9 +305,15 @@ def test_metrics_answer_admins_and_the_scraper_token_only(
     anonymous.headers["Authorization"] = "Bearer " + "x" * 40
     assert anonymous.get("/metrics").status_code == 401
     assert factory.client(factory.user("engineer")).get("/metrics").status_code == 403
-    r = factory.client(factory.user("admin")).get("/metrics")
+    admin = factory.client(factory.user("admin"))
+    assert admin.get("/api/items/999999").status_code == 404
+    r = admin.get("/metrics")
     assert r.status_code == 200
-    assert "svp_http_requests_total" in r.text
+    # Counted by route template and status, not by raw path.
+    assert 'svp_http_requests_total{method="GET",route="/api/items/{item_id}",status="404"}' in (
+        r.text
+    )
+    assert "/api/items/999999" not in r.text
     anonymous.headers["Authorization"] = f"Bearer {scraper_token}"
     assert anonymous.get("/metrics").status_code == 200
     # Anyone on the host itself (a Prometheus beside the server) needs nothing: DESIGN section 5.
