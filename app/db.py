@@ -245,8 +245,15 @@ async def db_slot(request: Request) -> AsyncIterator[None]:
         yield
 
 
-def get_db(request: Request, _slot: Annotated[None, Depends(db_slot)]) -> Iterator[Session]:
-    """FastAPI dependency: the request's unit of work; safe methods do not take the write lock."""
+def get_db(
+    request: Request, _slot: Annotated[None, Depends(db_slot, scope="function")]
+) -> Iterator[Session]:
+    """FastAPI dependency: the request's unit of work; safe methods do not take the write lock.
+
+    The slot goes with the unit of work, when the route function returns (``scope="function"``,
+    as ``app.auth.deps.DB``): with the default scope it stayed taken until the response was
+    sent, so a streamed body (an export) held a connection slot it no longer used.
+    """
     with unit_of_work(write=request.method not in SAFE_METHODS) as session:
         yield session
 
