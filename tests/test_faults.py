@@ -393,6 +393,42 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         r.kill()
 
 
+def test_a_running_worker_resends_queued_jobs_when_redis_comes_back_empty(
+    factory: Factory, private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker that stays up while Redis restarts without persistence: the messages of jobs
+    # still queued are gone, and its next beat must see the new Redis (another run_id) and send
+    # them again, not leave them for job_resend_after_seconds (30 minutes by default).
+    from app.jobs.models import Job
+    from app.jobs.service import create_job
+    from app.settings import get_settings
+    from worker.heartbeat import Heartbeat
+
+    monkeypatch.setenv("SVP_BROKER_URL", private_redis.url)
+    monkeypatch.setenv("SVP_INLINE_JOBS", "false")
+    get_settings.cache_clear()
+    with unit_of_work() as db:
+        job_id = create_job(db, kind="evaluate", project_id=None, params={}, created_by=None).id
+    assert private_redis.client().dbsize() > 0  # sent after the commit: its message waits
+    beat = Heartbeat(name="fault-beat", concurrency=1, interval=60)
+    beat.register()
+
+    def sent_at() -> Any:
+        with unit_of_work(write=False) as db:
+            return db.get(Job, job_id).sent_at  # type: ignore[union-attr]
+
+    beat.tick()
+    first = sent_at()
+    assert first is not None
+    beat.tick()  # the same Redis: nothing is due, nothing is resent
+    assert sent_at() == first
+    private_redis.restart()
+    assert private_redis.client().dbsize() == 0  # the message is gone
+    beat.tick()
+    assert sent_at() > first
+    assert private_redis.client().dbsize() > 0  # its message waits in the new Redis
+
+
 def rounds_project(c: httpx.Client) -> int:
     body = {
         "name": "broker",

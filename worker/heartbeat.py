@@ -21,6 +21,7 @@ from celery import signals
 from sqlalchemy import delete, update
 
 from app.db import get_engine, unit_of_work, utcnow
+from app.jobs.broker import broker_instance
 from app.jobs.models import WorkerNode
 from app.jobs.reconcile import reconcile
 from app.settings import get_settings
@@ -37,6 +38,7 @@ class Heartbeat:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._broker: str | None = None
 
     def register(self) -> None:
         """Write (or take over) this worker's row."""
@@ -67,17 +69,30 @@ class Heartbeat:
     def tick(self, *, starting: bool = False) -> None:
         """One beat and one reconciliation; errors are logged, the thread goes on.
 
-        At start every queued job is sent again: its message may have been lost with a broker
-        restarted while no worker ran (``reconcile``'s ``resend_queued``).
+        At start, and whenever the broker is a new instance (Redis restarted since the last
+        beat), every queued job is sent again: its message may have been lost with the broker
+        (``reconcile``'s ``resend_queued``).
         """
         try:
             self.beat()
         except Exception:
             log.warning("worker=%s event=heartbeat-failed", self.name, exc_info=True)
+        restarted = self._broker_restarted()
+        if restarted:
+            log.warning("worker=%s event=broker-restarted resend=queued", self.name)
         try:
-            reconcile(resend_queued=starting)
+            reconcile(resend_queued=starting or restarted)
         except Exception:
             log.warning("worker=%s event=reconcile-failed", self.name, exc_info=True)
+
+    def _broker_restarted(self) -> bool:
+        """Whether the broker is another instance than at the last beat (Redis's run_id)."""
+        try:
+            now = broker_instance()
+        except Exception:
+            return False  # unreachable now: the beat after it comes back will tell
+        before, self._broker = self._broker, now
+        return before is not None and now != before
 
     def start(self) -> None:
         """Register, then beat and reconcile from a daemon thread until ``stop``."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import redis
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
@@ -219,6 +220,24 @@ def _file_lock(path: Path | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def broker_instance() -> str | None:
+    """Which running broker this is: Redis's ``run_id``, new at every start; None otherwise.
+
+    Redis here keeps no messages across a restart (a cache, often without persistence), so a
+    worker that sees the id change knows queued jobs' messages may be gone and sends them again.
+    The embedded broker is a file and keeps them. Raises when Redis cannot be reached.
+    """
+    url = get_settings().broker_url
+    if broker_kind(url) != "redis":
+        return None
+    address, _ = _split_key_prefix(url)
+    client = redis.Redis.from_url(address, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return str(client.info("server")["run_id"])
+    finally:
+        client.close()
 
 
 def send_task(name: str, args: list[Any], *, kind: str) -> None:
