@@ -322,6 +322,20 @@ async def run_load(
     return rec, time.monotonic() - started
 
 
+def wait_healthy(base: str, server: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Wait (up to about 30 s) until the server answers its health check; exit if it died."""
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None:
+            raise SystemExit(f"server exited:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    raise SystemExit(f"server did not answer its health check:\n{log_path.read_text()}")
+
+
 def main() -> int:
     """Run the benchmark and print (and optionally write) its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -386,15 +400,7 @@ def main() -> int:
                 cwd=ROOT,
             )
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None:
-                    raise SystemExit(f"server exited:\n{log_path.read_text()}")
-                time.sleep(0.1)
+            wait_healthy(base, server, log_path)
             # Idle: up and answering, before any annotator signs in.
             rss_idle, _ = server_usage(server.pid)
             cpu_at_start: list[float] = []

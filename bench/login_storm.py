@@ -30,7 +30,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.api_load import PASSWORD, _free_port, fresh_database, percentile, seed  # noqa: E402
+from bench.api_load import (  # noqa: E402
+    PASSWORD,
+    _free_port,
+    fresh_database,
+    percentile,
+    seed,
+    wait_healthy,
+)
 
 SERVE = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1"]
 
@@ -104,15 +111,7 @@ def main() -> int:
                 cwd=ROOT,
             )
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None:
-                    raise SystemExit(f"server exited:\n{log_path.read_text()}")
-                time.sleep(0.1)
+            wait_healthy(base, server, log_path)
             alone = engineer_loop(base, pid, time.monotonic() + args.duration)
             statuses: Counter[int] = Counter()
             lock = threading.Lock()

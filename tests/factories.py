@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import itertools
 import time
+from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
 
@@ -188,3 +190,52 @@ class Factory:
         c = self.anonymous()
         c.headers["Authorization"] = f"Bearer {r.json()['token']}"
         return c
+
+
+def get_watching_slots(
+    app: Any, path: str, *, authorization: str, query: bytes = b""
+) -> tuple[list[tuple[str, bool]], bytes]:
+    """GET ``path`` straight through the ASGI app, noting at each message it sends whether the
+    request slots were all taken (``app.db``'s semaphore locked); the messages and the body.
+
+    Meant for a test that first shrinks the pool to one request slot: a slot the request still
+    held while its body went out would show as locked. The client stays connected throughout.
+    """
+    from app import db as app_db
+
+    seen: list[tuple[str, bool]] = []
+    body = bytearray()
+
+    async def drive() -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": query,
+            "headers": [(b"host", b"testserver"), (b"authorization", authorization.encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        requests = [{"type": "http.request", "body": b"", "more_body": False}]
+        never = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            if requests:
+                return requests.pop()
+            await never.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            slots = app_db._request_slots[asyncio.get_running_loop()]
+            seen.append((message["type"], slots.connections.locked()))
+            body.extend(message.get("body", b""))
+
+        await app(scope, receive, send)
+
+    asyncio.run(drive())
+    return seen, bytes(body)

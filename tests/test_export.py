@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
 import zipfile
-from collections.abc import MutableMapping
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -21,7 +18,7 @@ from app.exports import service as export_service
 from app.items.models import Item
 from app.labeling.models import Label
 from app.projects.models import Project
-from tests.factories import Factory, png_bytes
+from tests.factories import Factory, get_watching_slots, png_bytes
 
 
 def _zip(entries: dict[str, bytes]) -> bytes:
@@ -240,42 +237,12 @@ def test_export_body_is_sent_without_holding_a_request_slot(
     authorization = factory.token_client(eng).headers["Authorization"]
     monkeypatch.setattr(app_db, "SQLITE_POOL", (1, app_db.UNSLOTTED_CONNECTIONS))
     monkeypatch.setattr(app_db, "POSTGRES_POOL", (1, app_db.UNSLOTTED_CONNECTIONS))
-    seen: list[tuple[str, bool]] = []
-    body = bytearray()
-
-    async def drive() -> None:
-        path = f"/api/projects/{project.id}/export"
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"format=csv",
-            "headers": [(b"host", b"testserver"), (b"authorization", authorization.encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-        requests = [{"type": "http.request", "body": b"", "more_body": False}]
-        never = asyncio.Event()
-
-        async def receive() -> dict[str, object]:
-            if requests:
-                return requests.pop()
-            await never.wait()  # the client stays connected
-            return {"type": "http.disconnect"}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            slots = app_db._request_slots[asyncio.get_running_loop()]
-            seen.append((message["type"], slots.connections.locked()))
-            body.extend(message.get("body", b""))
-
-        await factory.app(scope, receive, send)
-
-    asyncio.run(drive())
-    assert bytes(body).decode().startswith("item_id,name,split,label,labeled_by,labeled_at")
+    seen, body = get_watching_slots(
+        factory.app,
+        f"/api/projects/{project.id}/export",
+        authorization=authorization,
+        query=b"format=csv",
+    )
+    assert body.decode().startswith("item_id,name,split,label,labeled_by,labeled_at")
     assert ("http.response.start", False) in seen, seen
     assert all(not locked for _, locked in seen), seen

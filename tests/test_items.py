@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-from collections.abc import MutableMapping
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +15,7 @@ from app.db import unit_of_work, utcnow
 from app.items.models import Item
 from app.labeling.models import Label
 from app.projects.models import Project
-from tests.factories import Factory, png_bytes
+from tests.factories import Factory, get_watching_slots, png_bytes
 
 
 def _label(item_ids: list[int], label: str = "cat") -> None:
@@ -231,42 +228,9 @@ def test_image_body_is_sent_without_holding_a_database_slot(
     # One request slot in all: while the body goes out, a slot still held would be locked.
     monkeypatch.setattr(app_db, "SQLITE_POOL", (1, app_db.UNSLOTTED_CONNECTIONS))
     monkeypatch.setattr(app_db, "POSTGRES_POOL", (1, app_db.UNSLOTTED_CONNECTIONS))
-    seen: list[tuple[str, bool]] = []
-    body = bytearray()
-
-    async def drive() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": f"/api/items/{item_id}/image",
-            "raw_path": f"/api/items/{item_id}/image".encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"testserver"), (b"authorization", authorization.encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-
-        requests = [{"type": "http.request", "body": b"", "more_body": False}]
-        never = asyncio.Event()
-
-        async def receive() -> dict[str, object]:
-            if requests:
-                return requests.pop()
-            await never.wait()  # the client stays connected
-            return {"type": "http.disconnect"}
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            slots = app_db._request_slots[asyncio.get_running_loop()]
-            seen.append((message["type"], slots.connections.locked()))
-            body.extend(message.get("body", b""))
-
-        await factory.app(scope, receive, send)
-
-    asyncio.run(drive())
-    assert bytes(body) == data
+    seen, body = get_watching_slots(
+        factory.app, f"/api/items/{item_id}/image", authorization=authorization
+    )
+    assert body == data
     assert ("http.response.start", False) in seen
     assert all(not locked for _, locked in seen), seen
