@@ -143,6 +143,21 @@ def _prepared(
     return net
 
 
+@contextmanager
+def _denormals_flushed() -> Iterator[None]:
+    """Flush denormal floats to zero while training, and only then.
+
+    Near-zero losses make denormal gradients, which run orders of magnitude slower on x86 CPUs.
+    The switch is the whole process's (the CPU's FTZ/DAZ state): left on, it broke code that
+    runs after a round in the same process (Hypothesis refuses to generate floats under it).
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def train(
     model: Classifier | str,
     images: Tensor,
@@ -160,72 +175,71 @@ def train(
     if n == 0 or labels.shape != (n,):
         raise ValueError(f"need one label per image and at least one image (got {n})")
     seed_everything(config.seed)
-    # Near-zero losses make denormal gradients, which run orders of magnitude slower on x86 CPUs.
-    torch.set_flush_denormal(True)
-    net = _prepared(model, images, config, num_classes=num_classes)
-    device = pick_device(config.device)
-    gen = torch.Generator().manual_seed(config.seed)
-    memory = torch.channels_last if config.channels_last else torch.contiguous_format
-    net = net.to(device).to(memory_format=memory)
-    # The set is small next to device memory: move it once, augment there.
-    images_d = images.to(device)
-    labels_d = labels.to(device=device, dtype=torch.int64)
-    opt = torch.optim.SGD(
-        net.parameters(),
-        lr=config.lr_at(1),
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
-    tracker = ForgettingTracker(n) if track_forgetting else None
-    losses: list[float] = []
-    accs: list[float] = []
-    start = time.perf_counter()
-    with _threads(config.num_threads):
-        for epoch in range(1, config.epochs + 1):
-            for group in opt.param_groups:
-                group["lr"] = config.lr_at(epoch)
-            net.train()
-            total_loss = torch.zeros((), device=device)
-            total_correct = torch.zeros((), dtype=torch.int64, device=device)
-            for idx in _batches(n, config.batch_size, gen):
-                idx_d = idx.to(device)
-                x = images_d[idx_d]
-                if config.augment:
-                    x = augment(x, gen)
-                x = to_float(x).contiguous(memory_format=memory)
-                y = labels_d[idx_d]
-                logits, _ = net(x)
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    correct = logits.argmax(1) == y
-                    total_loss += loss.detach() * len(idx)
-                    total_correct += correct.sum()
-                    if tracker is not None:
-                        tracker.update(idx, correct)
-            # One device sync per epoch, not per batch.
-            losses.append(float(total_loss.item()) / n)
-            accs.append(float(total_correct.item()) / n)
-            if (
-                progress is not None
-                and progress(epoch, config.epochs, losses[-1], accs[-1]) is False
-            ):
-                raise TrainingCancelled(f"cancelled after epoch {epoch} of {config.epochs}")
-    seconds = time.perf_counter() - start
-    net.eval()
-    stats = TrainStats(
-        seconds=seconds,
-        epochs=config.epochs,
-        examples=n,
-        final_train_acc=accs[-1],
-        losses=losses,
-        accs=accs,
-        device=str(device),
-    )
-    return TrainResult(net, stats, tracker.scores() if tracker is not None else None)
+    with _denormals_flushed():
+        net = _prepared(model, images, config, num_classes=num_classes)
+        device = pick_device(config.device)
+        gen = torch.Generator().manual_seed(config.seed)
+        memory = torch.channels_last if config.channels_last else torch.contiguous_format
+        net = net.to(device).to(memory_format=memory)
+        # The set is small next to device memory: move it once, augment there.
+        images_d = images.to(device)
+        labels_d = labels.to(device=device, dtype=torch.int64)
+        opt = torch.optim.SGD(
+            net.parameters(),
+            lr=config.lr_at(1),
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+        )
+        tracker = ForgettingTracker(n) if track_forgetting else None
+        losses: list[float] = []
+        accs: list[float] = []
+        start = time.perf_counter()
+        with _threads(config.num_threads):
+            for epoch in range(1, config.epochs + 1):
+                for group in opt.param_groups:
+                    group["lr"] = config.lr_at(epoch)
+                net.train()
+                total_loss = torch.zeros((), device=device)
+                total_correct = torch.zeros((), dtype=torch.int64, device=device)
+                for idx in _batches(n, config.batch_size, gen):
+                    idx_d = idx.to(device)
+                    x = images_d[idx_d]
+                    if config.augment:
+                        x = augment(x, gen)
+                    x = to_float(x).contiguous(memory_format=memory)
+                    y = labels_d[idx_d]
+                    logits, _ = net(x)
+                    loss = F.cross_entropy(logits, y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    with torch.no_grad():
+                        correct = logits.argmax(1) == y
+                        total_loss += loss.detach() * len(idx)
+                        total_correct += correct.sum()
+                        if tracker is not None:
+                            tracker.update(idx, correct)
+                # One device sync per epoch, not per batch.
+                losses.append(float(total_loss.item()) / n)
+                accs.append(float(total_correct.item()) / n)
+                if (
+                    progress is not None
+                    and progress(epoch, config.epochs, losses[-1], accs[-1]) is False
+                ):
+                    raise TrainingCancelled(f"cancelled after epoch {epoch} of {config.epochs}")
+        seconds = time.perf_counter() - start
+        net.eval()
+        stats = TrainStats(
+            seconds=seconds,
+            epochs=config.epochs,
+            examples=n,
+            final_train_acc=accs[-1],
+            losses=losses,
+            accs=accs,
+            device=str(device),
+        )
+        return TrainResult(net, stats, tracker.scores() if tracker is not None else None)
 
 
 @dataclass(frozen=True)

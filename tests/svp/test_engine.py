@@ -452,3 +452,15 @@ def test_pixel_features_in_chunks_match_the_whole_pool_at_once(
     torch.testing.assert_close(chunked, whole)
     small = torch.randint(0, 256, (4, 3, 6, 6), dtype=torch.uint8, generator=gen)
     torch.testing.assert_close(strategies.pixel_features(small), small.float().div(255).flatten(1))
+
+
+def test_training_leaves_denormal_floats_as_it_found_them() -> None:
+    # Training flushes denormals to zero (they slow x86 CPUs down); the switch is the process's,
+    # and left on it broke whatever ran next in a worker or a test run (Hypothesis refused to
+    # generate floats: "can't represent subnormal floats").
+    import sys
+
+    x, y = blobs(n=24)
+    train("tiny_cnn", x, y, TrainConfig.truncated(1, batch_size=8, seed=0), num_classes=3)
+    assert sys.float_info.min / 2 > 0.0
+    assert float(torch.tensor([sys.float_info.min], dtype=torch.float64).div(2)) > 0.0
