@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # (a spray of names), in the current and the previous minute together; a good password does
     # not count. Shared by every server process through the database.
     login_attempts_per_minute: int = Field(default=10, ge=1)
-    login_address_attempts_per_minute: int = Field(default=30, ge=1)
+    login_address_attempts_per_minute: int = Field(default=100, ge=1)
     # Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto the server believes
     # (comma-separated IPs or networks, "*" for any). Empty: none, so a client cannot pick the
     # address the login limiter counts it under by sending the header itself.
