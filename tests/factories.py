@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from app.auth.models import User
 from app.db import unit_of_work
 from app.items.models import Item
+from app.jobs.dispatch import wait_for_inline_jobs
 from app.jobs.models import Job
 from app.main import create_app
 from app.projects.models import Member, Project
@@ -57,6 +58,8 @@ class Factory:
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # No inline job of this test may run on into the next one (see wait_for_inline_jobs).
+        assert wait_for_inline_jobs(), "an inline job was still running 60 s after the test"
         for c in self._clients:
             c.close()
 

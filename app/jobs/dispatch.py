@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 from sqlalchemy import event, update
@@ -22,6 +24,9 @@ log = logging.getLogger(__name__)
 _PENDING = "svp_jobs_to_send"
 
 _executor: ThreadPoolExecutor | None = None
+# Inline jobs handed to the pool and not finished yet (``wait_for_inline_jobs``).
+_inline_running: set[Future[None]] = set()
+_inline_lock = threading.Lock()
 
 
 def send_after_commit(db: Session, *, job_id: int, kind: str) -> None:
@@ -83,7 +88,34 @@ def _submit_inline(job_id: int) -> None:
     global _executor
     if _executor is None:
         _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="svp-job")
-    _executor.submit(_run_guarded, job_id)
+    future = _executor.submit(_run_guarded, job_id)
+    with _inline_lock:
+        _inline_running.add(future)
+    future.add_done_callback(_forget_inline)
+
+
+def _forget_inline(future: Future[None]) -> None:
+    with _inline_lock:
+        _inline_running.discard(future)
+
+
+def wait_for_inline_jobs(timeout: float = 60.0) -> bool:
+    """Wait until every job handed to the server's own pool has finished; False on timeout.
+
+    Inline jobs (``SVP_INLINE_JOBS``) run in threads of this process: a test waits here so none
+    outlives it and reads the next test's settings half-way (one did: it cached settings built
+    before the next test set its environment, and that test's upload limit was not applied).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with _inline_lock:
+            running = list(_inline_running)
+        if not running:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        wait(running, timeout=left)
 
 
 def _run_guarded(job_id: int) -> None:
