@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.auth.models import User
 from app.db import unit_of_work
@@ -59,6 +59,15 @@ class Factory:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         # No inline job of this test may run on into the next one (see wait_for_inline_jobs).
+        # What the test did not wait for is asked to stop: the embedding an import queues, say,
+        # which in this process (where the worker's runners are registered too) would embed a
+        # whole pool in the background of the tests after it. A runner stops at its next report.
+        with unit_of_work() as db:
+            db.execute(
+                update(Job)
+                .where(Job.status.in_(("queued", "running")))
+                .values(cancel_requested=True)
+            )
         assert wait_for_inline_jobs(), "an inline job was still running 60 s after the test"
         for c in self._clients:
             c.close()
