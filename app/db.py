@@ -6,12 +6,12 @@ import asyncio
 import fcntl
 import os
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import anyio.to_thread
 from fastapi import Depends, Request
@@ -21,6 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from app.settings import get_settings
+
+T = TypeVar("T")
 
 # SQLite's busy timeout: writers queue for this long instead of failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -178,6 +180,22 @@ async def request_slot(*, write: bool) -> AsyncIterator[None]:
     else:
         async with slots.connections:
             yield
+
+
+async def run_in_unit_of_work(fn: Callable[[Session], T], *, write: bool) -> T:
+    """``fn`` in a unit of work that commits before this returns: one slot, one thread hop.
+
+    For the hot routes (the queue, labels): through FastAPI's sync dependencies a label took
+    four thread hops (the unit of work in and out, the caller, the route), each a hand-off to
+    the thread pool and back that costs more than the statement it carried.
+    """
+    async with request_slot(write=write):
+        return await anyio.to_thread.run_sync(_call_in_unit_of_work, fn, write)
+
+
+def _call_in_unit_of_work(fn: Callable[[Session], T], write: bool) -> T:
+    with unit_of_work(write=write) as session:
+        return fn(session)
 
 
 def _writer_lock_fd() -> int | None:

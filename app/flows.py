@@ -10,40 +10,134 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, false, select, update
+from sqlalchemy import false, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
+from app.errors import Conflict
 from app.jobs import service as jobs
 from app.jobs.dispatch import contained
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.labeling import service as labeling
 from app.labeling.schemas import LabelRead
+from app.metrics import LABELS_SUBMITTED
 from app.projects.models import Project
 from app.projects.service import project_settings
+from app.rawsql import Raw
 from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus, Selection
 
 log = logging.getLogger(__name__)
 
 
+# A new label and all it settles, in one statement on PostgreSQL: the label itself (a replay
+# that won the unique key meanwhile leaves nothing inserted, and so nothing else written), the
+# item's current label (the new label is its newest: the item's row lock, taken by the context
+# read, orders labels and undos of one item), the batches that held it marked done, every lease
+# on it ended (whoever held it: an engineer may label over a lease), and the rounds in
+# labelling that held it locked for the batch-done probe that follows. The sub-statements run
+# in this order, each gated on the one before (a one-time filter on its output), because a
+# concurrent queue/next locks selection rows before the lease row: the same order here cannot
+# deadlock with it, and the rounds' locks come last, held for the probe and the commit only.
+_STORE_LABEL_PG = """
+    WITH ins AS (
+        INSERT INTO labels (item_id, project_id, user_id, label, source, key, created_at)
+        VALUES (:item_id, :project_id, :user_id, :label, 'human', :key, :now)
+        ON CONFLICT (key) DO NOTHING RETURNING id
+    ), settle AS (
+        UPDATE items SET label = :label
+        WHERE id = :item_id AND EXISTS (SELECT 1 FROM ins) RETURNING id
+    ), mark AS (
+        UPDATE selections SET labeled = true
+        WHERE item_id = :item_id AND labeled = false AND EXISTS (SELECT 1 FROM settle)
+        RETURNING round_id
+    ), released AS (
+        DELETE FROM leases
+        WHERE item_id = :item_id AND (SELECT count(*) FROM mark) >= 0
+          AND EXISTS (SELECT 1 FROM ins)
+        RETURNING item_id
+    ), locked AS (
+        SELECT id FROM rounds
+        WHERE id IN (SELECT round_id FROM mark) AND status = 'labeling'
+          AND (SELECT count(*) FROM released) >= 0
+        ORDER BY id FOR UPDATE
+    )
+    SELECT (SELECT id FROM ins), ARRAY(SELECT id FROM locked)"""
+# SQLite serialises writers (BEGIN IMMEDIATE), so the same steps as plain statements.
+_STORE_LABEL_SQLITE = (
+    """INSERT INTO labels (item_id, project_id, user_id, label, source, key, created_at)
+    VALUES (:item_id, :project_id, :user_id, :label, 'human', :key, :now)
+    ON CONFLICT (key) DO NOTHING RETURNING id""",
+    "UPDATE items SET label = :label WHERE id = :item_id",
+    """UPDATE selections SET labeled = 1 WHERE item_id = :item_id AND labeled = 0
+    RETURNING round_id""",
+    "DELETE FROM leases WHERE item_id = :item_id",
+)
+# Of these rounds, those still in labelling with nothing open left in their batch. The
+# statement starts after the rounds' locks were granted, so on READ COMMITTED it sees every
+# concurrent label of them that committed first: two annotators labelling the last two items
+# at once cannot both see the other's item still open. The probe is a scalar subquery ordered
+# as ix_selections_round_labeled_rank, so it is one index probe: as NOT EXISTS the planner
+# turned it into an anti-join over a sequential scan of every selection.
+_OPEN_PROBE = """(SELECT s.id FROM selections s WHERE s.round_id = r.id AND s.labeled = false
+        ORDER BY s.labeled, s.rank LIMIT 1) IS NULL"""
+_DONE_ROUNDS = {
+    True: f"""SELECT r.id FROM rounds r WHERE r.id = ANY(:ids) AND r.status = 'labeling'
+        AND {_OPEN_PROBE}""",  # noqa: S608 - constants of this module, never input
+    False: f"""SELECT r.id FROM rounds r WHERE r.id IN (SELECT value FROM json_each(:ids))
+        AND r.status = 'labeling' AND {_OPEN_PROBE}""",  # noqa: S608 - constants, never input
+}
+
+
 def label_item(
     db: Session, *, user: User, item_id: int, label: str, key: str
 ) -> tuple[LabelRead, bool]:
-    """Store a label and settle the batches that hold the item; True when the label is new."""
-    row, created = labeling.submit_label(db, user=user, item_id=item_id, label=label, key=key)
-    if not created:
-        return row, False
-    # Selections before leases: a concurrent queue/next locks selection rows, then the lease
-    # row; taking them in the same order here cannot deadlock with it. The rounds' locks come
-    # last, so each is held for the batch-done probe and the commit only.
-    round_ids = mark_labeled(db, item_id=item_id)
-    labeling.release_item(db, item_id=item_id)
-    complete_done_rounds(db, round_ids=round_ids)
-    return row, True
+    """Store a label and settle the batches that hold the item; True when the label is new.
+
+    The hot path of the service: three statements and the commit on PostgreSQL (the context
+    with the item's lock, the write, the batch-done probe), on the driver's cursor.
+    """
+    raw = Raw(db)
+    ctx, replayed = labeling.check_label(db, raw, user=user, item_id=item_id, label=label, key=key)
+    if replayed is not None:
+        return replayed, False
+    now = utcnow()
+    params = {
+        "item_id": item_id,
+        "project_id": ctx.project_id,
+        "user_id": user.id,
+        "label": label,
+        "key": key,
+        "now": now,
+    }
+    if raw.postgres:
+        stored = raw.first(_STORE_LABEL_PG, params)
+        label_id, round_ids = (stored[0], list(stored[1])) if stored else (None, [])
+    else:
+        inserted = raw.first(_STORE_LABEL_SQLITE[0], params)
+        label_id, round_ids = (inserted[0] if inserted else None), []
+        if label_id is not None:
+            raw.rows(_STORE_LABEL_SQLITE[1], params)
+            round_ids = [row[0] for row in raw.rows(_STORE_LABEL_SQLITE[2], params)]
+            raw.rows(_STORE_LABEL_SQLITE[3], params)
+    if label_id is None:
+        # A concurrent request with the same key won the unique index (PostgreSQL waited for
+        # it to commit): this one answers with the winner's label.
+        existing = labeling.replayed_label(db, key=key, user=user)
+        if existing is None:
+            raise Conflict("this key is being used by another request; try again")
+        return existing, False
+    LABELS_SUBMITTED.inc()
+    if round_ids:
+        for (round_id,) in raw.rows(_DONE_ROUNDS[raw.postgres], {"ids": sorted(set(round_ids))}):
+            rnd = db.get(Round, round_id)
+            assert rnd is not None
+            _complete(db, rnd=rnd)
+    read = LabelRead(id=label_id, item_id=item_id, label=label, user=user.username, created_at=now)
+    return read, True
 
 
 def undo_label(db: Session, *, user: User, label_id: int) -> None:
@@ -113,42 +207,6 @@ def _batch_done(db: Session, *, round_id: int) -> bool:
         .limit(1)
     )
     return open_item is None
-
-
-def mark_labeled(db: Session, *, item_id: int) -> list[int]:
-    """Mark the item done in every batch that holds it; the rounds whose batch changed."""
-    selections = cast(Table, Selection.__table__)
-    return list(
-        db.scalars(
-            update(selections)
-            .where(selections.c.item_id == item_id, selections.c.labeled == false())
-            .values(labeled=True)
-            .returning(selections.c.round_id)
-        )
-    )
-
-
-def complete_done_rounds(db: Session, *, round_ids: list[int]) -> None:
-    """Complete those of these rounds in labelling whose batch is now fully labelled.
-
-    Each round's row is locked first (PostgreSQL; SQLite's write transaction already
-    serialises), so the batch-done check, a statement that starts after the lock is granted,
-    sees every concurrent label of the round: without it, two annotators labelling the last two
-    items at once would each see the other's item still open.
-    """
-    if not round_ids:
-        return
-    locked = db.scalars(
-        select(Round.id)
-        .where(Round.id.in_(round_ids), Round.status == RoundStatus.labeling)
-        .order_by(Round.id)
-        .with_for_update()
-    ).all()
-    for round_id in locked:
-        if _batch_done(db, round_id=round_id):
-            rnd = db.get(Round, round_id)
-            assert rnd is not None
-            _complete(db, rnd=rnd)
 
 
 def save_batch(

@@ -55,7 +55,7 @@ from bench.api_load import (  # noqa: E402
     fresh_database,
     percentile,
     seed,
-    sign_in,
+    sign_in_httpx,
 )
 from tests.procs import Proc, Stack, stack  # noqa: E402
 
@@ -291,7 +291,7 @@ async def run_load(
     args: argparse.Namespace, s: Stack, pid: int, round_id: int, server: Proc, workers: list[Proc]
 ) -> tuple[Soak, list[dict[str, Any]]]:
     """Annotators, the engineer and the reporter, until the deadline."""
-    clients = await asyncio.gather(*(sign_in(s.url, k) for k in range(args.annotators)))
+    clients = await asyncio.gather(*(sign_in_httpx(s.url, k) for k in range(args.annotators)))
     eng = httpx.AsyncClient(base_url=s.url, timeout=120)
     r = await eng.post("/api/auth/login", json={"username": "bench-owner", "password": PASSWORD})
     r.raise_for_status()

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app import flows
-from app.auth.deps import DB, CurrentUser
+from app.auth.deps import DB, CurrentUser, LoopUser
+from app.db import run_in_unit_of_work
 from app.fields import PathId
 from app.http import error_responses
 from app.labeling import service
@@ -17,15 +18,20 @@ from app.projects.deps import ProjectAccess
 router = APIRouter(tags=["labeling"])
 
 
+# The hot routes are async and hand their whole unit of work to one thread (see
+# ``run_in_unit_of_work``); the caller comes from the credential cache without a hop.
+
+
 @router.post("/api/projects/{project_id}/queue/next")
-def queue_next(
-    access: ProjectAccess,
-    user: CurrentUser,
-    db: DB,
+async def queue_next(
+    project_id: PathId,
+    user: LoopUser,
     n: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> list[QueueEntry]:
     """Lease up to ``n`` items of the current batch, the caller's own leases first."""
-    return service.next_batch(db, access=access, user=user, n=n)
+    return await run_in_unit_of_work(
+        lambda db: service.next_batch(db, project_id=project_id, user=user, n=n), write=True
+    )
 
 
 @router.post(
@@ -46,10 +52,13 @@ def queue_skip(body: QueueSkip, access: ProjectAccess, user: CurrentUser, db: DB
         **error_responses(409),
     },
 )
-def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Response) -> LabelRead:
+async def create_label(body: LabelCreate, user: LoopUser, response: Response) -> LabelRead:
     """Store a label: 201 when new, 200 with the first label when the key is replayed."""
-    label, created = flows.label_item(
-        db, user=user, item_id=body.item_id, label=body.label, key=body.key
+    label, created = await run_in_unit_of_work(
+        lambda db: flows.label_item(
+            db, user=user, item_id=body.item_id, label=body.label, key=body.key
+        ),
+        write=True,
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -57,6 +66,8 @@ def create_label(body: LabelCreate, user: CurrentUser, db: DB, response: Respons
 
 
 @router.delete("/api/labels/{label_id}", status_code=status.HTTP_204_NO_CONTENT)
-def undo_label(label_id: PathId, user: CurrentUser, db: DB) -> None:
+async def undo_label(label_id: PathId, user: LoopUser) -> None:
     """Undo a label (its author, an engineer of the project, an admin)."""
-    flows.undo_label(db, user=user, label_id=label_id)
+    await run_in_unit_of_work(
+        lambda db: flows.undo_label(db, user=user, label_id=label_id), write=True
+    )

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app import metrics
 from app.auth.models import Role, User
-from app.db import JSONType, UTCDateTime, utcnow
+from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item, Split
 from app.items.schemas import image_url
-from app.labeling.models import Label, LabelSource, Lease
+from app.labeling.models import Label, Lease
 from app.labeling.schemas import LabelRead, QueueEntry
 from app.projects.models import MemberRole
-from app.projects.service import Access, get_access, project_settings, settings_of
-from app.rounds.models import Round, RoundStatus
+from app.projects.service import Access, get_access, settings_of
+from app.rawsql import Raw, read_json
 from app.rounds.schemas import Suggestion
 
 # A lease race lost to another annotator is retried this many times before answering with
 # what was won; each retry sees the winner's committed lease, so one retry nearly always does.
 LEASE_ATTEMPTS = 4
-# The tables themselves: Core statements on the hot path skip the ORM's bulk machinery.
-_LABELS = cast(Table, Label.__table__)
-_LEASES = cast(Table, Lease.__table__)
 
 
 @dataclass(frozen=True)
@@ -84,16 +78,10 @@ _UPSERT_SQL = """
         user_id = excluded.user_id
     WHERE leases.user_id = :user_id OR leases.expires_at < :now OR leases.round_id <> :round_id
     RETURNING item_id"""
-_TIMES = (
-    bindparam("now", type_=UTCDateTime()),
-    bindparam("grace", type_=UTCDateTime()),
-    bindparam("until", type_=UTCDateTime()),
-)
 # PostgreSQL: choose and lease in one round trip. The open items' selection rows are locked
 # with SKIP LOCKED, so a concurrent caller passes over them instead of waiting or taking the
 # same ones; every candidate comes back, flagged with whether its lease was won.
-_LEASE_PG = text(
-    f"""
+_LEASE_PG = f"""
     WITH tried(item_id) AS (SELECT unnest(CAST(:tried AS integer[]))),
     own AS ({_OWN_SQL}),
     open_items AS ({_OPEN_SQL} FOR UPDATE OF s SKIP LOCKED),
@@ -104,53 +92,63 @@ _LEASE_PG = text(
     won AS ({_UPSERT_SQL})
     SELECT cand.*, cand.item_id IN (SELECT item_id FROM won) AS won FROM cand
     """  # noqa: S608 - constants of this module, never input
-).bindparams(*_TIMES)
 # SQLite: writers are serialised (BEGIN IMMEDIATE), so nothing wins a race between this read
 # and the upsert below, and no row locks exist to take.
-_CANDIDATES_SQLITE = text(
-    f"""
+_CANDIDATES_SQLITE = f"""
     WITH tried(item_id) AS (SELECT value FROM json_each(:tried))
     SELECT * FROM (SELECT * FROM ({_OWN_SQL}) UNION ALL SELECT * FROM ({_OPEN_SQL}))
     ORDER BY fresh, rank LIMIT :n
     """  # noqa: S608 - constants of this module, never input
-).bindparams(*_TIMES[:2])
 # RETURNING needs SQLite 3.35.
-_UPSERT_SQLITE = text(
-    "WITH cand(item_id) AS (SELECT value FROM json_each(:ids)) " + _UPSERT_SQL  # noqa: S608
-).bindparams(_TIMES[0], _TIMES[2])
+_UPSERT_SQLITE = "WITH cand(item_id) AS (SELECT value FROM json_each(:ids)) " + _UPSERT_SQL  # noqa: S608
+# The caller's role in the project (none for a non-member) and its newest round in labelling.
+_QUEUE_CONTEXT_SQL = """
+    SELECT p.settings, m.role,
+        (SELECT r.id FROM rounds r WHERE r.project_id = p.id AND r.status = 'labeling'
+         ORDER BY r.number DESC LIMIT 1) AS round_id
+    FROM projects p LEFT JOIN members m ON m.project_id = p.id AND m.user_id = :user_id
+    WHERE p.id = :project_id"""
 
 
-def current_round(db: Session, *, project_id: int) -> int | None:
-    """The id of the project's newest round whose batch is being labelled, if any."""
-    return db.scalar(
-        select(Round.id)
-        .where(Round.project_id == project_id, Round.status == RoundStatus.labeling)
-        .order_by(Round.number.desc())
-        .limit(1)
-    )
-
-
-def _lease_sqlite(db: Session, *, params: dict[str, Any]) -> list[tuple[_Candidate, bool]]:
+def _lease_sqlite(raw: Raw, *, params: dict[str, Any]) -> list[tuple[_Candidate, bool]]:
     """Choose and lease on SQLite: candidates, then their upsert; those won, with freshness."""
-    rows = db.execute(_CANDIDATES_SQLITE, params | {"tried": "[]"}).all()
+    rows = raw.rows(_CANDIDATES_SQLITE, params | {"tried": []})
     if not rows:
         return []
-    won = set(
-        db.scalars(
-            _UPSERT_SQLITE,
-            {k: params[k] for k in ("round_id", "user_id", "now", "until")}
-            | {"ids": json.dumps([row.item_id for row in rows])},
-        )
-    )
-    return [(_Candidate(*row[:6]), bool(row.fresh)) for row in rows if row.item_id in won]
+    upsert = {k: params[k] for k in ("round_id", "user_id", "now", "until")}
+    won = {row[0] for row in raw.rows(_UPSERT_SQLITE, upsert | {"ids": [r[0] for r in rows]})}
+    return [(_Candidate(*row[:6]), bool(row[6])) for row in rows if row[0] in won]
 
 
-def next_batch(db: Session, *, access: Access, user: User, n: int) -> list[QueueEntry]:
-    """Lease up to ``n`` items of the current batch to the caller, their own leases first."""
-    round_id = current_round(db, project_id=access.project.id)
+def _lease_postgres(raw: Raw, *, params: dict[str, Any], n: int) -> list[_Candidate]:
+    """Choose and lease on PostgreSQL, retrying a race lost to another caller."""
+    chosen: list[_Candidate] = []
+    tried: list[int] = []
+    for _ in range(LEASE_ATTEMPTS):
+        rows = raw.rows(_LEASE_PG, params | {"n": n - len(chosen), "tried": tried})
+        new = [(_Candidate(*row[:6]), bool(row[6])) for row in rows if row[7]]
+        chosen.extend(c for c, _ in new)
+        metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in new))
+        # Each retry sees the winner's committed lease, so one retry nearly always does.
+        if len(new) == len(rows) or len(chosen) >= n:
+            break
+        tried.extend(row[0] for row in rows)
+    return chosen
+
+
+def next_batch(db: Session, *, project_id: int, user: User, n: int) -> list[QueueEntry]:
+    """Lease up to ``n`` items of the current batch to the caller, their own leases first.
+
+    404 for a project the caller is not a member of (admins are members of every project).
+    """
+    raw = Raw(db)
+    found = raw.first(_QUEUE_CONTEXT_SQL, {"project_id": project_id, "user_id": user.id})
+    if found is None or (user.role != Role.admin and found[1] is None):
+        raise NotFound("no such project")
+    stored_settings, _, round_id = found
     if round_id is None:
         return []
-    lease_seconds = project_settings(access.project).lease_seconds
+    lease_seconds = settings_of(project_id, read_json(stored_settings)).lease_seconds
     now = utcnow()
     until = now + timedelta(seconds=lease_seconds)
     params: dict[str, Any] = {
@@ -160,22 +158,10 @@ def next_batch(db: Session, *, access: Access, user: User, n: int) -> list[Queue
         "grace": now - timedelta(seconds=lease_seconds),
         "until": until,
     }
-    chosen: list[_Candidate] = []
-    if db.get_bind().dialect.name == "postgresql":
-        tried: list[int] = []
-        for _ in range(LEASE_ATTEMPTS):
-            wanted = n - len(chosen)
-            rows = db.execute(_LEASE_PG, params | {"n": wanted, "tried": tried}).all()
-            new = [(_Candidate(*row[:6]), bool(row.fresh)) for row in rows if row.won]
-            chosen.extend(c for c, _ in new)
-            metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in new))
-            # A race lost to another caller: retried without the items tried, as each retry
-            # sees the winner's committed lease, one retry nearly always does.
-            if len(new) == len(rows) or len(chosen) >= n:
-                break
-            tried.extend(row.item_id for row in rows)
+    if raw.postgres:
+        chosen = _lease_postgres(raw, params=params, n=n)
     else:
-        won = _lease_sqlite(db, params=params | {"n": n})
+        won = _lease_sqlite(raw, params=params | {"n": n})
         chosen = [c for c, _ in won]
         metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in won))
     chosen.sort(key=lambda c: c.rank)
@@ -254,37 +240,32 @@ _LABEL_CONTEXT_SQL = """
     FROM items i JOIN projects p ON p.id = i.project_id
     LEFT JOIN members m ON m.project_id = i.project_id AND m.user_id = :user_id
     WHERE i.id = :item_id"""
-_LABEL_CONTEXT = {
-    dialect: text(_LABEL_CONTEXT_SQL + lock)
-    .bindparams(bindparam("now", type_=UTCDateTime()))
-    .columns(classes=JSONType, settings=JSONType)
-    for dialect, lock in (("postgresql", " FOR UPDATE OF i"), ("sqlite", ""))
-}
+_LABEL_CONTEXT = {True: _LABEL_CONTEXT_SQL + " FOR UPDATE OF i", False: _LABEL_CONTEXT_SQL}
 
 
-def _label_context(db: Session, *, user: User, item_id: int, key: str) -> _LabelContext:
+def _label_context(raw: Raw, *, user: User, item_id: int, key: str) -> _LabelContext:
     """The context of a label on an item; 404 for an item the caller cannot see."""
-    stmt = _LABEL_CONTEXT[db.get_bind().dialect.name]
-    row = db.execute(
-        stmt, {"item_id": item_id, "user_id": user.id, "key": key, "now": utcnow()}
-    ).first()
-    role = "admin" if user.role == Role.admin else (row.role if row is not None else None)
+    row = raw.first(
+        _LABEL_CONTEXT[raw.postgres],
+        {"item_id": item_id, "user_id": user.id, "key": key, "now": utcnow()},
+    )
+    role = "admin" if user.role == Role.admin else (row[4] if row is not None else None)
     if row is None or role is None:
         raise NotFound("no such item in this project")
     return _LabelContext(
-        project_id=row.project_id,
-        split=row.split,
-        classes=list(row.classes),
-        settings=row.settings,
+        project_id=row[0],
+        split=row[1],
+        classes=list(read_json(row[2])),
+        settings=read_json(row[3]),
         role=role,
-        held_by_other=bool(row.held_by_other),
-        in_open_batch=bool(row.in_open_batch),
-        labelled_by_other=bool(row.labelled_by_other),
-        replay=bool(row.replay),
+        held_by_other=bool(row[5]),
+        in_open_batch=bool(row[6]),
+        labelled_by_other=bool(row[7]),
+        replay=bool(row[8]),
     )
 
 
-def _replay(db: Session, *, key: str, user: User) -> LabelRead | None:
+def replayed_label(db: Session, *, key: str, user: User) -> LabelRead | None:
     """The label stored earlier under ``key`` by this user; Conflict if another user owns it."""
     existing = db.execute(
         select(Label.id, Label.item_id, Label.label, Label.user_id, Label.created_at).where(
@@ -305,22 +286,20 @@ def _replay(db: Session, *, key: str, user: User) -> LabelRead | None:
     )
 
 
-def submit_label(
-    db: Session, *, user: User, item_id: int, label: str, key: str
-) -> tuple[LabelRead, bool]:
-    """Store a label (or return the one stored under the same key); True when it is new.
+def check_label(
+    db: Session, raw: Raw, *, user: User, item_id: int, label: str, key: str
+) -> tuple[_LabelContext, LabelRead | None]:
+    """May the caller label this item so: its context if so, with the first label of a replay.
 
     Engineers of the project (and admins) label any of its items; annotators what
-    ``check_annotator_may_label`` allows. The item's current label is settled here; what a new
-    label means for the batches that hold the item, and for their leases, is
-    ``app.flows.label_item``'s business.
+    ``check_annotator_may_label`` allows. A replayed key answers with the label stored under it
+    even if the rules changed since. Raises the domain error that says why not otherwise.
     """
-    ctx = _label_context(db, user=user, item_id=item_id, key=key)
+    ctx = _label_context(raw, user=user, item_id=item_id, key=key)
     if ctx.replay:
-        existing = _replay(db, key=key, user=user)
+        existing = replayed_label(db, key=key, user=user)
         if existing is not None:
-            # A replay answers with the first result even if the rules changed since.
-            return existing, False
+            return ctx, existing
     if label not in ctx.classes:
         raise Invalid(
             f"{label!r} is not a class of this project; its classes are: " + ", ".join(ctx.classes)
@@ -331,39 +310,11 @@ def submit_label(
         except (PermissionDenied, Conflict):
             # A replay racing its first try: that label may have committed since the look-up
             # above and closed the batch; the replay still answers with it.
-            existing = _replay(db, key=key, user=user)
+            existing = replayed_label(db, key=key, user=user)
             if existing is not None:
-                return existing, False
+                return ctx, existing
             raise
-    now = utcnow()
-    table = _LABELS
-    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
-    # A concurrent replay of the same key that wins the unique index leaves this insert with
-    # nothing to return (PostgreSQL waits for the winner to commit first); the request then
-    # answers with the winner's row. No savepoint, no IntegrityError to recover from.
-    stored = db.execute(
-        insert(table)
-        .values(
-            item_id=item_id,
-            project_id=ctx.project_id,
-            user_id=user.id,
-            label=label,
-            source=LabelSource.human,
-            key=key,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[table.c.key])
-        .returning(table.c.id)
-    ).scalar()
-    if stored is None:
-        existing = _replay(db, key=key, user=user)
-        if existing is None:
-            raise Conflict("this key is being used by another request; try again")
-        return existing, False
-    _settle_label(db, item_id=item_id)
-    metrics.LABELS_SUBMITTED.inc()
-    read = LabelRead(id=stored, item_id=item_id, label=label, user=user.username, created_at=now)
-    return read, True
+    return ctx, None
 
 
 def check_annotator_may_label(ctx: _LabelContext) -> None:
@@ -393,11 +344,6 @@ def check_annotator_may_label(ctx: _LabelContext) -> None:
         # A late label from an annotator whose lease ran out, after another took the item over
         # and labelled it: refused like a live lease of theirs, never written over their label.
         raise Conflict("another annotator labelled this item meanwhile; ask queue/next for another")
-
-
-def release_item(db: Session, *, item_id: int) -> None:
-    """End every lease on a labelled item, whoever held it (an engineer may label over one)."""
-    db.execute(delete(_LEASES).where(_LEASES.c.item_id == item_id))
 
 
 def undo_label(db: Session, *, user: User, label_id: int) -> tuple[int, str | None] | None:
