@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 # ``:name`` but not the ``::type`` cast of PostgreSQL, nor a colon inside a word.
@@ -63,10 +64,11 @@ class Raw:
     or rollback covers what runs here.
     """
 
-    __slots__ = ("_dbapi", "postgres")
+    __slots__ = ("_connection", "_dbapi", "postgres")
 
     def __init__(self, db: Session) -> None:
         connection = db.connection()
+        self._connection = connection
         self.postgres = connection.dialect.name == "postgresql"
         dbapi = connection.connection.dbapi_connection
         assert dbapi is not None, "the session's connection is open"
@@ -86,10 +88,26 @@ class Raw:
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
         """Every row the statement returns (none for a statement without a result)."""
         bound = {k: self._bind(v) for k, v in (params or {}).items()}
+        dialect = self._connection.dialect
         cursor = self._dbapi.cursor()
         try:
             cursor.execute(_pyformat(sql) if self.postgres else sql, bound)
             return list(cursor.fetchall()) if cursor.description is not None else []
+        except dialect.loaded_dbapi.Error as exc:
+            # As SQLAlchemy's own execution does: the driver's error wrapped in SQLAlchemy's
+            # class for it (the app maps OperationalError to 503, IntegrityError to 409), and a
+            # connection the database dropped is invalidated rather than pooled again.
+            gone = dialect.is_disconnect(exc, self._dbapi, cursor)
+            if gone:
+                self._connection.invalidate(exc)
+            raise DBAPIError.instance(
+                sql,
+                bound,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=gone,
+                dialect=dialect,
+            ) from exc
         finally:
             cursor.close()
 
