@@ -97,7 +97,8 @@ def create_app() -> FastAPI:
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database is down, restarting or out of connections: a state that passes, not a
         # bug, so 503 with Retry-After (a client retries, its label key keeps that safe), not
-        # 500. The pool's pre-ping reconnects once it is back: no restart needed (#9 item 1).
+        # 500. Failed connections are invalidated and idle ones pinged (app.db.make_engine), so
+        # the pool reconnects once it is back: no restart needed (#9 item 1).
         log.warning(
             "%s %s: database unavailable: %s",
             request.method,
