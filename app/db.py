@@ -178,13 +178,21 @@ _request_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSlots]
 )
 
 
+def request_slot_count() -> int:
+    """How many requests of one process may work in the database at once (SVP_DB_CONCURRENCY)."""
+    settings = get_settings()
+    size, overflow = SQLITE_POOL if settings.is_sqlite else POSTGRES_POOL
+    room = max(1, size + overflow - UNSLOTTED_CONNECTIONS)
+    wanted = settings.db_concurrency or 3 * (os.cpu_count() or 1)
+    return min(room, wanted)
+
+
 def _loop_slots() -> _LoopSlots:
     loop = asyncio.get_running_loop()
     slots = _request_slots.get(loop)
     if slots is None:
-        size, overflow = SQLITE_POOL if get_settings().is_sqlite else POSTGRES_POOL
         slots = _request_slots[loop] = _LoopSlots(
-            connections=asyncio.Semaphore(max(1, size + overflow - UNSLOTTED_CONNECTIONS)),
+            connections=asyncio.Semaphore(request_slot_count()),
             sqlite_writer=asyncio.Lock(),
         )
     return slots

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     # Largest decoded image accepted, in pixels; Pillow's own bomb guard trips at twice this.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    # Requests one server process lets work in the database at once; the others wait their turn
+    # in the event loop. 0: three per CPU core, at most what the connection pool holds. On a
+    # 2-core machine 50 annotators labelled about 15% more per second with 6 per process than
+    # with the pool's 26: more only adds threads fighting over the interpreter lock and
+    # database backends over the cores (bench/api_load.py, docs/operations.md).
+    db_concurrency: int = Field(default=0, ge=0, le=1000)
     # Runs import jobs in the server's own thread pool instead of the broker (tests, tiny setups).
     inline_jobs: bool = False
     worker_heartbeat_seconds: float = Field(default=10.0, gt=0)

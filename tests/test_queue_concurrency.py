@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import threading
 import time
 from collections import Counter
@@ -13,10 +14,12 @@ import httpx
 import pytest
 from sqlalchemy import func, insert, select
 
+from app import db as app_db
 from app.db import unit_of_work
 from app.items.models import Item
 from app.labeling.models import Label
 from app.rounds.models import Round, RoundStatus, Selection
+from app.settings import get_settings
 from tests.conftest import BACKEND
 from tests.factories import PASSWORD, Factory
 from tests.procs import stack
@@ -233,3 +236,18 @@ def test_more_requests_than_pooled_connections_do_not_stall(
         codes = asyncio.run(burst())
         assert codes == [200] * BURST
         assert time.monotonic() - started < 25
+
+
+@pytest.mark.parametrize(("wanted", "expected"), [("2", 2), ("1000", None), ("0", "auto")])
+def test_db_concurrency_bounds_the_request_slots(
+    settings: object, monkeypatch: pytest.MonkeyPatch, wanted: str, expected: object
+) -> None:
+    size, overflow = app_db.SQLITE_POOL if BACKEND == "sqlite" else app_db.POSTGRES_POOL
+    room = size + overflow - app_db.UNSLOTTED_CONNECTIONS
+    monkeypatch.setenv("SVP_DB_CONCURRENCY", wanted)
+    get_settings.cache_clear()
+    if expected == "auto":
+        expected = min(room, 3 * (os.cpu_count() or 1))
+    elif expected is None:
+        expected = room  # never more than the pool can serve: a slot is a connection
+    assert app_db.request_slot_count() == expected
