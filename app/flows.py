@@ -36,12 +36,11 @@ log = logging.getLogger(__name__)
 # A new label and all it settles, in one statement on PostgreSQL: the label itself (a replay
 # that won the unique key meanwhile leaves nothing inserted, and so nothing else written), the
 # item's current label (the new label is its newest: the item's row lock, taken by the context
-# read, orders labels and undos of one item), the batches that held it marked done, every lease
-# on it ended (whoever held it: an engineer may label over a lease), and the rounds in
-# labelling that held it locked for the batch-done probe that follows. The sub-statements run
+# read, orders labels and undos of one item), the batches that held it marked done, and every
+# lease on it ended (whoever held it: an engineer may label over one). The sub-statements run
 # in this order, each gated on the one before (a one-time filter on its output), because a
 # concurrent queue/next locks selection rows before the lease row: the same order here cannot
-# deadlock with it, and the rounds' locks come last, held for the probe and the commit only.
+# deadlock with it. Returned: the label's id and the rounds in labelling whose batch it marked.
 _STORE_LABEL_PG = """
     WITH ins AS (
         INSERT INTO labels (item_id, project_id, user_id, label, source, key, created_at)
@@ -59,13 +58,10 @@ _STORE_LABEL_PG = """
         WHERE item_id = :item_id AND (SELECT count(*) FROM mark) >= 0
           AND EXISTS (SELECT 1 FROM ins)
         RETURNING item_id
-    ), locked AS (
-        SELECT id FROM rounds
-        WHERE id IN (SELECT round_id FROM mark) AND status = 'labeling'
-          AND (SELECT count(*) FROM released) >= 0
-        ORDER BY id FOR UPDATE
     )
-    SELECT (SELECT id FROM ins), ARRAY(SELECT id FROM locked)"""
+    SELECT (SELECT id FROM ins),
+        ARRAY(SELECT r.id FROM rounds r WHERE r.id IN (SELECT round_id FROM mark)
+              AND r.status = 'labeling' AND (SELECT count(*) FROM released) >= 0)"""
 # SQLite serialises writers (BEGIN IMMEDIATE), so the same steps as plain statements.
 _STORE_LABEL_SQLITE = (
     """INSERT INTO labels (item_id, project_id, user_id, label, source, key, created_at)
@@ -76,34 +72,38 @@ _STORE_LABEL_SQLITE = (
     RETURNING round_id""",
     "DELETE FROM leases WHERE item_id = :item_id",
 )
-# Of these rounds, those still in labelling with nothing open left in their batch. The
-# statement starts after the rounds' locks were granted, so on READ COMMITTED it sees every
-# concurrent label of them that committed first: two annotators labelling the last two items
-# at once cannot both see the other's item still open. The probe is a scalar subquery ordered
-# as ix_selections_round_labeled_rank, so it is one index probe: as NOT EXISTS the planner
-# turned it into an anti-join over a sequential scan of every selection.
-_OPEN_PROBE = """(SELECT s.id FROM selections s WHERE s.round_id = r.id AND s.labeled = false
-        ORDER BY s.labeled, s.rank LIMIT 1) IS NULL"""
-_DONE_ROUNDS = {
-    True: f"""SELECT r.id FROM rounds r WHERE r.id = ANY(:ids) AND r.status = 'labeling'
-        AND {_OPEN_PROBE}""",  # noqa: S608 - constants of this module, never input
-    False: f"""SELECT r.id FROM rounds r WHERE r.id IN (SELECT value FROM json_each(:ids))
-        AND r.status = 'labeling' AND {_OPEN_PROBE}""",  # noqa: S608 - constants, never input
-}
+# The first open item of a round's batch in rank order (ix_selections_round_labeled_rank: one
+# index probe; as NOT EXISTS the planner turned it into a sequential scan of the batch).
+_FIRST_OPEN = """SELECT s.id FROM selections s WHERE s.round_id = :round_id
+    AND s.labeled = false ORDER BY s.labeled, s.rank LIMIT 1"""
+# PostgreSQL, inside the label's transaction: an open item of the batch that no transaction is
+# labelling right now. Rows locked by another label (or lease) in flight are skipped, so two
+# annotators labelling the last two items at once both find nothing here, and both go on to
+# ``complete_if_done``; an item found is one somebody labels later, and that label will see
+# this one committed (or locked, and skip it). FOR SHARE keeps the row open until this commits.
+# No round lock is taken for this: one per label serialised every label of a round on its row
+# (about 265 labels/s at most with 50 annotators on 2 cores, against 369 without).
+_UNTOUCHED_OPEN_PG = _FIRST_OPEN + " FOR SHARE OF s SKIP LOCKED"
+# SQLite: writers are serialised, so the plain probe is exact inside the label's transaction.
+_DONE_ROUND_SQLITE = f"""SELECT r.id FROM rounds r WHERE r.id = :round_id
+    AND r.status = 'labeling'
+    AND ({_FIRST_OPEN.replace(":round_id", "r.id")}) IS NULL"""  # noqa: S608 - constants
 
 
 def label_item(
     db: Session, *, user: User, item_id: int, label: str, key: str
-) -> tuple[LabelRead, bool]:
-    """Store a label and settle the batches that hold the item; True when the label is new.
+) -> tuple[LabelRead, bool, list[int]]:
+    """Store a label and mark the batches that hold the item; True when the label is new.
 
     The hot path of the service: three statements and the commit on PostgreSQL (the context
-    with the item's lock, the write, the batch-done probe), on the driver's cursor.
+    with the item's lock, the write, a probe for an untouched open item), on the driver's
+    cursor. On SQLite a batch this label finished completes its round here. On PostgreSQL the
+    rounds it may have finished come back, for ``complete_if_done`` once this has committed.
     """
     raw = Raw(db)
     ctx, replayed = labeling.check_label(db, raw, user=user, item_id=item_id, label=label, key=key)
     if replayed is not None:
-        return replayed, False
+        return replayed, False, []
     now = utcnow()
     params = {
         "item_id": item_id,
@@ -115,13 +115,13 @@ def label_item(
     }
     if raw.postgres:
         stored = raw.first(_STORE_LABEL_PG, params)
-        label_id, round_ids = (stored[0], list(stored[1])) if stored else (None, [])
+        label_id, round_ids = (stored[0], sorted(stored[1])) if stored else (None, [])
     else:
         inserted = raw.first(_STORE_LABEL_SQLITE[0], params)
         label_id, round_ids = (inserted[0] if inserted else None), []
         if label_id is not None:
             raw.rows(_STORE_LABEL_SQLITE[1], params)
-            round_ids = [row[0] for row in raw.rows(_STORE_LABEL_SQLITE[2], params)]
+            round_ids = sorted({row[0] for row in raw.rows(_STORE_LABEL_SQLITE[2], params)})
             raw.rows(_STORE_LABEL_SQLITE[3], params)
     if label_id is None:
         # A concurrent request with the same key won the unique index (PostgreSQL waited for
@@ -129,15 +129,50 @@ def label_item(
         existing = labeling.replayed_label(db, key=key, user=user)
         if existing is None:
             raise Conflict("this key is being used by another request; try again")
-        return existing, False
+        return existing, False, []
     LABELS_SUBMITTED.inc()
-    if round_ids:
-        for (round_id,) in raw.rows(_DONE_ROUNDS[raw.postgres], {"ids": sorted(set(round_ids))}):
+    maybe_done: list[int] = []
+    for round_id in round_ids:
+        if raw.postgres:
+            if raw.first(_UNTOUCHED_OPEN_PG, {"round_id": round_id}) is None:
+                maybe_done.append(round_id)
+        elif raw.first(_DONE_ROUND_SQLITE, {"round_id": round_id}) is not None:
             rnd = db.get(Round, round_id)
             assert rnd is not None
             _complete(db, rnd=rnd)
     read = LabelRead(id=label_id, item_id=item_id, label=label, user=user.username, created_at=now)
-    return read, True
+    return read, True, maybe_done
+
+
+def complete_if_done(db: Session, *, round_id: int) -> bool:
+    """Complete a round in labelling whose batch has no open item left; True if it did.
+
+    Exact whatever runs at the same time: the round's row lock makes completers take turns,
+    and the probe waits for every label in flight on an open item (FOR SHARE without SKIP
+    LOCKED), then re-reads that row as committed. Run after a label's transaction commits
+    (``label_item`` says which rounds), and by ``queue/next`` when it finds nothing to lease,
+    which also repairs a round whose last label committed but whose completion never ran.
+    """
+    rnd = db.scalar(select(Round).where(Round.id == round_id).with_for_update())
+    if rnd is None or rnd.status != RoundStatus.labeling:
+        return False
+    raw = Raw(db)
+    probe = _FIRST_OPEN + (" FOR SHARE OF s" if raw.postgres else "")
+    if raw.first(probe, {"round_id": round_id}) is not None:
+        return False
+    _complete(db, rnd=rnd)
+    return True
+
+
+def complete_current_round(db: Session, *, project_id: int) -> bool:
+    """``complete_if_done`` for the project's newest round in labelling, if it has one."""
+    round_id = db.scalar(
+        select(Round.id)
+        .where(Round.project_id == project_id, Round.status == RoundStatus.labeling)
+        .order_by(Round.number.desc())
+        .limit(1)
+    )
+    return round_id is not None and complete_if_done(db, round_id=round_id)
 
 
 def undo_label(db: Session, *, user: User, label_id: int) -> None:

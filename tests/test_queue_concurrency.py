@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from app import db as app_db
 from app.db import unit_of_work
@@ -251,3 +251,66 @@ def test_db_concurrency_bounds_the_request_slots(
     elif expected is None:
         expected = room  # never more than the pool can serve: a slot is a connection
     assert app_db.request_slot_count() == expected
+
+
+def _label_at_once(
+    c: object, item_id: int, key: str, barrier: threading.Barrier, codes: list[int]
+) -> None:
+    barrier.wait()
+    body = {"item_id": item_id, "label": "cat", "key": f"{key}-{item_id}"}
+    codes.append(c.post("/api/labels", json=body).status_code)  # type: ignore[attr-defined]
+
+
+def test_the_last_items_labelled_at_once_complete_their_round(factory: Factory) -> None:
+    # Each annotator holds one of the batch's last items; all label at the same moment, so
+    # each label's transaction may see the others' items still open. Exactly the round's
+    # completion must come out of it, every time (on PostgreSQL: after the labels commit).
+    eng = factory.user("engineer")
+    annotators = [factory.user("annotator") for _ in range(6)]
+    project = factory.project(eng, members=dict.fromkeys(annotators, "annotator"))
+    clients = [factory.client(a) for a in annotators]
+    for trial in range(5):
+        items = factory.items(project, len(clients))
+        rnd = factory.round_with_selection(project, items)
+        held = []
+        for c in clients:
+            r = c.post(f"/api/projects/{project.id}/queue/next", params={"n": 1})
+            assert r.status_code == 200, r.text
+            held.append(r.json()[0]["item_id"])
+        assert sorted(held) == sorted(i.id for i in items)
+        barrier = threading.Barrier(len(clients))
+        codes: list[int] = []
+        threads = [
+            threading.Thread(target=_label_at_once, args=(c, i, f"last-{trial}", barrier, codes))
+            for c, i in zip(clients, held, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert codes == [201] * len(clients)
+        with unit_of_work(write=False) as db:
+            done = db.get(Round, rnd.id)
+            assert done is not None
+            assert (trial, done.status) == (trial, RoundStatus.completed)
+            assert done.finished_at is not None
+
+
+@pytest.mark.skipif(
+    BACKEND != "postgres", reason="SQLite completes a round in the label's own transaction"
+)
+def test_a_round_whose_completion_never_ran_completes_at_the_next_empty_queue(
+    factory: Factory,
+) -> None:
+    eng, ann = factory.user("engineer"), factory.user("annotator")
+    project = factory.project(eng, members={ann: "annotator"})
+    items = factory.items(project, 3)
+    rnd = factory.round_with_selection(project, items)
+    # As if the server died between the last label's commit and its round's completion.
+    with unit_of_work() as db:
+        db.execute(update(Selection).where(Selection.round_id == rnd.id).values(labeled=True))
+    c = factory.client(ann)
+    r = c.post(f"/api/projects/{project.id}/queue/next")
+    assert (r.status_code, r.json()) == (200, [])
+    with unit_of_work(write=False) as db:
+        assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.completed
