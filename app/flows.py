@@ -213,18 +213,23 @@ def retry_job(db: Session, *, job: Job) -> Job:
     return jobs.retry_job(db, job=job)
 
 
-def _rounds_holding(db: Session, *, item_id: int, status: str) -> list[Round]:
-    """Rounds in ``status`` whose batch holds the item, locked until the transaction ends.
+def _rounds_holding(db: Session, *, item_id: int) -> list[Round]:
+    """Rounds in labelling or completed whose batch holds the item, locked until the end.
 
-    The row lock (PostgreSQL; SQLite's write transaction already serialises) makes the
-    batch-done check see every concurrent label of the round: without it, two annotators
-    labelling the last two items at once would each see the other's item still open.
+    Both statuses, not only completed: a round whose completion is running right now (after
+    its last label's commit, see ``complete_if_done``) is still in labelling in this
+    statement's snapshot; the lock waits for that completion, and the row comes back as it
+    committed. Taken before the undo reopens the item's selection rows, which that completion's
+    probe waits on: the other order could deadlock with it.
     """
     return list(
         db.scalars(
             select(Round)
             .join(Selection, Selection.round_id == Round.id)
-            .where(Selection.item_id == item_id, Round.status == status)
+            .where(
+                Selection.item_id == item_id,
+                Round.status.in_([RoundStatus.labeling, RoundStatus.completed]),
+            )
             .order_by(Round.id)
             .with_for_update(of=Round)
         )
@@ -301,8 +306,11 @@ def after_undo(db: Session, *, item_id: int, label: str | None) -> None:
     """
     if label is not None:
         return
+    held = _rounds_holding(db, item_id=item_id)
     db.execute(update(Selection).where(Selection.item_id == item_id).values(labeled=False))
-    for rnd in _rounds_holding(db, item_id=item_id, status=RoundStatus.completed):
+    for rnd in held:
+        if rnd.status != RoundStatus.completed:
+            continue
         newest = db.scalar(
             select(Round.id)
             .where(Round.project_id == rnd.project_id)

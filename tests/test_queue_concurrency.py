@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from app import db as app_db
+from app import flows
 from app.db import unit_of_work
 from app.items.models import Item
 from app.labeling.models import Label
@@ -314,3 +315,48 @@ def test_a_round_whose_completion_never_ran_completes_at_the_next_empty_queue(
     assert (r.status_code, r.json()) == (200, [])
     with unit_of_work(write=False) as db:
         assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.completed
+
+
+@pytest.mark.skipif(
+    BACKEND != "postgres", reason="SQLite completes a round in the label's own transaction"
+)
+def test_an_undo_while_its_round_completes_reopens_the_round(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    first, last = factory.items(project, 2)
+    rnd = factory.round_with_selection(project, [first, last])
+    c = factory.client(eng)
+    r = c.post("/api/labels", json={"item_id": first.id, "label": "cat", "key": "first"})
+    assert r.status_code == 201, r.text
+    # The last label's transaction, committed; its round's completion not yet run.
+    with unit_of_work() as db:
+        read, created, maybe_done = flows.label_item(
+            db, user=eng, item_id=last.id, label="cat", key="last"
+        )
+    assert (created, maybe_done) == (True, [rnd.id])
+    completing, release = threading.Event(), threading.Event()
+
+    def complete() -> None:
+        with unit_of_work() as db:
+            assert flows.complete_if_done(db, round_id=rnd.id)
+            completing.set()
+            release.wait(30)  # the completion commits when this block ends
+
+    undone: list[int] = []
+    completion = threading.Thread(target=complete)
+    completion.start()
+    assert completing.wait(30)
+    undo = threading.Thread(
+        target=lambda: undone.append(c.delete(f"/api/labels/{read.id}").status_code)
+    )
+    undo.start()
+    time.sleep(0.5)
+    # The undo waits for the completion's round lock instead of missing the round it completes.
+    assert undone == []
+    release.set()
+    completion.join(30)
+    undo.join(30)
+    assert undone == [204]
+    with unit_of_work(write=False) as db:
+        assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.labeling
+        assert db.scalar(select(Item.label).where(Item.id == last.id)) is None
