@@ -202,7 +202,10 @@ class Client:
             self._aiohttp = aiohttp.ClientSession(
                 base_url=base,
                 cookie_jar=aiohttp.CookieJar(unsafe=True),
-                connector=aiohttp.TCPConnector(limit=1),
+                # Idle connections closed before uvicorn's 5 s keep-alive closes them: aiohttp's
+                # default (15 s) let an annotator that waited through the others' sign-ins send
+                # its first request on a connection the server had just closed.
+                connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=3),
                 timeout=aiohttp.ClientTimeout(total=60),
             )
 
