@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from app import flows
 from app.auth.models import User
 from app.db import make_engine, unit_of_work, utcnow
 from app.items.models import Item
+from app.labeling import service as labeling
 from app.labeling.models import Label, Lease
 from app.projects.models import Member, Project
 from app.rounds.models import Round, RoundStatus
@@ -529,3 +530,21 @@ def test_a_batch_labelled_before_it_was_saved_completes_its_round_at_once(
     got = c.get(f"/api/rounds/{rnd.id}").json()
     assert got["labeled"] == 2
     assert got["metrics"]["suggestion_accuracy"] == 0.0
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="synchronous_commit is PostgreSQL's")
+def test_only_the_lease_commits_without_waiting_for_the_disk(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    items = factory.items(project, 2)
+    factory.round_with_selection(project, items)
+    setting = "SELECT current_setting('synchronous_commit')"
+    with unit_of_work() as db:
+        assert len(labeling.next_batch(db, project_id=project.id, user=eng, n=1)) == 1
+        assert db.scalar(text(setting)) == "off"  # leases: soft state
+    # The pooled connection is back to the server's default for whatever runs next: a label.
+    for k in range(3):
+        with unit_of_work() as db:
+            assert db.scalar(text(setting)) == "on"
+            flows.label_item(db, user=eng, item_id=items[0].id, label="cat", key=f"k{k}")
+            assert db.scalar(text(setting)) == "on"
