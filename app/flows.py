@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # lease on it ended (whoever held it: an engineer may label over one). The sub-statements run
 # in this order, each gated on the one before (a one-time filter on its output), because a
 # concurrent queue/next locks selection rows before the lease row: the same order here cannot
-# deadlock with it. Returned: the label's id and the rounds in labelling whose batch it marked.
+# deadlock with it. Returned: the label's id, and the rounds in labelling whose batch it marked
+# and in which it found no open item that no transaction is touching (see _UNTOUCHED_OPEN).
 _STORE_LABEL_PG = """
     WITH ins AS (
         INSERT INTO labels (item_id, project_id, user_id, label, source, key, created_at)
@@ -60,8 +61,14 @@ _STORE_LABEL_PG = """
         RETURNING item_id
     )
     SELECT (SELECT id FROM ins),
-        ARRAY(SELECT r.id FROM rounds r WHERE r.id IN (SELECT round_id FROM mark)
-              AND r.status = 'labeling' AND (SELECT count(*) FROM released) >= 0)"""
+        ARRAY(SELECT r.id FROM rounds r
+              LEFT JOIN LATERAL (
+                  SELECT s.id FROM selections s
+                  WHERE s.round_id = r.id AND s.labeled = false AND s.item_id <> :item_id
+                  ORDER BY s.labeled, s.rank LIMIT 1 FOR SHARE OF s SKIP LOCKED
+              ) AS untouched ON true
+              WHERE r.id IN (SELECT round_id FROM mark) AND r.status = 'labeling'
+                AND (SELECT count(*) FROM released) >= 0 AND untouched.id IS NULL)"""
 # SQLite serialises writers (BEGIN IMMEDIATE), so the same steps as plain statements.
 _STORE_LABEL_SQLITE = (
     """INSERT INTO labels (item_id, project_id, user_id, label, source, key, created_at)
@@ -76,14 +83,15 @@ _STORE_LABEL_SQLITE = (
 # index probe; as NOT EXISTS the planner turned it into a sequential scan of the batch).
 _FIRST_OPEN = """SELECT s.id FROM selections s WHERE s.round_id = :round_id
     AND s.labeled = false ORDER BY s.labeled, s.rank LIMIT 1"""
-# PostgreSQL, inside the label's transaction: an open item of the batch that no transaction is
-# labelling right now. Rows locked by another label (or lease) in flight are skipped, so two
-# annotators labelling the last two items at once both find nothing here, and both go on to
-# ``complete_if_done``; an item found is one somebody labels later, and that label will see
-# this one committed (or locked, and skip it). FOR SHARE keeps the row open until this commits.
-# No round lock is taken for this: one per label serialised every label of a round on its row
-# (about 265 labels/s at most with 50 annotators on 2 cores, against 369 without).
-_UNTOUCHED_OPEN_PG = _FIRST_OPEN + " FOR SHARE OF s SKIP LOCKED"
+# _UNTOUCHED_OPEN, the lateral probe in _STORE_LABEL_PG: an open item of the batch, other than
+# this label's, that no transaction is touching right now. Rows locked by another label (or
+# lease) in flight are skipped, so two annotators labelling the last two items at once both
+# find nothing there, and both go on to ``complete_if_done``; an item found is one somebody
+# labels later, and that label will see this one committed (or locked, and skip it). A row
+# labelled and committed since this statement's snapshot is re-read as committed when locked,
+# and drops out. FOR SHARE keeps the row found open until this commits. No round lock is taken
+# for this: one per label serialised every label of a round on its row (about 265 labels/s at
+# most with 50 annotators on 2 cores, against 369 without).
 # SQLite: writers are serialised, so the plain probe is exact inside the label's transaction.
 _DONE_ROUND_SQLITE = f"""SELECT r.id FROM rounds r WHERE r.id = :round_id
     AND r.status = 'labeling'
@@ -95,10 +103,11 @@ def label_item(
 ) -> tuple[LabelRead, bool, list[int]]:
     """Store a label and mark the batches that hold the item; True when the label is new.
 
-    The hot path of the service: three statements and the commit on PostgreSQL (the context
-    with the item's lock, the write, a probe for an untouched open item), on the driver's
-    cursor. On SQLite a batch this label finished completes its round here. On PostgreSQL the
-    rounds it may have finished come back, for ``complete_if_done`` once this has committed.
+    The hot path of the service: two statements and the commit on PostgreSQL (the context
+    with the item's lock; the write with its probe for an untouched open item), on the
+    driver's cursor. On SQLite a batch this label finished completes its round here. On
+    PostgreSQL the rounds it may have finished come back, for ``complete_if_done`` once this
+    has committed.
     """
     raw = Raw(db)
     ctx, replayed = labeling.check_label(db, raw, user=user, item_id=item_id, label=label, key=key)
@@ -131,15 +140,15 @@ def label_item(
             raise Conflict("this key is being used by another request; try again")
         return existing, False, []
     LABELS_SUBMITTED.inc()
-    maybe_done: list[int] = []
-    for round_id in round_ids:
-        if raw.postgres:
-            if raw.first(_UNTOUCHED_OPEN_PG, {"round_id": round_id}) is None:
-                maybe_done.append(round_id)
-        elif raw.first(_DONE_ROUND_SQLITE, {"round_id": round_id}) is not None:
-            rnd = db.get(Round, round_id)
-            assert rnd is not None
-            _complete(db, rnd=rnd)
+    if raw.postgres:
+        maybe_done = round_ids
+    else:
+        maybe_done = []
+        for round_id in round_ids:
+            if raw.first(_DONE_ROUND_SQLITE, {"round_id": round_id}) is not None:
+                rnd = db.get(Round, round_id)
+                assert rnd is not None
+                _complete(db, rnd=rnd)
     read = LabelRead(id=label_id, item_id=item_id, label=label, user=user.username, created_at=now)
     return read, True, maybe_done
 
