@@ -41,7 +41,18 @@ log = logging.getLogger(__name__)
 # in this order, each gated on the one before (a one-time filter on its output), because a
 # concurrent queue/next locks selection rows before the lease row: the same order here cannot
 # deadlock with it. Returned: the label's id, and the rounds in labelling whose batch it marked
-# and in which it found no open item that no transaction is touching (see _UNTOUCHED_OPEN).
+# and in which the lateral probe (``untouched``) found no open item that no transaction is
+# touching.
+#
+# That probe looks for an open item of the batch, other than this label's (the statement's
+# snapshot still sees it open), that no transaction is touching right now. Rows locked by
+# another label (or lease) in flight are skipped, so two annotators labelling the last two
+# items at once both find nothing, and both go on to ``complete_if_done``; an item found is
+# one somebody labels later, and that label will see this one committed (or locked, and skip
+# it). A row labelled and committed since the snapshot is re-read as committed when locked,
+# and drops out. FOR SHARE keeps the row found open until this commits. No round lock is
+# taken: one per label serialised every label of a round on its row (about 265 labels/s at
+# most with 50 annotators on 2 cores, against 369 without).
 _STORE_LABEL_PG = """
     WITH ins AS (
         INSERT INTO labels (item_id, project_id, user_id, label, source, key, created_at)
@@ -83,15 +94,6 @@ _STORE_LABEL_SQLITE = (
 # index probe; as NOT EXISTS the planner turned it into a sequential scan of the batch).
 _FIRST_OPEN = """SELECT s.id FROM selections s WHERE s.round_id = :round_id
     AND s.labeled = false ORDER BY s.labeled, s.rank LIMIT 1"""
-# _UNTOUCHED_OPEN, the lateral probe in _STORE_LABEL_PG: an open item of the batch, other than
-# this label's, that no transaction is touching right now. Rows locked by another label (or
-# lease) in flight are skipped, so two annotators labelling the last two items at once both
-# find nothing there, and both go on to ``complete_if_done``; an item found is one somebody
-# labels later, and that label will see this one committed (or locked, and skip it). A row
-# labelled and committed since this statement's snapshot is re-read as committed when locked,
-# and drops out. FOR SHARE keeps the row found open until this commits. No round lock is taken
-# for this: one per label serialised every label of a round on its row (about 265 labels/s at
-# most with 50 annotators on 2 cores, against 369 without).
 # SQLite: writers are serialised, so the plain probe is exact inside the label's transaction.
 _DONE_ROUND_SQLITE = f"""SELECT r.id FROM rounds r WHERE r.id = :round_id
     AND r.status = 'labeling'
