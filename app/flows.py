@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import false, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -90,14 +90,12 @@ _STORE_LABEL_SQLITE = (
     RETURNING round_id""",
     "DELETE FROM leases WHERE item_id = :item_id",
 )
-# The first open item of a round's batch in rank order (ix_selections_round_labeled_rank: one
-# index probe; as NOT EXISTS the planner turned it into a sequential scan of the batch).
+# The first open item of a round's batch in rank order. The order pins the plan to
+# ix_selections_round_labeled_rank, one index probe: a sequential scan "finds" an open row at
+# once in a fresh batch but walks the whole batch when it is nearly done, and as NOT EXISTS the
+# planner chose an anti-join over exactly that scan.
 _FIRST_OPEN = """SELECT s.id FROM selections s WHERE s.round_id = :round_id
     AND s.labeled = false ORDER BY s.labeled, s.rank LIMIT 1"""
-# SQLite: writers are serialised, so the plain probe is exact inside the label's transaction.
-_DONE_ROUND_SQLITE = f"""SELECT r.id FROM rounds r WHERE r.id = :round_id
-    AND r.status = 'labeling'
-    AND ({_FIRST_OPEN.replace(":round_id", "r.id")}) IS NULL"""  # noqa: S608 - constants
 
 
 def label_item(
@@ -145,12 +143,13 @@ def label_item(
     if raw.postgres:
         maybe_done = round_ids
     else:
+        # SQLite serialises writers, so the plain probe is exact inside this transaction.
         maybe_done = []
         for round_id in round_ids:
-            if raw.first(_DONE_ROUND_SQLITE, {"round_id": round_id}) is not None:
+            if _batch_done(db, round_id=round_id):
                 rnd = db.get(Round, round_id)
-                assert rnd is not None
-                _complete(db, rnd=rnd)
+                if rnd is not None and rnd.status == RoundStatus.labeling:
+                    _complete(db, rnd=rnd)
     read = LabelRead(id=label_id, item_id=item_id, label=label, user=user.username, created_at=now)
     return read, True, maybe_done
 
@@ -167,9 +166,7 @@ def complete_if_done(db: Session, *, round_id: int) -> bool:
     rnd = db.scalar(select(Round).where(Round.id == round_id).with_for_update())
     if rnd is None or rnd.status != RoundStatus.labeling:
         return False
-    raw = Raw(db)
-    probe = _FIRST_OPEN + (" FOR SHARE OF s" if raw.postgres else "")
-    if raw.first(probe, {"round_id": round_id}) is not None:
+    if not _batch_done(db, round_id=round_id, wait_for_labels=True):
         return False
     _complete(db, rnd=rnd)
     return True
@@ -247,17 +244,15 @@ def _rounds_holding(db: Session, *, item_id: int) -> list[Round]:
     )
 
 
-def _batch_done(db: Session, *, round_id: int) -> bool:
-    """Whether every item of the round's batch has a label (one index probe)."""
-    open_item = db.scalar(
-        select(Selection.id)
-        .where(Selection.round_id == round_id, Selection.labeled == false())
-        # The order pins the plan to ix_selections_round_labeled_rank: a seq scan "finds" an
-        # open row at once in a fresh batch, but walks the whole batch when it is nearly done.
-        .order_by(Selection.labeled, Selection.rank)
-        .limit(1)
-    )
-    return open_item is None
+def _batch_done(db: Session, *, round_id: int, wait_for_labels: bool = False) -> bool:
+    """Whether every item of the round's batch has a label (one index probe).
+
+    ``wait_for_labels`` (PostgreSQL): the probe locks the open row it finds FOR SHARE, so it
+    waits for a label in flight on that item and re-reads the row as committed.
+    """
+    raw = Raw(db)
+    probe = _FIRST_OPEN + (" FOR SHARE OF s" if wait_for_labels and raw.postgres else "")
+    return raw.first(probe, {"round_id": round_id}) is None
 
 
 def save_batch(

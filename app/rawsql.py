@@ -59,14 +59,16 @@ def read_json(value: Any) -> Any:
 class Raw:
     """The unit of work's DBAPI connection, for the hot path's fixed statements.
 
-    Made from a session, it procures the session's connection first, so the transaction has
-    begun (``BEGIN IMMEDIATE`` on SQLite for a writing unit of work) and the session's commit
-    or rollback covers what runs here.
+    Made from a session, it flushes the session's pending changes and procures its connection,
+    so the transaction has begun (``BEGIN IMMEDIATE`` on SQLite for a writing unit of work),
+    these statements see what the session wrote, and its commit or rollback covers them.
     """
 
     __slots__ = ("_connection", "_dbapi", "postgres")
 
     def __init__(self, db: Session) -> None:
+        # What the session holds unwritten goes first, as before any query through it.
+        db.flush()
         connection = db.connection()
         self._connection = connection
         self.postgres = connection.dialect.name == "postgresql"

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 from typing import Annotated
 
-import anyio
 from fastapi import Depends, Request
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.auth import cache as auth_cache
 from app.auth import service
 from app.auth.models import ApiToken, AuthSession, Role, User
-from app.db import SAFE_METHODS, get_db, request_slot, unit_of_work, utcnow
+from app.db import SAFE_METHODS, get_db, run_in_unit_of_work, unit_of_work, utcnow
 from app.errors import PermissionDenied, Unauthenticated
 from app.security import hash_secret
 
@@ -100,11 +99,6 @@ def current_user(request: Request, db: DB) -> User:
     return _accept(request, user, credential)
 
 
-def _current_user_in_own_unit_of_work(request: Request, write: bool) -> User:
-    with unit_of_work(write=write) as db:
-        return current_user(request, db)
-
-
 async def loop_user(request: Request) -> User:
     """``current_user`` for the hot routes, answered in the event loop on a cache hit.
 
@@ -119,9 +113,9 @@ async def loop_user(request: Request) -> User:
         isinstance(hit[1], ApiToken) and service.token_use_is_stale(hit[1])
     ):
         return _accept(request, *hit)
-    write = request.method not in SAFE_METHODS
-    async with request_slot(write=write):
-        return await anyio.to_thread.run_sync(_current_user_in_own_unit_of_work, request, write)
+    return await run_in_unit_of_work(
+        lambda db: current_user(request, db), write=request.method not in SAFE_METHODS
+    )
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -102,21 +102,20 @@ _CANDIDATES_SQLITE = f"""
 # RETURNING needs SQLite 3.35.
 _UPSERT_SQLITE = "WITH cand(item_id) AS (SELECT value FROM json_each(:ids)) " + _UPSERT_SQL  # noqa: S608
 # The caller's role in the project (none for a non-member) and its newest round in labelling.
+# PostgreSQL's first column sets the transaction's commit mode: a lease is soft state, so its
+# commit need not wait for the WAL to reach the disk (this transaction only, in the same round
+# trip). A crash may forget the last few milliseconds of leases; their items go back to the
+# queue, and a label still checks who holds its item. Labels keep synchronous commit: a 201 is
+# on disk. SQLite's first column is a placeholder.
 _QUEUE_CONTEXT_SQL = """
-    SELECT p.settings, m.role,
+    SELECT {first}, p.settings, m.role,
         (SELECT r.id FROM rounds r WHERE r.project_id = p.id AND r.status = 'labeling'
          ORDER BY r.number DESC LIMIT 1) AS round_id
     FROM projects p LEFT JOIN members m ON m.project_id = p.id AND m.user_id = :user_id
     WHERE p.id = :project_id"""
-# PostgreSQL: a lease is soft state, so its commit need not wait for the WAL to reach the disk
-# (set for this transaction only, in the same round trip). A crash may forget the last few
-# milliseconds of leases; their items go back to the queue, and a label still checks who holds
-# its item. Labels themselves keep synchronous commit: a 201 is on disk.
 _QUEUE_CONTEXT = {
-    True: _QUEUE_CONTEXT_SQL.replace(
-        "SELECT p.settings,", "SELECT set_config('synchronous_commit', 'off', true), p.settings,"
-    ),
-    False: _QUEUE_CONTEXT_SQL.replace("SELECT p.settings,", "SELECT NULL, p.settings,"),
+    True: _QUEUE_CONTEXT_SQL.format(first="set_config('synchronous_commit', 'off', true)"),
+    False: _QUEUE_CONTEXT_SQL.format(first="NULL"),
 }
 
 
