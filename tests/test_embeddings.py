@@ -19,6 +19,7 @@ from app.embeddings.models import EmbedChunk
 from app.embeddings.schemas import BUILTIN_BACKBONES, DEFAULT_BACKBONE, known_backbones
 from app.jobs import dispatch
 from app.jobs.models import Job
+from svp import backbones
 from tests.factories import Factory
 
 
@@ -28,6 +29,16 @@ def sent(factory: Factory, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, s
     calls: list[tuple[int, str]] = []
     monkeypatch.setattr(dispatch, "send", lambda *, job_id, kind: calls.append((job_id, kind)))
     return calls
+
+
+@pytest.mark.database_free
+def test_the_api_knows_every_builtin_backbone_of_the_engine_at_its_size() -> None:
+    # The whole registry, not only the wheels installed here: a size that differs for a wheel
+    # this machine lacks would embed at one side and be asked for at another elsewhere. The
+    # engine lists only what can load, so its registry is read directly.
+    engine = {name: e.spec.image_size for name, e in backbones._REGISTRY.items() if e.builtin}
+    api = {name: b.image_size for name, b in BUILTIN_BACKBONES.items()}
+    assert api == engine
 
 
 def test_the_default_backbone_ships_with_the_package() -> None:
