@@ -7,10 +7,13 @@ Pure Python and torch: no web framework, no database, no task queue.
 from svp.backbones import (
     Backbone,
     BackboneSpec,
+    Embedder,
     backbone_names,
     get_spec,
     load_backbone,
+    load_embedder,
     register_backbone,
+    register_embedder,
     register_torchvision_backbone,
 )
 from svp.config import PAPER_SCHEDULE, TrainConfig, scaled_schedule
@@ -72,6 +75,7 @@ __all__ = [
     "BackboneSpec",
     "Calibration",
     "Classifier",
+    "Embedder",
     "EmbeddingStore",
     "ForgettingTracker",
     "ImageStore",
@@ -107,6 +111,7 @@ __all__ = [
     "least_confidence",
     "load_backbone",
     "load_cifar10",
+    "load_embedder",
     "margin",
     "model_names",
     "overlap",
@@ -114,6 +119,7 @@ __all__ = [
     "rankdata",
     "read_image_folder_zip",
     "register_backbone",
+    "register_embedder",
     "register_torchvision_backbone",
     "scaled_schedule",
     "seed_everything",
