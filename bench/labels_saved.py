@@ -76,8 +76,9 @@ TEXT_ARMS = ("auto", "typiclust", "margin", "fasttext")
 DEFAULTS = {"pool": 10_000, "test": 2_000, "random_seeds": 10, "seeds": 5}
 QUICK = {"pool": 4_000, "test": 1_000, "random_seeds": 6, "seeds": 3}
 # Text pools, sized for embedding on 2 shared cores (MiniLM ~10-20 long texts/s each there):
-# 20 Newsgroups 200 posts a class and 100 a class to test; R8 (5,485 + 2,189) whole.
-TEXT_SIZES = {"20newsgroups": (4_000, 2_000), "reuters-r8": (0, 0)}
+# 20 Newsgroups 200 posts a class and 100 a class to test; R8 3,000 and 1,500 in its own
+# proportions (of 5,485 and 2,189: 41-2,840 a class).
+TEXT_SIZES = {"20newsgroups": (4_000, 2_000), "reuters-r8": (3_000, 1_500)}
 EMBED_DIR = REPO / "bench-out" / "embeddings"
 
 

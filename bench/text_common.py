@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from svp import EmbeddingStore
-from svp.text_encoders import get_text_spec, load_text_encoder
+from svp import EmbeddingStore, get_spec, load_embedder
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
@@ -85,12 +84,12 @@ def text_key(text: str) -> str:
 
 def _store(name: str) -> EmbeddingStore:
     # Text has no input side: 1 stands in for it in the store's folder name.
-    return EmbeddingStore(TEXT_EMBED_DIR, name, 1, get_text_spec(name).dim)
+    return EmbeddingStore(TEXT_EMBED_DIR, name, 1, get_spec(name).dim)
 
 
 def _embed_chunks(name: str, chunks: list[list[str]], threads: int) -> int:
     torch.set_num_threads(threads)
-    encoder = load_text_encoder(name, device="cpu")
+    encoder = load_embedder(name, device="cpu")
     store = _store(name)
     done = 0
     for texts in chunks:

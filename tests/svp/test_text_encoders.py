@@ -9,19 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svp import text_encoders
+from svp import Embedder, backbone_names, get_spec, load_backbone, load_embedder, text_encoders
 from svp.text_encoders import (
+    DEFAULT_TEXT_BACKBONE,
     GloveMean,
     MiniLM,
-    TextEncoder,
-    get_text_spec,
     glove_dir,
     glove_tokens,
-    load_glove,
     load_minilm_network,
-    load_text_encoder,
     minilm_dir,
-    text_encoder_names,
+    read_glove,
 )
 
 NAMES = ("minilm_l6", "glove_6b_50d")
@@ -33,36 +30,40 @@ PARAPHRASES = (
 
 
 @pytest.fixture(scope="module")
-def minilm() -> TextEncoder:
-    return load_text_encoder("minilm_l6", device="cpu")
+def minilm() -> Embedder:
+    return load_embedder("minilm_l6", device="cpu")
 
 
 @pytest.fixture(scope="module")
-def glove() -> TextEncoder:
-    return load_text_encoder("glove_6b_50d")
+def glove() -> Embedder:
+    return load_embedder("glove_6b_50d")
 
 
 @pytest.fixture(params=NAMES)
-def encoder(request: pytest.FixtureRequest) -> TextEncoder:
-    fixture: TextEncoder = request.getfixturevalue(
+def encoder(request: pytest.FixtureRequest) -> Embedder:
+    fixture: Embedder = request.getfixturevalue(
         "minilm" if request.param == "minilm_l6" else "glove"
     )
     return fixture
 
 
 def test_both_encoders_are_registered_as_text() -> None:
-    assert set(NAMES) <= set(text_encoder_names())
-    assert get_text_spec("minilm_l6").dim == 384
-    assert get_text_spec("minilm_l6").max_tokens == 256
-    assert get_text_spec("glove_6b_50d").dim == 50
-    assert {get_text_spec(n).modality for n in NAMES} == {"text"}
-    with pytest.raises(KeyError, match="unknown text encoder"):
-        get_text_spec("efficientnet_lite0")
+    assert set(NAMES) <= set(backbone_names("text"))
+    assert not set(NAMES) & set(backbone_names("image"))
+    assert DEFAULT_TEXT_BACKBONE == "minilm_l6"
+    assert get_spec("minilm_l6").dim == 384
+    assert get_spec("glove_6b_50d").dim == 50
+    assert {get_spec(n).modality for n in NAMES} == {"text"}
+    assert {get_spec(n).image_size for n in NAMES} == {0}
+    with pytest.raises(KeyError, match="embeds text, not images"):
+        load_backbone("glove_6b_50d")
 
 
-def test_encoders_load_once_per_process(minilm: TextEncoder, glove: TextEncoder) -> None:
-    assert load_text_encoder("minilm_l6", device="cpu") is minilm
-    assert load_text_encoder("glove_6b_50d") is glove
+def test_encoders_load_once_per_process(minilm: Embedder, glove: Embedder) -> None:
+    assert load_embedder("minilm_l6", device="cpu") is minilm
+    assert load_embedder("glove_6b_50d", device="cpu") is glove
+    assert isinstance(minilm, MiniLM)
+    assert minilm.max_tokens == 256
 
 
 def test_weights_come_from_the_installed_wheels() -> None:
@@ -94,7 +95,7 @@ def test_a_tampered_minilm_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_tampered_glove_files_are_refused(tmp_path: Path, name: str) -> None:
     _tamper(glove_dir(), tmp_path / "data", name)
     with pytest.raises(ValueError, match=f"{name} has sha256"):
-        load_glove(tmp_path / "data")
+        read_glove(tmp_path / "data")
 
 
 def test_the_strict_load_names_a_missing_tensor(tmp_path: Path) -> None:
@@ -112,7 +113,7 @@ def test_the_strict_load_names_a_missing_tensor(tmp_path: Path) -> None:
         load_minilm_network(folder, sha256=digest)
 
 
-def test_shapes_dtype_and_unit_rows(encoder: TextEncoder) -> None:
+def test_shapes_dtype_and_unit_rows(encoder: Embedder) -> None:
     texts = ["short", "A somewhat longer sentence, with punctuation!", "x " * 3000, ""]
     out = encoder.embed(texts)
     assert out.shape == (4, encoder.spec.dim)
@@ -122,13 +123,13 @@ def test_shapes_dtype_and_unit_rows(encoder: TextEncoder) -> None:
     assert encoder.embed([]).shape == (0, encoder.spec.dim)
 
 
-def test_paraphrases_are_closer_than_an_unrelated_sentence(encoder: TextEncoder) -> None:
+def test_paraphrases_are_closer_than_an_unrelated_sentence(encoder: Embedder) -> None:
     a, b, other = encoder.embed(list(PARAPHRASES))
     assert float(a @ b) > float(a @ other) + 0.1
     assert float(a @ b) > float(b @ other) + 0.1
 
 
-def test_deterministic_and_independent_of_batching(encoder: TextEncoder) -> None:
+def test_deterministic_and_independent_of_batching(encoder: Embedder) -> None:
     texts = [f"sentence number {i} " * (1 + i % 7) for i in range(13)] + list(PARAPHRASES)
     first = encoder.embed(texts, batch_size=4)
     assert torch.equal(first, encoder.embed(texts, batch_size=4))
@@ -138,21 +139,21 @@ def test_deterministic_and_independent_of_batching(encoder: TextEncoder) -> None
     torch.testing.assert_close(first, alone, atol=1e-5, rtol=0)
 
 
-def test_empty_and_wordless_texts_get_a_fixed_unit_row(encoder: TextEncoder) -> None:
+def test_empty_and_wordless_texts_get_a_fixed_unit_row(encoder: Embedder) -> None:
     empty, again, spaces = encoder.embed(["", "", "   \n\t "])
     assert torch.equal(empty, again)
     assert abs(float(empty.norm()) - 1.0) < 1e-5
     assert float(empty @ spaces) > 0.99
 
 
-def test_texts_must_be_strings(encoder: TextEncoder) -> None:
+def test_texts_must_be_strings(encoder: Embedder) -> None:
     with pytest.raises(TypeError, match="text 1 is bytes"):
         encoder.embed(["fine", b"not text"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="batch_size"):
         encoder.embed(["fine"], batch_size=0)
 
 
-def test_minilm_equals_the_reference_implementation(minilm: TextEncoder) -> None:
+def test_minilm_equals_the_reference_implementation(minilm: Embedder) -> None:
     # sentence-transformers (the wheel's own loader) on the same folder is the reference: the
     # network, the masked mean and the normalisation here must give the same vectors.
     sentence_transformers = pytest.importorskip("sentence_transformers")
@@ -162,7 +163,7 @@ def test_minilm_equals_the_reference_implementation(minilm: TextEncoder) -> None
     torch.testing.assert_close(minilm.embed(texts, batch_size=3), expected, atol=1e-5, rtol=0)
 
 
-def test_a_long_text_is_read_from_its_first_256_word_pieces(minilm: TextEncoder) -> None:
+def test_a_long_text_is_read_from_its_first_256_word_pieces(minilm: Embedder) -> None:
     assert isinstance(minilm, MiniLM)
     # 30,000 characters: tokenised from a prefix, yet the pieces are exactly the full text's.
     long = " ".join(f"token{i % 97} alpha-beta" for i in range(2_000))
@@ -190,7 +191,7 @@ def test_glove_tokens_are_lower_case_runs_of_letters_and_digits() -> None:
     ]
 
 
-def test_glove_is_the_normalised_mean_of_known_word_vectors(glove: TextEncoder) -> None:
+def test_glove_is_the_normalised_mean_of_known_word_vectors(glove: Embedder) -> None:
     assert isinstance(glove, GloveMean)
     words = ["the", "cat", "sat", "zzzzqqqq"]  # the last is not in the vocabulary
     known = glove.vectors[[glove.index[w] for w in words[:3]]]
