@@ -16,6 +16,7 @@ from svp.backbones import (
     register_embedder,
     register_torchvision_backbone,
 )
+from svp.clustering import cluster_margin, typicality, typiclust
 from svp.config import PAPER_SCHEDULE, TrainConfig, scaled_schedule
 from svp.data import (
     ImageStore,
@@ -43,7 +44,6 @@ from svp.strategies import (
     SelectionResult,
     Strategy,
     auto_choice,
-    cluster_margin,
     cold_start,
     coreset,
     entropy,
@@ -51,8 +51,6 @@ from svp.strategies import (
     least_confidence,
     margin,
     select,
-    typicality,
-    typiclust,
 )
 from svp.text_encoders import DEFAULT_TEXT_BACKBONE, GloveMean, MiniLM
 from svp.train import (

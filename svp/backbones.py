@@ -153,6 +153,11 @@ def backbone_names(modality: Modality | None = None) -> list[str]:
     ]
 
 
+def builtin_backbones() -> dict[str, tuple[BackboneSpec, str | None]]:
+    """Every built-in entry, loadable here or not: its spec and the module it requires."""
+    return {n: (e.spec, e.requires) for n, e in _REGISTRY.items() if e.builtin}
+
+
 def _entry(name: str) -> _Entry:
     entry = _REGISTRY.get(name)
     if entry is None:
