@@ -31,10 +31,15 @@ from svp.train import (
     TrainStats,
     _batches,
     _denormals_flushed,
-    _threads,
-    pick_device,
     seed_everything,
 )
+
+try:
+    # The engine split moves the device and thread-count helpers to svp.device (h-engine).
+    from svp.device import pick_device, torch_threads  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # pragma: no cover - before that split lands
+    from svp.train import _threads as torch_threads  # type: ignore[attr-defined, no-redef, unused-ignore]
+    from svp.train import pick_device  # type: ignore[attr-defined, no-redef, unused-ignore]
 
 # The paper's alphabet; with padding (0), unknown (1) and space (2) it makes 69 tokens.
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/|_#$%^&*~`+=<>()[]{}"
@@ -205,7 +210,7 @@ def train_vdcnn(
             raise ValueError("num_classes is required when building a model by name")
         model = create_text_target(model, num_classes)
     net: VDCNN = model
-    with _denormals_flushed(), _threads(config.num_threads):
+    with _denormals_flushed(), torch_threads(config.num_threads):
         device = pick_device(config.device)
         gen = torch.Generator().manual_seed(config.seed)
         net = net.to(device)
