@@ -297,7 +297,7 @@ def fasttext_margin(
 ) -> tuple[list[int], list[int], list[float]]:
     """The ``budget`` unlabelled texts of smallest fastText margin: pool indices, the proxy's
     predicted class and its probability for each."""
-    from svp import fasttext_proxy  # type: ignore[attr-defined,unused-ignore]
+    from svp import fasttext_proxy
 
     assert data.texts is not None
     proxy = fasttext_proxy.fit_fasttext(
