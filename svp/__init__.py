@@ -7,12 +7,16 @@ Pure Python and torch: no web framework, no database, no task queue.
 from svp.backbones import (
     Backbone,
     BackboneSpec,
+    Embedder,
     backbone_names,
     get_spec,
     load_backbone,
+    load_embedder,
     register_backbone,
+    register_embedder,
     register_torchvision_backbone,
 )
+from svp.clustering import cluster_margin, typicality, typiclust
 from svp.config import PAPER_SCHEDULE, TrainConfig, scaled_schedule
 from svp.data import (
     ImageStore,
@@ -40,7 +44,6 @@ from svp.strategies import (
     SelectionResult,
     Strategy,
     auto_choice,
-    cluster_margin,
     cold_start,
     coreset,
     entropy,
@@ -48,9 +51,8 @@ from svp.strategies import (
     least_confidence,
     margin,
     select,
-    typicality,
-    typiclust,
 )
+from svp.text_encoders import DEFAULT_TEXT_BACKBONE, GloveMean, MiniLM
 from svp.train import (
     ForgettingTracker,
     Predictions,
@@ -66,18 +68,22 @@ from svp.train import (
 
 __all__ = [
     "AUTO_SWITCH_PER_CLASS",
+    "DEFAULT_TEXT_BACKBONE",
     "MODELS",
     "PAPER_SCHEDULE",
     "Backbone",
     "BackboneSpec",
     "Calibration",
     "Classifier",
+    "Embedder",
     "EmbeddingStore",
     "ForgettingTracker",
+    "GloveMean",
     "ImageStore",
     "LabeledImages",
     "LinearHead",
     "LinearProxy",
+    "MiniLM",
     "Predictions",
     "SelectionResult",
     "Strategy",
@@ -107,6 +113,7 @@ __all__ = [
     "least_confidence",
     "load_backbone",
     "load_cifar10",
+    "load_embedder",
     "margin",
     "model_names",
     "overlap",
@@ -114,6 +121,7 @@ __all__ = [
     "rankdata",
     "read_image_folder_zip",
     "register_backbone",
+    "register_embedder",
     "register_torchvision_backbone",
     "scaled_schedule",
     "seed_everything",
