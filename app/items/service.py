@@ -17,6 +17,7 @@ from app.errors import Invalid, NotFound
 from app.fields import MAX_ID
 from app.items.models import TEXT_PREVIEW_CHARS, Item, Split
 from app.items.storage import SpooledUpload, discard
+from app.items.text_reader import kind_mismatch
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
@@ -74,6 +75,11 @@ def start_import(
     strays = sorted({f.field for f in upload.files} - {"file"})
     if strays:
         raise Invalid(f"files go in the 'file' field, not {', '.join(map(repr, strays))}")
+    # Files that all belong to the other kind of project (by their names) import nothing: said
+    # at once, not by a job that rejects each. A zip is judged by its entries, in the job.
+    mismatch = kind_mismatch(access.project.kind, [f.name for f in upload.files])
+    if mismatch is not None:
+        raise Invalid(mismatch)
     # A NUL in a file's name can be stored nowhere (PostgreSQL text and JSONB refuse it): that
     # file is refused alone, under a visible form of its name, and the rest import.
     named = [f for f in upload.files if "\x00" not in f.name]
