@@ -35,12 +35,17 @@ def _listed(names: frozenset[str]) -> str:
     return ", ".join(sorted(names))
 
 
+def a_kind(kind: str) -> str:
+    """'an image' or 'a text', for messages."""
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def check_backbone(kind: str, backbone: str) -> None:
     """422 when a backbone embeds the other kind of item than the project holds."""
     modality = backbone_modality(backbone)
     if modality != kind:
         raise Invalid(
-            f"backbone {backbone!r} embeds {modality}s; this is a {kind} project "
+            f"backbone {backbone!r} embeds {modality}s; this is {a_kind(kind)} project "
             f"(its default backbone is {DEFAULT_BACKBONES[kind]!r})"
         )
 
@@ -49,7 +54,7 @@ def check_proxy(kind: str, arch: str) -> None:
     """422 when a proxy cannot train on the project's kind of item."""
     if arch not in PROXIES[kind]:
         raise Invalid(
-            f"proxy {arch!r} does not train on {kind}s; a {kind} project's proxies are "
+            f"proxy {arch!r} does not train on {kind}s; {a_kind(kind)} project's proxies are "
             f"{_listed(PROXIES[kind])}"
         )
 
@@ -58,7 +63,7 @@ def check_target(kind: str, arch: str) -> None:
     """422 when an evaluation target cannot train on the project's kind of item."""
     if arch not in TARGETS[kind]:
         raise Invalid(
-            f"target {arch!r} does not train on {kind}s; a {kind} project's targets are "
+            f"target {arch!r} does not train on {kind}s; {a_kind(kind)} project's targets are "
             f"{_listed(TARGETS[kind])}"
         )
 

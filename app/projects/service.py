@@ -102,8 +102,8 @@ def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Proje
     project = access.project
     if data.kind is not None and data.kind != project.kind:
         raise Invalid(
-            f"a project's kind is fixed when it is made: this is a {project.kind} project, "
-            f"so it cannot become {data.kind}; make a new {data.kind} project instead"
+            f"a project's kind is fixed when it is made: this is {kinds.a_kind(project.kind)} "
+            f"project, so it cannot become {data.kind}; make a new {data.kind} project instead"
         )
     if data.description is not None:
         project.description = data.description
