@@ -31,10 +31,11 @@ from app.items import archive
 from app.items.entries import Entry, Rejected, single_file
 from app.items.models import Item, Split
 from app.items.storage import ImageFiles, discard
+from app.items.text_reader import wrong_kind_reason
 from app.jobs.models import Job
 from app.jobs.runtime import JobContext
 from app.labeling.models import Label, LabelSource
-from app.projects.models import Project
+from app.projects.models import Project, ProjectKind
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
         project = db.get(Project, ctx.project_id) if ctx.project_id is not None else None
         if job is None or project is None:
             raise LookupError(f"job {ctx.job_id} or its project is gone")
-        run = _Import(
+        text_project = project.kind == ProjectKind.text
+        run = ImportRun(
             ctx,
             project_id=project.id,
             classes=set(project.classes),
@@ -151,7 +153,13 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
         (_inside(settings.uploads_dir, f["path"]), str(f["name"])) for f in ctx.params["files"]
     ]
     started = time.perf_counter()
-    result = run.run(files)
+    if text_project:
+        # Imported here: text_import builds on this module (its run is an ImportRun).
+        from app.items.text_import import TextImportRun
+
+        result = TextImportRun.from_run(run).run(files)
+    else:
+        result = run.run(files)
     log.info(
         "import job %s: %s added, %s duplicates, %s rejected of %s in %.1fs",
         ctx.job_id,
@@ -173,7 +181,7 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
 class _Batch:
     """Entries up to ``upto`` (a position in the upload) and what they came to, uncommitted."""
 
-    accepted: list[Accepted] = field(default_factory=list)
+    accepted: list[Any] = field(default_factory=list)  # Accepted, or text_import's AcceptedText
     duplicates: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
     upto: int = 0
@@ -181,7 +189,7 @@ class _Batch:
     bytes: int = 0
 
 
-class _Import:
+class ImportRun:
     """One run of an import job over its files, from its checkpoint to the end.
 
     Two stages overlap: this thread reads and decodes batch N+1 while a writer thread stores the
@@ -269,17 +277,12 @@ class _Import:
             self.store.put(accepted.content_hash, accepted.data)
             accepted.data = b""  # the bytes are on disk; let them go
 
-    def _commit(self, batch: _Batch, written: Future[None]) -> None:
-        written.result()  # re-raises a failed write: better a failed job than an item without file
+    def _commit(self, batch: _Batch, written: Future[None] | None) -> None:
+        if written is not None:
+            written.result()  # re-raises a failed write: better no job than an item without file
         tally = self.tally
         with unit_of_work() as db:
-            added, labeled = _insert_items(
-                db,
-                batch.accepted,
-                project_id=self.project_id,
-                split=self.split,
-                uploader=self.uploader,
-            )
+            added, labeled = self._insert(db, batch.accepted)
             # Not added: already in the project (an earlier upload, or a concurrent one).
             tally.duplicates += batch.duplicates + len(batch.accepted) - added
             tally.added += added
@@ -295,6 +298,12 @@ class _Import:
         if fraction - self.reported >= PROGRESS_STEP or fraction >= 1.0:
             self.ctx.progress("importing", fraction)  # also where a cancel request stops it
             self.reported = fraction
+
+    def _insert(self, db: Session, accepted: list[Any]) -> tuple[int, int]:
+        """Insert a batch's new items (and their labels): (items added, labels added)."""
+        return _insert_items(
+            db, accepted, project_id=self.project_id, split=self.split, uploader=self.uploader
+        )
 
 
 def _insert_items(
@@ -377,6 +386,9 @@ def _examine(
         raise Rejected("empty file")
     if data[:4] == archive.ZIP_MAGIC or name.lower().endswith(".zip"):
         raise Rejected("nested archive (zip inside an upload's zip) is not imported")
+    text_file = wrong_kind_reason(name)
+    if text_file is not None:
+        raise Rejected(text_file)
     label = None
     if from_folders:
         label = PurePosixPath(name).parent.name

@@ -35,6 +35,8 @@ class _Candidate:
     score: float
     suggested_label: str | None
     suggested_prob: float | None
+    text: str | None  # a text item's whole text (DESIGN 4c); null for an image
+    text_chars: int | None
 
 
 # The batch entries a caller may lease, in two parts. Their live leases on unlabelled items of
@@ -45,7 +47,11 @@ class _Candidate:
 # order and stops after :n hits, so it reads about n plus the items others hold right now,
 # whatever the pool or batch size ("labeled, rank" pins that index: with the unique
 # (round_id, rank) index the planner would filter its way past every labelled item).
-_ENTRY = "s.item_id, i.name, s.rank, s.score, s.suggested_label, s.suggested_prob"
+_ENTRY = (
+    "s.item_id, i.name, s.rank, s.score, s.suggested_label, s.suggested_prob, i.text, i.text_chars"
+)
+# Columns of _ENTRY: a row's first _FIELDS values make a _Candidate; then ``fresh`` (and ``won``).
+_FIELDS = 8
 _OWN_SQL = f"""
     SELECT {_ENTRY}, 0 AS fresh FROM leases l
     JOIN selections s ON s.item_id = l.item_id AND s.round_id = :round_id
@@ -126,7 +132,7 @@ def _lease_sqlite(raw: Raw, *, params: dict[str, Any]) -> list[tuple[_Candidate,
         return []
     upsert = {k: params[k] for k in ("round_id", "user_id", "now", "until")}
     won = {row[0] for row in raw.rows(_UPSERT_SQLITE, upsert | {"ids": [r[0] for r in rows]})}
-    return [(_Candidate(*row[:6]), bool(row[6])) for row in rows if row[0] in won]
+    return [(_Candidate(*row[:_FIELDS]), bool(row[_FIELDS])) for row in rows if row[0] in won]
 
 
 def _lease_postgres(raw: Raw, *, params: dict[str, Any], n: int) -> list[_Candidate]:
@@ -135,7 +141,7 @@ def _lease_postgres(raw: Raw, *, params: dict[str, Any], n: int) -> list[_Candid
     tried: list[int] = []
     for _ in range(LEASE_ATTEMPTS):
         rows = raw.rows(_LEASE_PG, params | {"n": n - len(chosen), "tried": tried})
-        new = [(_Candidate(*row[:6]), bool(row[6])) for row in rows if row[7]]
+        new = [(_Candidate(*row[:_FIELDS]), bool(row[_FIELDS])) for row in rows if row[_FIELDS + 1]]
         chosen.extend(c for c, _ in new)
         metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in new))
         # Each retry sees the winner's committed lease, so one retry nearly always does.
@@ -180,8 +186,10 @@ def next_batch(db: Session, *, project_id: int, user: User, n: int) -> list[Queu
             name=c.name,
             rank=c.rank,
             score=c.score,
-            image_url=image_url(c.item_id),
+            image_url=None if c.text_chars is not None else image_url(c.item_id),
             suggestion=Suggestion(label=c.suggested_label, confidence=c.suggested_prob),
+            text=c.text,
+            text_chars=c.text_chars,
             lease_expires_at=until,
         )
         for c in chosen

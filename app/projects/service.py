@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from app.auth.models import Role, User
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item
-from app.projects.models import Member, MemberRole, Project
+from app.projects import kinds
+from app.projects.models import Member, MemberRole, Project, ProjectKind
 from app.projects.schemas import ProjectCreate, ProjectSettings, ProjectUpdate
 from app.rounds.models import Round
 
@@ -80,11 +81,13 @@ def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
         # Names are unique across the server, so that the name is taken cannot be hidden; the
         # answer says no more: not that a project holds it, nor anything of that project.
         raise Invalid("this project name is not available; choose another")
+    settings = kinds.fit_settings(data.kind, data.settings)
     project = Project(
         name=data.name,
+        kind=data.kind,
         description=data.description,
         classes=data.classes,
-        settings=data.settings.model_dump(),
+        settings=settings.model_dump(),
         created_by=user.id,
     )
     db.add(project)
@@ -95,12 +98,17 @@ def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
 
 
 def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Project:
-    """Change a project's description or settings."""
+    """Change a project's description or settings; its kind stays what it was made as."""
     project = access.project
+    if data.kind is not None and data.kind != project.kind:
+        raise Invalid(
+            f"a project's kind is fixed when it is made: this is {kinds.a_kind(project.kind)} "
+            f"project, so it cannot become {data.kind}; make a new {data.kind} project instead"
+        )
     if data.description is not None:
         project.description = data.description
     if data.settings is not None:
-        project.settings = data.settings.model_dump()
+        project.settings = kinds.fit_settings(project.kind, data.settings).model_dump()
     db.flush()
     return project
 
@@ -147,11 +155,17 @@ def project_settings(project: Project) -> ProjectSettings:
     may have been uninstalled since): such a key falls back to its default, with a warning,
     so one stale value never fails a label, a lease or a round start.
     """
-    return settings_of(project.id, project.settings)
+    return settings_of(project.id, project.settings, kind=project.kind)
 
 
-def settings_of(project_id: int, stored_settings: dict[str, Any] | None) -> ProjectSettings:
-    """``project_settings`` from a plain row's columns, for paths that read no Project object."""
+def settings_of(
+    project_id: int, stored_settings: dict[str, Any] | None, *, kind: str = ProjectKind.image
+) -> ProjectSettings:
+    """``project_settings`` from a plain row's columns, for paths that read no Project object.
+
+    A key that falls back takes the default of the project's kind (a text project's backbone
+    stays a text backbone, even one whose wheel is missing here: a round then says so).
+    """
     stored = dict(stored_settings or {})
     try:
         return ProjectSettings.model_validate(stored)
@@ -162,7 +176,9 @@ def settings_of(project_id: int, stored_settings: dict[str, Any] | None) -> Proj
             project_id,
             sorted(bad),
         )
-        return ProjectSettings.model_validate({k: v for k, v in stored.items() if k not in bad})
+        kept = ProjectSettings.model_validate({k: v for k, v in stored.items() if k not in bad})
+        own = {k: v for k, v in kinds.KIND_DEFAULTS[kind].items() if k in bad}
+        return kept.model_copy(update=own) if own else kept
 
 
 def set_member(db: Session, *, access: Access, username: str, role: str) -> tuple[Member, User]:
