@@ -119,3 +119,20 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="epochs"):
         FastTextConfig(epochs=0)
     assert clean_text("A\tB\n\x00C  ") == "a b c"
+
+
+def test_without_fasttext_the_fallback_runs_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import svp.fasttext_proxy as module
+
+    monkeypatch.setattr(module, "_fasttext", None)
+    monkeypatch.setattr(module, "_IMPORT_ERROR", "No module named 'fasttext'")
+    texts, y = corpus(200, 10)
+    with caplog.at_level("WARNING", logger="svp.fasttext_proxy"):
+        proxy = fit_fasttext(texts, y, CLASSES, FastTextConfig(epochs=10))
+    assert proxy.backend == "sklearn"
+    assert "scikit-learn" in caplog.text
+    assert "No module named 'fasttext'" in caplog.text
+    with pytest.raises(RuntimeError, match="not importable"):
+        fit_fasttext(texts, y, CLASSES, FastTextConfig(backend="fasttext"))
