@@ -37,8 +37,9 @@ QUICK_CLASSES = "comp.graphics,rec.sport.hockey,sci.space,talk.politics.mideast"
 
 # The full run is the paper's setting scaled to this corpus: all 20 groups, 1014 characters,
 # VDCNN-9 at the paper's widths. On 2 CPU cores it takes hours (the target trains at about
-# 30 posts/s per core at 1014 characters); --quick is sized to about 5 CPU-minutes of target
-# work: four groups, 256 characters (measured: about 100 posts/s a core training, 460 scoring).
+# 30 posts/s per core at 1014 characters). --quick: four groups, 256 characters (about 100
+# posts/s a core training, 460 scoring); measured at one thread, 2 CPU-minutes of work, which
+# took 10.6 minutes of wall time with the machine's load average at 15.
 DEFAULTS: dict[str, Any] = {
     "classes": "",
     "pool": 6000,
