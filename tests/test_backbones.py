@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -33,6 +34,7 @@ from app.settings import Settings, UserBackbones, get_settings
 from svp import backbones
 from svp.backbones import builtin_backbones
 from tests.factories import Factory
+from tests.procs import stack, wait_for
 from worker import embed, runners
 
 
@@ -234,3 +236,29 @@ def test_the_worker_refuses_a_side_above_the_backbones_own(settings: Settings) -
     with pytest.raises(ValueError, match="embeds at 128 px"):
         embed.store("efficientnet_lite0", 1024)
     assert embed.store("efficientnet_lite0", 64).image_size == 64
+
+
+@pytest.mark.slow
+def test_real_server_and_worker_name_a_bad_backbone_at_start(
+    tmp_path: Path, database_url: str, broker_url: str
+) -> None:
+    bad = {"gone": {"arch": "resnet18", "weights": str(tmp_path / "missing.pt")}}
+    env = {"SVP_BACKBONES": json.dumps(bad)}
+    with stack(tmp_path, database_url=database_url, broker_url=broker_url, extra_env=env) as s:
+        server = s.serve()
+        worker = s.worker()
+        wait_for(
+            lambda: "event=backbones usable=" in worker.log(),
+            120,
+            f"the worker never reported its backbones:\n{s.logs()}",
+            worker,
+        )
+        assert "backbone=gone event=unusable" in worker.log()
+        # The built-ins stay usable: the worker lists lite0 among what it can load.
+        assert "usable=efficientnet_lite0" in worker.log()
+        assert "backbone gone is unusable" in server.log()
+        c = httpx.Client(base_url=s.url, timeout=30)
+        assert "backbones" not in c.get("/api/health").json()
+        r = c.post("/api/auth/login", json={"username": "admin", "password": "admin-password"})
+        assert r.status_code == 200, r.text
+        assert set(c.get("/api/health").json()["backbones"]) == {"gone"}
