@@ -1,7 +1,7 @@
-"""Backbones on both sides: the server's list matches the engine's registry, a user's bad
-backbone (``SVP_BACKBONES``) fails alone with its reason (in the worker, in the start-up log and
-in ``/api/health`` for admins), and an embedding's input side is bounded by what the backbone uses.
-"""
+"""Users' backbones on both sides: a bad one (``SVP_BACKBONES``) fails alone with its reason (in
+the worker, in the start-up logs and in ``/api/health`` for admins), and an embedding's input
+side is bounded by what the backbone uses. tests/test_embeddings.py compares the server's
+built-in list with the engine's registry."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.db import unit_of_work
-from app.embeddings.schemas import BUILTIN_BACKBONES
 from app.embeddings.service import start_embedding
 from app.items.models import Item
 from app.items.storage import ImageFiles
@@ -32,7 +31,6 @@ from app.main import create_app
 from app.projects.models import Project
 from app.settings import Settings, UserBackbones, get_settings
 from svp import backbones
-from svp.backbones import builtin_backbones
 from tests.factories import Factory
 from tests.procs import stack, wait_for
 from worker import embed, runners
@@ -96,19 +94,6 @@ def add_images(settings: Settings, project_id: int, n: int) -> None:
                     split="pool",
                 )
             )
-
-
-# --- the server's list and the engine's registry ----------------------------------------------
-
-
-def test_the_server_lists_every_engine_builtin_with_its_size_and_wheel() -> None:
-    engine = builtin_backbones()
-    assert set(BUILTIN_BACKBONES) == {n for n, (s, _) in engine.items() if s.modality == "image"}
-    for name, server in BUILTIN_BACKBONES.items():
-        spec, requires = engine[name]
-        assert server.image_size == spec.image_size, name
-        # lite0 is a dependency (always there); the others are listed only with their wheel.
-        assert requires in (None, server.wheel_module), name
 
 
 # --- a bad user backbone fails alone ----------------------------------------------------------
