@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from app import flows
 from app.auth.models import User
 from app.db import make_engine, unit_of_work, utcnow
 from app.items.models import Item
 from app.labeling import service as labeling
 from app.labeling.models import Label, Lease
 from app.projects.models import Member, Project
+from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus
 from tests.conftest import BACKEND, POSTGRES_URL
 from tests.factories import PASSWORD, Factory
@@ -505,7 +505,7 @@ def test_items_labelled_while_the_proxy_trained_are_saved_labelled(factory: Fact
     )
     assert r.status_code == 201, r.text
     with unit_of_work() as db:
-        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+        assert rounds.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
     assert _round_status(rnd.id) == RoundStatus.labeling
     c = factory.client(ann1)
     assert c.get(f"/api/rounds/{rnd.id}").json()["labeled"] == 1
@@ -525,7 +525,7 @@ def test_a_batch_labelled_before_it_was_saved_completes_its_round_at_once(
         r = c.post("/api/labels", json={"item_id": it.id, "label": "bird", "key": f"b{i}"})
         assert r.status_code == 201, r.text
     with unit_of_work() as db:
-        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+        assert rounds.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
     assert _round_status(rnd.id) == RoundStatus.completed
     got = c.get(f"/api/rounds/{rnd.id}").json()
     assert got["labeled"] == 2
@@ -540,11 +540,11 @@ def test_only_the_lease_commits_without_waiting_for_the_disk(factory: Factory) -
     factory.round_with_selection(project, items)
     setting = "SELECT current_setting('synchronous_commit')"
     with unit_of_work() as db:
-        assert len(labeling.next_batch(db, project_id=project.id, user=eng, n=1)) == 1
+        assert len(labeling.next_batch(db, project_id=project.id, user=eng, n=1).entries) == 1
         assert db.scalar(text(setting)) == "off"  # leases: soft state
     # The pooled connection is back to the server's default for whatever runs next: a label.
     for k in range(3):
         with unit_of_work() as db:
             assert db.scalar(text(setting)) == "on"
-            flows.label_item(db, user=eng, item_id=items[0].id, label="cat", key=f"k{k}")
+            labeling.store_label(db, user=eng, item_id=items[0].id, label="cat", key=f"k{k}")
             assert db.scalar(text(setting)) == "on"

@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from app import db as app_db
-from app import flows
 from app.db import unit_of_work
 from app.items.models import Item
+from app.labeling import service as labeling
 from app.labeling.models import Label
+from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus, Selection
 from app.settings import get_settings
 from tests.conftest import BACKEND
@@ -297,9 +298,6 @@ def test_the_last_items_labelled_at_once_complete_their_round(factory: Factory) 
             assert done.finished_at is not None
 
 
-@pytest.mark.skipif(
-    BACKEND != "postgres", reason="SQLite completes a round in the label's own transaction"
-)
 def test_a_round_whose_completion_never_ran_completes_at_the_next_empty_queue(
     factory: Factory,
 ) -> None:
@@ -317,9 +315,6 @@ def test_a_round_whose_completion_never_ran_completes_at_the_next_empty_queue(
         assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.completed
 
 
-@pytest.mark.skipif(
-    BACKEND != "postgres", reason="SQLite completes a round in the label's own transaction"
-)
 def test_an_undo_while_its_round_completes_reopens_the_round(factory: Factory) -> None:
     eng = factory.user("engineer")
     project = factory.project(eng)
@@ -330,7 +325,7 @@ def test_an_undo_while_its_round_completes_reopens_the_round(factory: Factory) -
     assert r.status_code == 201, r.text
     # The last label's transaction, committed; its round's completion not yet run.
     with unit_of_work() as db:
-        read, created, maybe_done = flows.label_item(
+        read, created, maybe_done = labeling.store_label(
             db, user=eng, item_id=last.id, label="cat", key="last"
         )
     assert (created, maybe_done) == (True, [rnd.id])
@@ -338,7 +333,7 @@ def test_an_undo_while_its_round_completes_reopens_the_round(factory: Factory) -
 
     def complete() -> None:
         with unit_of_work() as db:
-            assert flows.complete_if_done(db, round_id=rnd.id)
+            assert rounds.complete_round(db, round_id=rnd.id)
             completing.set()
             release.wait(30)  # the completion commits when this block ends
 

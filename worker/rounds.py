@@ -2,8 +2,8 @@
 
 Each is ``fn(ctx: JobContext) -> dict``, run by ``app.jobs.runtime.run_job`` in a worker. They
 read ids and labels in short transactions, do the torch work outside any transaction, and write
-results in one; every round write goes through ``app.rounds.service`` (the batch through
-``app.flows.save_batch``, which completes it when it is labelled already). A runner is idempotent:
+results in one; every round write goes through ``app.rounds.service`` (the batch through its
+``save_batch``, which completes it when it is labelled already). A runner is idempotent:
 a redelivered round reloads its row first, and one that already has its batch returns at once.
 
 All three share one path: read the pool (``_read_pool``), turn it into the engine's inputs
@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from torch import nn
 
 import svp
-from app import flows
 from app.db import unit_of_work
 from app.items.models import Item, Split
 from app.items.storage import image_path
@@ -377,7 +376,7 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
     timings["seconds_saving"] = time.perf_counter() - started
     metrics.update({key: round(value, 4) for key, value in timings.items()})
     with unit_of_work() as db:
-        if not flows.save_batch(db, round_id=plan.round_id, entries=entries, metrics=metrics):
+        if not rounds.save_batch(db, round_id=plan.round_id, entries=entries, metrics=metrics):
             raise JobCanceled(f"round {plan.round_id} was canceled before its batch was saved")
         pause_point("round:save-batch")
     log.info("round %s: %s selected by %s; %s", plan.round_id, len(entries), plan.strategy, metrics)

@@ -90,7 +90,7 @@ def _check_events_access(request: Request, round_id: int) -> None:
     # Its own short read transaction: the request's session would otherwise stay open (and on
     # PostgreSQL hold a pooled connection) for as long as the client listens.
     with unit_of_work(write=False) as db:
-        service.get_round(db, round_id=round_id, user=current_user(request, db))
+        service.round_project_access(db, round_id=round_id, user=current_user(request, db))
 
 
 def _state(request: Request, round_id: int, *, reauth: bool) -> service.RoundState | None:
@@ -98,7 +98,7 @@ def _state(request: Request, round_id: int, *, reauth: bool) -> service.RoundSta
     with unit_of_work(write=False) as db:
         if reauth:
             try:
-                service.get_round(db, round_id=round_id, user=current_user(request, db))
+                service.round_project_access(db, round_id=round_id, user=current_user(request, db))
             except DomainError:
                 return None
         return service.round_state(db, round_id=round_id)
