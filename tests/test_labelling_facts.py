@@ -203,7 +203,7 @@ def test_an_items_current_label(
 _WRITES = re.compile(
     r"UPDATE\s+(items|selections)\s+SET\s+label"
     r"|update\((Item|Selection)\)"
-    r"|\.labeled\s*=[^=]"
+    r"|\blabeled\s*=\s*(True|False)\b"
     r"|\b(item|it|row)\.label\s*=[^=]"
 )
 
