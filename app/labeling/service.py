@@ -62,8 +62,10 @@ def _lease_postgres(raw: Raw, *, params: dict[str, Any], n: int) -> list[sql.Can
     chosen: list[sql.Candidate] = []
     tried: list[int] = []
     for _ in range(LEASE_ATTEMPTS):
-        rows = raw.fetch(sql.LEASE_PG, params | {"n": n - len(chosen), "tried": tried}, sql.Leased)
-        new = [sql.Candidate(*row[:-1]) for row in rows if row.won]
+        rows = raw.fetch(
+            sql.LEASE_PG, params | {"n": n - len(chosen), "tried": tried}, sql.Candidate
+        )
+        new = [row for row in rows if row.won]
         chosen.extend(new)
         metrics.ITEMS_LEASED.inc(sum(c.fresh for c in new))
         # Each retry sees the winner's committed lease, so one retry nearly always does.

@@ -63,7 +63,9 @@ QUEUE_CONTEXT = {
 
 
 class Candidate(NamedTuple):
-    """A batch entry the caller may lease; ``fresh``: not a lease of theirs already."""
+    """A batch entry the caller may lease; ``fresh``: not a lease of theirs already; ``won``:
+    whether its lease was won (PostgreSQL leases in the same statement; SQLite's candidates
+    come back with NULL, and its upsert says which it won)."""
 
     item_id: int
     name: str
@@ -72,19 +74,7 @@ class Candidate(NamedTuple):
     suggested_label: str | None
     suggested_prob: float | None
     fresh: int
-
-
-class Leased(NamedTuple):
-    """A candidate with whether its lease was won (PostgreSQL's one-statement lease)."""
-
-    item_id: int
-    name: str
-    rank: int
-    score: float
-    suggested_label: str | None
-    suggested_prob: float | None
-    fresh: int
-    won: bool
+    won: bool | None
 
 
 class ItemId(NamedTuple):
@@ -152,7 +142,7 @@ LEASE_PG = f"""
 # and the upsert below, and no row locks exist to take.
 CANDIDATES_SQLITE = f"""
     WITH tried(item_id) AS (SELECT value FROM json_each(:tried))
-    SELECT * FROM (SELECT * FROM ({_OWN}) UNION ALL SELECT * FROM ({_OPEN}))
+    SELECT *, NULL AS won FROM (SELECT * FROM ({_OWN}) UNION ALL SELECT * FROM ({_OPEN}))
     ORDER BY fresh, rank LIMIT :n
     """  # noqa: S608 - constants of this module, never input
 # RETURNING needs SQLite 3.35.
