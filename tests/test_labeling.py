@@ -145,6 +145,26 @@ def test_expired_lease_returns_the_item_to_the_queue(factory: Factory) -> None:
         assert lease.expires_at > utcnow()
 
 
+def test_a_lease_that_ran_out_returns_the_item_to_its_holder_too(factory: Factory) -> None:
+    # A solo annotator who looked away past their lease: the item is back in everyone's queue,
+    # theirs included, at once (only a skip keeps an item from its skipper for a while).
+    project, items, _, ann1, _ = _setup(factory, n_items=2)
+    c = factory.client(ann1)
+    assert _ids(_next(c, project.id)) == [items[0].id, items[1].id]
+    now = utcnow()
+    with unit_of_work() as db:
+        db.execute(
+            update(Lease)
+            .where(Lease.item_id == items[1].id)
+            .values(created_at=now - timedelta(minutes=11), expires_at=now - timedelta(minutes=1))
+        )
+    assert _ids(_next(c, project.id)) == [items[0].id, items[1].id]
+    with unit_of_work(write=False) as db:
+        lease = db.scalar(select(Lease).where(Lease.item_id == items[1].id))
+        assert lease is not None
+        assert (lease.user_id, lease.expires_at > utcnow()) == (ann1.id, True)
+
+
 def test_skip_gives_the_item_to_others_not_back_to_the_skipper(factory: Factory) -> None:
     project, items, _, ann1, ann2 = _setup(factory, n_items=3)
     c = factory.client(ann1)

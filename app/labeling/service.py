@@ -138,7 +138,8 @@ def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
 
     The lease row is kept, ending now, rather than deleted: others may take the item at once,
     while the caller's own queue passes over it for a lease period (the open part of the
-    queue, in ``app.labeling.sql``).
+    queue, in ``app.labeling.sql``). It also begins now: a lease that ended where it began is
+    a skip, told apart from one that ran out, whose item its holder may take again at once.
     Raises Conflict when the caller holds no live lease on the item.
     """
     _project_item(db, item_id=item_id, project_id=access.project.id, user=user)
@@ -150,7 +151,7 @@ def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
     )
     if lease is None:
         raise Conflict("you hold no lease on this item")
-    lease.expires_at = now
+    lease.created_at = lease.expires_at = now
     db.flush()
 
 

@@ -85,9 +85,11 @@ class ItemId(NamedTuple):
 
 # The batch entries a caller may lease, in two parts. Their live leases on unlabelled items of
 # the round come back first (a reload loses nothing); then open items nobody holds: no lease,
-# one from an older round, or one that ran out, except that a caller's own lease that ended (a
-# skip sets it to end now) stays out of their own queue for a lease period, so a skipped item
-# is not handed straight back. The open part walks ix_selections_round_labeled_rank in rank
+# one from an older round, or one that ran out (its holder's included: a solo annotator who let
+# a lease run out gets the item back), except that a caller's own skip stays out of their own
+# queue for a lease period, so a skipped item is not handed straight back. A skip is a lease
+# that ended where it began (``app.labeling.service.skip``); a lease that ran out always
+# ended after it began. The open part walks ix_selections_round_labeled_rank in rank
 # order and stops after :n hits, so it reads about n plus the items others hold right now,
 # whatever the pool or batch size ("labeled, rank" pins that index: with the unique
 # (round_id, rank) index the planner would filter its way past every labelled item).
@@ -105,7 +107,8 @@ _OPEN = f"""
     LEFT JOIN leases l ON l.item_id = s.item_id
     WHERE s.round_id = :round_id AND s.labeled = false AND i.label IS NULL
       AND (l.id IS NULL OR l.round_id <> :round_id
-           OR (l.expires_at < :now AND (l.user_id <> :user_id OR l.expires_at < :grace)))
+           OR (l.expires_at < :now AND (l.user_id <> :user_id OR l.expires_at < :grace
+                                        OR l.created_at < l.expires_at)))
       AND s.item_id NOT IN (SELECT item_id FROM tried)
     ORDER BY s.labeled, s.rank LIMIT :n"""  # noqa: S608 - constants of this module, never input
 # Insert or take over leases; the unique leases.item_id decides a race atomically: on
