@@ -15,6 +15,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
+from app.errors import NotFound
 from app.jobs import service as jobs
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.labeling import service as labeling
@@ -33,8 +34,13 @@ def undo_label(db: Session, *, user: User, label_id: int) -> None:
         rounds.reopen_rounds(db, held=held)
 
 
-def cancel_round(db: Session, *, rnd: Round) -> Round:
+def cancel_round(db: Session, *, round_id: int) -> Round:
     """Cancel a round and its job: queued or labelling at once, running at its next report."""
+    # Locked as a completion locks it: a cancel racing the last label's completion either
+    # waits for it and finds the round completed (409), or goes first and cancels it.
+    rnd = rounds.lock_round(db, round_id=round_id)
+    if rnd is None:
+        raise NotFound("no such round")
     rounds.check_cancelable(rnd)
     job = db.get(Job, rnd.job_id) if rnd.job_id is not None else None
     live_job = job is not None and job.status not in FINISHED_JOB_STATUSES

@@ -82,7 +82,7 @@ def get_selection(round_id: PathId, _: RoundAccess, db: DB) -> list[SelectionEnt
 @router.post("/rounds/{round_id}/cancel", responses=error_responses(409))
 def cancel_round(round_id: PathId, _: RoundEngineerAccess, db: DB) -> RoundRead:
     """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
-    flows.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
+    flows.cancel_round(db, round_id=round_id)
     return _one(db, round_id)
 
 

@@ -219,7 +219,7 @@ def complete_round(db: Session, *, round_id: int, supersede: bool = False) -> bo
     for every label in flight on an open item (FOR SHARE without SKIP LOCKED), then re-reads
     that row as committed. A batch fully labelled may start the next round (``auto_next_round``).
     """
-    rnd = _lock_round(db, round_id=round_id)
+    rnd = lock_round(db, round_id=round_id)
     if rnd is None or rnd.status != RoundStatus.labeling:
         return False
     if supersede:
@@ -238,8 +238,9 @@ def complete_round(db: Session, *, round_id: int, supersede: bool = False) -> bo
     return True
 
 
-def _lock_round(db: Session, *, round_id: int) -> Round | None:
-    """The round, its project's row locked first and then its own (PostgreSQL)."""
+def lock_round(db: Session, *, round_id: int) -> Round | None:
+    """The round, its project's row locked first and then its own (PostgreSQL), read as
+    committed once the locks are granted: what changes a round's status decides on this."""
     project_id = db.scalar(select(Round.project_id).where(Round.id == round_id))
     if project_id is None:
         return None
@@ -421,14 +422,6 @@ def round_project_access(
         raise NotFound("no such round") from None
 
 
-def load_round(db: Session, *, round_id: int) -> Round:
-    """A round by id (404 when missing)."""
-    rnd = db.get(Round, round_id)
-    if rnd is None:
-        raise NotFound("no such round")
-    return rnd
-
-
 def read_round(rnd: Round, job: Job | None, *, labeled: int) -> RoundRead:
     """The round's JSON, with stage and progress from its job and how much of its batch is done."""
     return RoundRead(
@@ -568,7 +561,7 @@ def save_batch(
     False and writes nothing when the round was canceled meanwhile.
     """
     # The project's lock, then the round's, before the items': the order every completer takes.
-    rnd = _lock_round(db, round_id=round_id)
+    rnd = lock_round(db, round_id=round_id)
     if rnd is None or rnd.status != RoundStatus.running:
         return False
     item_ids = [e["item_id"] for e in entries]
