@@ -3,7 +3,8 @@
 - an undo, and what it means for the rounds whose batch holds the item (a round it had
   completed goes back to labelling);
 - a round canceled, and its job with it;
-- a round's job canceled or retried, and its round with it.
+- a round's job canceled or retried, and its round with it;
+- a member removed from a project, or a user disabled: their leases end with their right.
 
 A label and the completion of the rounds it finished are two units of work (the completion
 waits on labels in flight, so it runs after the label's commit): ``app.labeling.router`` runs
@@ -19,8 +20,12 @@ from app.errors import NotFound
 from app.jobs import service as jobs
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.labeling import service as labeling
+from app.projects import service as projects
+from app.projects.service import Access
 from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus
+from app.users import service as users
+from app.users.schemas import UserUpdate
 
 
 def undo_label(db: Session, *, user: User, label_id: int) -> None:
@@ -67,3 +72,19 @@ def retry_job(db: Session, *, job: Job) -> Job:
     if job.kind == JobKind.round:
         rounds.requeue(db, job_id=job.id)
     return jobs.retry_job(db, job=job)
+
+
+def remove_member(db: Session, *, access: Access, user_id: int) -> None:
+    """Take a user out of the project; the items they held go back to the queue at once."""
+    projects.remove_member(db, access=access, user_id=user_id)
+    labeling.drop_leases(db, user_id=user_id, project_id=access.project.id)
+
+
+def update_user(
+    db: Session, *, user_id: int, data: UserUpdate, keep_session_id: int | None
+) -> User:
+    """Change a user; one disabled loses their leases at once, as their sessions."""
+    user = users.update_user(db, user_id=user_id, data=data, keep_session_id=keep_session_id)
+    if not user.active:
+        labeling.drop_leases(db, user_id=user.id)
+    return user

@@ -165,6 +165,24 @@ def test_a_lease_that_ran_out_returns_the_item_to_its_holder_too(factory: Factor
         assert (lease.user_id, lease.expires_at > utcnow()) == (ann1.id, True)
 
 
+def test_removing_or_disabling_an_annotator_frees_their_items_at_once(factory: Factory) -> None:
+    project, items, eng, ann1, ann2 = _setup(factory, n_items=4)
+    assert _ids(_next(factory.client(ann1), project.id, n=2)) == [items[0].id, items[1].id]
+    assert _ids(_next(factory.client(ann2), project.id, n=2)) == [items[2].id, items[3].id]
+    e = factory.client(eng)
+    assert _next(e, project.id) == []
+    # Removed from the project: what they held is everyone's again, not in a lease's time.
+    assert e.delete(f"/api/projects/{project.id}/members/{ann1.id}").status_code == 204
+    assert _ids(_next(e, project.id)) == [items[0].id, items[1].id]
+    admin = factory.client(factory.user("admin"))
+    r = admin.patch(f"/api/users/{ann2.id}", json={"active": False})
+    assert r.status_code == 200, r.text
+    assert _ids(_next(e, project.id)) == [i.id for i in items]
+    with unit_of_work(write=False) as db:
+        holders = set(db.scalars(select(Lease.user_id)))
+    assert holders == {eng.id}
+
+
 def test_skip_gives_the_item_to_others_not_back_to_the_skipper(factory: Factory) -> None:
     project, items, _, ann1, ann2 = _setup(factory, n_items=3)
     c = factory.client(ann1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app import metrics
@@ -26,6 +26,7 @@ from app.projects.service import (
     settings_of,
 )
 from app.rawsql import Raw, read_json
+from app.rounds.models import Round
 from app.rounds.schemas import Suggestion
 
 # A lease race lost to another annotator is retried this many times before answering with
@@ -153,6 +154,17 @@ def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
         raise Conflict("you hold no lease on this item")
     lease.created_at = lease.expires_at = now
     db.flush()
+
+
+def drop_leases(db: Session, *, user_id: int, project_id: int | None = None) -> None:
+    """End a user's leases at once (in one project, or everywhere): their items go back to
+    the queue for everyone, rather than waiting out a lease nobody will label under."""
+    query = delete(Lease).where(Lease.user_id == user_id)
+    if project_id is not None:
+        query = query.where(
+            Lease.round_id.in_(select(Round.id).where(Round.project_id == project_id))
+        )
+    db.execute(query)
 
 
 def _label_context(raw: Raw, *, user: User, item_id: int, key: str) -> sql.LabelContext:
