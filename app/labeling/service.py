@@ -26,6 +26,7 @@ from app.projects.service import (
     settings_of,
 )
 from app.rawsql import Raw, read_json
+from app.rounds import sql as rounds_sql
 from app.rounds.models import Round
 from app.rounds.schemas import Suggestion
 
@@ -108,7 +109,9 @@ def next_batch(db: Session, *, project_id: int, user: User, n: int) -> Queued:
     if not chosen:
         # A plain read: the completion re-checks, exactly, in a transaction of its own (this
         # one commits its leases without waiting for the disk, see sql.QUEUE_CONTEXT).
-        done = raw.fetch_one(sql.FIRST_OPEN, {"round_id": found.round_id}, sql.OpenItem) is None
+        done = (
+            raw.fetch_one(sql.FIRST_OPEN, {"round_id": found.round_id}, rounds_sql.OpenItem) is None
+        )
         return Queued([], [found.round_id] if done else [])
     chosen.sort(key=lambda c: c.rank)
     entries = [

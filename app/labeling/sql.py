@@ -152,12 +152,6 @@ CANDIDATES_SQLITE = f"""
 UPSERT_SQLITE = "WITH cand(item_id) AS (SELECT value FROM json_each(:ids)) " + _UPSERT  # noqa: S608
 
 
-class OpenItem(NamedTuple):
-    """A selection row of a batch still open."""
-
-    id: int
-
-
 # An empty queue: is the round's batch done? (Then its completion, which never ran, runs now.)
 FIRST_OPEN = rounds_sql.first_open(":round_id")
 

@@ -203,7 +203,7 @@ def batch_done(db: Session, *, round_id: int, wait_for_labels: bool = False) -> 
     probe = sql.first_open(":round_id") + (
         " FOR SHARE OF s" if wait_for_labels and raw.postgres else ""
     )
-    return raw.first(probe, {"round_id": round_id}) is None
+    return raw.fetch_one(probe, {"round_id": round_id}, sql.OpenItem) is None
 
 
 def complete_round(db: Session, *, round_id: int, supersede: bool = False) -> bool:

@@ -9,6 +9,8 @@ statement that uses a fragment passes ``STATUS`` among its parameters.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from app.rounds.models import RoundStatus
 
 # The parameters every fragment below needs (a plain str: psycopg would send an Enum's name).
@@ -30,6 +32,12 @@ def newest_labelling_round(project: str) -> str:
     return f"""(SELECT r.id FROM rounds r
         WHERE r.project_id = {project} AND r.status = :labeling_status
         ORDER BY r.number DESC LIMIT 1)"""  # noqa: S608 - fragments of this code, never input
+
+
+class OpenItem(NamedTuple):
+    """The selection row ``first_open`` finds."""
+
+    id: int
 
 
 def first_open(round_: str, *, besides: str | None = None) -> str:
