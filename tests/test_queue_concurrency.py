@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -18,6 +18,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app import db as app_db
+from app.auth.models import User
 from app.db import unit_of_work
 from app.items.models import Item
 from app.labeling import service as labeling
@@ -320,50 +321,35 @@ def test_a_round_whose_completion_never_ran_completes_at_the_next_empty_queue(
 
 
 def test_an_undo_while_its_round_completes_reopens_the_round(factory: Factory) -> None:
-    eng = factory.user("engineer")
-    project = factory.project(eng)
-    first, last = factory.items(project, 2)
-    rnd = factory.round_with_selection(project, [first, last])
-    c = factory.client(eng)
-    r = c.post("/api/labels", json={"item_id": first.id, "label": "cat", "key": "first"})
-    assert r.status_code == 201, r.text
-    # The last label's transaction, committed; its round's completion not yet run.
-    with unit_of_work() as db:
-        read, created, maybe_done = labeling.store_label(
-            db, user=eng, item_id=last.id, label="cat", key="last"
-        )
-    assert (created, maybe_done) == (True, [rnd.id])
-    completing, release = threading.Event(), threading.Event()
+    last = _label_last_without_completion(factory)
 
-    def complete() -> None:
-        with unit_of_work() as db:
-            assert rounds.complete_round(db, round_id=rnd.id)
-            completing.set()
-            release.wait(30)  # the completion commits when this block ends
+    def complete(db: Session) -> None:
+        assert rounds.complete_round(db, round_id=last.round.id)
 
-    undone: list[int] = []
-    completion = threading.Thread(target=complete)
-    completion.start()
-    assert completing.wait(30)
-    undo = threading.Thread(
-        target=lambda: undone.append(c.delete(f"/api/labels/{read.id}").status_code)
+    seen = _while_held(
+        complete, lambda: last.client.delete(f"/api/labels/{last.label_id}").status_code
     )
-    undo.start()
-    time.sleep(0.5)
     # The undo waits for the completion's round lock instead of missing the round it completes.
-    assert undone == []
-    release.set()
-    completion.join(30)
-    undo.join(30)
-    assert undone == [204]
+    assert seen == [-1, 204]
     with unit_of_work(write=False) as db:
-        assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.labeling
-        assert db.scalar(select(Item.label).where(Item.id == last.id)) is None
+        status = db.scalar(select(Round.status).where(Round.id == last.round.id))
+        assert status == RoundStatus.labeling
+        assert db.scalar(select(Item.label).where(Item.id == last.item_id)) is None
 
 
-def _label_last_without_completion(factory: Factory) -> tuple[Round, Any, Any, int]:
-    """A round of two items whose last label has committed but whose completion has not run
-    (and one pool item outside it); the engineer, their client, and the last label's id."""
+class LastLabel(NamedTuple):
+    """A round whose last label has committed but whose completion has not run."""
+
+    round: Round
+    engineer: User
+    client: Any
+    label_id: int
+    item_id: int
+
+
+def _label_last_without_completion(factory: Factory) -> LastLabel:
+    """A round of two items whose last label has committed but whose completion has not run,
+    and one pool item outside it; labelled by an engineer through their client."""
     eng = factory.user("engineer")
     project = factory.project(eng)
     first, last, _ = factory.items(project, 3)
@@ -376,7 +362,7 @@ def _label_last_without_completion(factory: Factory) -> tuple[Round, Any, Any, i
             db, user=eng, item_id=last.id, label="cat", key="last"
         )
     assert (created, maybe_done) == (True, [rnd.id])
-    return rnd, eng, c, read.id
+    return LastLabel(rnd, eng, c, read.id, last.id)
 
 
 def _while_held(hold: Callable[[Session], None], act: Callable[[], int]) -> list[int]:
@@ -407,12 +393,15 @@ def _while_held(hold: Callable[[Session], None], act: Callable[[], int]) -> list
 def test_a_cancel_racing_its_rounds_completion_never_overwrites_completed(
     factory: Factory,
 ) -> None:
-    rnd, _, c, _ = _label_last_without_completion(factory)
+    last = _label_last_without_completion(factory)
+    rnd = last.round
 
     def complete(db: Session) -> None:
         assert rounds.complete_round(db, round_id=rnd.id)
 
-    seen = _while_held(complete, lambda: c.post(f"/api/rounds/{rnd.id}/cancel").status_code)
+    seen = _while_held(
+        complete, lambda: last.client.post(f"/api/rounds/{rnd.id}/cancel").status_code
+    )
     # The cancel waits for the completion's lock, then finds the round completed.
     assert seen == [-1, 409]
     with unit_of_work(write=False) as db:
@@ -420,7 +409,8 @@ def test_a_cancel_racing_its_rounds_completion_never_overwrites_completed(
 
 
 def test_an_undo_racing_a_new_round_never_leaves_two_rounds_labelling(factory: Factory) -> None:
-    rnd, eng, c, label_id = _label_last_without_completion(factory)
+    last = _label_last_without_completion(factory)
+    rnd, eng = last.round, last.engineer
     with unit_of_work() as db:
         assert rounds.complete_round(db, round_id=rnd.id)
     new_round: list[int] = []
@@ -439,7 +429,9 @@ def test_an_undo_racing_a_new_round_never_leaves_two_rounds_labelling(factory: F
         )
         new_round.append(started.id)
 
-    seen = _while_held(start, lambda: c.delete(f"/api/labels/{label_id}").status_code)
+    seen = _while_held(
+        start, lambda: last.client.delete(f"/api/labels/{last.label_id}").status_code
+    )
     # The undo waits for the round start (the project's lock), then sees the newer round and
     # leaves the older batch closed: its item goes back to the pool, not to a second queue.
     assert seen == [-1, 204]
