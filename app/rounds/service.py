@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import User
 from app.db import utcnow
-from app.embeddings.schemas import known_backbones
+from app.embeddings.schemas import embedding_size
 from app.errors import Conflict, Invalid, NotFound
 from app.items.models import Item, Split
 from app.items.schemas import image_url
@@ -56,14 +56,8 @@ def resolve_proxy(
     arch = given.arch or default_arch or settings.default_proxy
     backbone = given.backbone or settings.backbone
     if arch == "linear":
-        known = known_backbones()
-        if backbone not in known:
-            raise Invalid(f"backbone {backbone!r} is not installed here")
-        return {
-            "arch": arch,
-            "backbone": backbone,
-            "image_size": given.image_size or known[backbone],
-        }
+        size = embedding_size(backbone, given.image_size)
+        return {"arch": arch, "backbone": backbone, "image_size": size}
     return {
         "arch": arch,
         "epochs": given.epochs or settings.proxy_epochs,
