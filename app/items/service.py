@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -146,6 +146,28 @@ def list_items(
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1].id)
     return rows, None
+
+
+def class_counts(
+    db: Session, *, project_id: int, classes: list[str]
+) -> tuple[list[tuple[str, dict[str, int]]], dict[str, int]]:
+    """Items per current label and split in one grouped query: each class in the order given
+    (zero where none), then any other label, and the unlabelled items per split."""
+
+    def zero() -> dict[str, int]:
+        return {split.value: 0 for split in Split}
+
+    per_label: dict[str, dict[str, int]] = {name: zero() for name in classes}
+    unlabeled = zero()
+    rows = db.execute(
+        select(Item.label, Item.split, func.count())
+        .where(Item.project_id == project_id)
+        .group_by(Item.label, Item.split)
+    ).tuples()
+    for label, split, n in rows:
+        counts = unlabeled if label is None else per_label.setdefault(label, zero())
+        counts[split] = n
+    return list(per_label.items()), unlabeled
 
 
 def get_item(db: Session, *, item_id: int, user: User) -> tuple[Item, Access]:
