@@ -5,7 +5,7 @@ import { fill, h, toast } from "./dom.js";
 import { renderAdmin } from "./views/admin.js";
 import { renderLabel } from "./views/label.js";
 import { renderLogin } from "./views/login.js";
-import { renderProject } from "./views/project.js";
+import { renderProject } from "./project/index.js";
 import { renderProjects } from "./views/projects.js";
 
 const main = document.getElementById("main");
