@@ -418,7 +418,10 @@ FOCUS_STATE = """() => {
     const r = el.getBoundingClientRect();
     const bar = document.getElementById("topbar");
     const b = bar && !bar.hidden ? bar.getBoundingClientRect() : null;
-    const covered = Boolean(b) && !bar.contains(el) && r.top < b.bottom && r.bottom > b.top;
+    // Covered: the bar is what the page shows at the element's top edge or middle.
+    const x = Math.min(Math.max(r.left + r.width / 2, 0), innerWidth - 1);
+    const covered = Boolean(b) && !bar.contains(el) && [r.top + 2, r.top + r.height / 2]
+        .some((y) => y >= 0 && y < innerHeight && bar.contains(document.elementFromPoint(x, y)));
     return {
         what: `${el.tagName.toLowerCase()}#${el.id} `
             + (el.getAttribute("aria-label") || el.textContent || "").trim().slice(0, 40),

@@ -327,11 +327,32 @@ def test_a_keyboard_only_engineer_runs_the_project(
     page.keyboard.press("Enter")
     page.locator("#round-form").wait_for()
     page.locator("#members-table tbody tr").first.wait_for()
+    # The skip link, from far down the page: the content it moves to starts below the bar.
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+    problems += _tab_to(page, ".skip-link", back=True)
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.activeElement.id === 'main'")
+    assert page.evaluate(
+        """() => {
+            const h = document.querySelector('main h1').getBoundingClientRect();
+            return h.top >= document.getElementById('topbar').getBoundingClientRect().bottom;
+        }"""
+    ), "the skip link scrolled the page's heading under the sticky bar"
     # Down the whole page and back up: every stop is visible and ringed.
     problems += _tab_to(page, "#member-form button")
     problems += _tab_to(page, "#upload-file", back=True)
+    # A field the page was scrolled to put just under the bar: Tab to it brings it out (the
+    # browser scrolls only a field it deems hidden, and the bar's height does not count as such
+    # without scroll-padding).
+    page.locator("#round-batch").focus()
+    page.evaluate(
+        "() => window.scrollBy(0,"
+        " document.getElementById('round-strategy').getBoundingClientRect().top - 12)"
+    )
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate("() => document.activeElement.id") == "round-strategy"
+    problems += focus_problems(page)
     # Start a round: choose the strategy by typing its first letter, batch size, Enter.
-    problems += _tab_to(page, "#round-strategy")
     page.keyboard.press("r")
     assert page.locator("#round-strategy").input_value() == "random"
     page.keyboard.press("Tab")
