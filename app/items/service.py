@@ -98,6 +98,18 @@ def start_import(
     )
 
 
+def count_labeled(db: Session, *, project_id: int, split: str = Split.pool) -> int:
+    """Items of a split that have a label."""
+    return (
+        db.scalar(
+            select(func.count())
+            .select_from(Item)
+            .where(Item.project_id == project_id, Item.split == split, Item.label.is_not(None))
+        )
+        or 0
+    )
+
+
 def encode_cursor(item_id: int) -> str:
     """An opaque cursor for the page after this item."""
     return base64.urlsafe_b64encode(str(item_id).encode()).decode().rstrip("=")
