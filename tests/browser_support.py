@@ -177,6 +177,9 @@ def new_page(browser: Any, width: int = 1280, height: int = 860) -> Any:
 
     page.on("console", on_console)
     page.errors = errors
+    axe_requests: list[str] = []
+    page.on("request", lambda r: axe_requests.append(r.url) if "axe" in r.url else None)
+    page.axe_requests = axe_requests
     return page
 
 

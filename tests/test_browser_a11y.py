@@ -169,6 +169,8 @@ def test_axe_finds_no_violation_on_any_page(
     assert len(found) == 7
     for p in (anonymous, page, admin, annotator):
         assert p.errors == []
+        # axe came from the test, never from the app: no page asked the server for it.
+        assert p.axe_requests == []
 
 
 def test_enter_on_a_link_in_the_labelling_view_follows_it_and_labels_nothing(
