@@ -74,7 +74,7 @@ def resolve_proxy(
         return {
             "arch": arch,
             "dim": given.dim or settings.fasttext_dim,
-            "epochs": given.epochs or settings.proxy_epochs,
+            "epochs": given.epochs or settings.fasttext_epochs,
             "lr": given.lr if given.lr is not None else settings.proxy_lr,
             "word_ngrams": given.word_ngrams or settings.fasttext_word_ngrams,
             # Clustering strategies (typiclust, auto) and their cold starts use embeddings.
