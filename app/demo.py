@@ -50,6 +50,8 @@ STOP_TIMEOUT_S = 20
 # Lines of the log shown on the console when a process fails at start.
 LOG_TAIL_LINES = 30
 LOG_NAME = "demo.log"
+# While the first run imports, what the worker does is said at most this often.
+PROGRESS_EVERY_S = 15
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,10 @@ def ensure_project(base: str) -> None:
             _upload(c, pid, "digits-pool.zip", pool, split="pool", labels=False),
             _upload(c, pid, "digits-test.zip", test, split="test", labels=True),
         ]
-        say(f"importing {len(CLASSES)} classes of digits on the worker (the first run only) ...")
+        say(
+            f"importing the digits on the worker, {POOL_SIZE} to label and the rest labelled "
+            "for testing (the first run only) ..."
+        )
         for job in jobs:
             done = _wait_job(c, job["id"])
             result = done.get("result") or {}
@@ -338,10 +343,24 @@ def _upload(
 
 def _wait_job(c: httpx.Client, job_id: int) -> dict[str, Any]:
     deadline = time.monotonic() + IMPORT_TIMEOUT_S
+    said, next_report = "", time.monotonic() + PROGRESS_EVERY_S
     while True:
         job: dict[str, Any] = c.get(f"/api/jobs/{job_id}").raise_for_status().json()
         if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
             return job
+        if time.monotonic() >= next_report:
+            # What the worker is busy with: this job, or one before it (the pool's embedding).
+            running = c.get(
+                "/api/jobs", params={"project_id": job["project_id"], "status": "running"}
+            ).json()
+            line = ", ".join(
+                f"{j['kind']} job {j['id']} {j['stage'] or 'running'} {j['progress']:.0%}"
+                for j in running
+            )
+            if line and line != said:
+                say(f"  the worker: {line}")
+                said = line
+            next_report = time.monotonic() + PROGRESS_EVERY_S
         time.sleep(0.5)
 
 
