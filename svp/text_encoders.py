@@ -368,21 +368,27 @@ class GloveMean:
         self, texts: Sequence[str], /, *, batch_size: int = 32, num_threads: int | None = None
     ) -> Tensor:
         """float32 N x 50, unit rows; batch_size and num_threads do not matter here."""
+        from scipy.sparse import csr_matrix
+
         texts = _check_texts(texts, batch_size)
-        rows: list[int] = []
         words: list[int] = []
+        ends = [0]
         get = self.index.get
-        for r, t in enumerate(texts):
-            known = [i for i in map(get, glove_tokens(t)) if i is not None]
-            rows += [r] * len(known)
-            words += known
+        for t in texts:
+            words += [i for i in map(get, glove_tokens(t)) if i is not None]
+            ends.append(len(words))
         n = len(texts)
-        sums = torch.zeros(n, self.spec.dim, dtype=torch.float64)
-        sums.index_add_(0, torch.tensor(rows, dtype=torch.int64), self.vectors[words].double())
-        counts = torch.bincount(torch.tensor(rows, dtype=torch.int64), minlength=n)
+        # A texts x vocabulary count matrix times the vectors: the sums in one sparse product,
+        # without a (words x 50) copy of the gathered vectors (measured 0.5 -> 0.2 s for
+        # 2,000 posts of 20 Newsgroups; tokenising and the look-ups are the rest).
+        counts = csr_matrix(
+            (np.ones(len(words), dtype=np.float32), np.asarray(words, dtype=np.int64), ends),
+            shape=(n, self.vectors.shape[0]),
+        )
+        sums = torch.from_numpy(np.asarray(counts @ self.vectors.numpy(), dtype=np.float32))
         # The mean's direction is the sum's: normalising the sum is normalising the mean.
-        out = F.normalize(sums, dim=1).float()
-        out[counts == 0] = self.fallback
+        out = F.normalize(sums, dim=1)
+        out[torch.from_numpy(np.diff(ends) == 0)] = self.fallback
         return out
 
 
