@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.svp_common import DEFAULT_DATA, add_common_args, environment, subset, table, write_json
 from svp import Strategy, evaluate, fit_linear_head, select
 from svp.fasttext_proxy import FastTextConfig, fit_fasttext
-from svp.strategies import top_k, uncertainty_scores
+from svp.ranking import top_k
+from svp.strategies import uncertainty_scores
 from svp.vdcnn import TextFit, create_text_target, encode_texts, train_vdcnn, vdcnn_config
 
 TEXT_DATA = DEFAULT_DATA.parent / "text" / "20newsgroups"
@@ -37,8 +38,9 @@ QUICK_CLASSES = "comp.graphics,rec.sport.hockey,sci.space,talk.politics.mideast"
 
 # The full run is the paper's setting scaled to this corpus: all 20 groups, 1014 characters,
 # VDCNN-9 at the paper's widths. On 2 CPU cores it takes hours (the target trains at about
-# 30 posts/s per core at 1014 characters); --quick is sized to about 5 CPU-minutes of target
-# work: four groups, 256 characters (measured: about 100 posts/s a core training, 460 scoring).
+# 30 posts/s per core at 1014 characters). --quick: four groups, 256 characters (about 100
+# posts/s a core training, 460 scoring); measured at one thread, 2 CPU-minutes of work, which
+# took 10.6 minutes of wall time with the machine's load average at 15.
 DEFAULTS: dict[str, Any] = {
     "classes": "",
     "pool": 6000,
@@ -82,11 +84,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01, help="the target's SGD learning rate")
     p.add_argument(
         "--linear-encoder",
-        default="",
-        help="also select with the linear proxy on this text encoder (minilm_l6, glove_6b_50d);"
-        " needs svp.text_encoders",
+        default="auto",
+        help="also select with the linear proxy on this text encoder (minilm_l6, glove_6b_50d;"
+        " auto: glove_6b_50d with --quick, minilm_l6 without; none: skip); needs"
+        " svp.text_encoders",
     )
     args = p.parse_args()
+    if args.linear_encoder == "auto":
+        # GloVe means cost next to nothing; MiniLM is the product's default encoder.
+        args.linear_encoder = "glove_6b_50d" if args.quick else "minilm_l6"
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():
         if getattr(args, key) is None:
@@ -119,7 +125,7 @@ def pick(
 
 def load_encoder(name: str) -> Any:
     """The named text encoder, or None (with the reason printed) where it is not here."""
-    if not name:
+    if name in ("", "none"):
         return None
     from svp import backbone_names, load_embedder
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,47 @@ def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="epochs"):
         FastTextConfig(epochs=0)
     assert clean_text("A\tB\n\x00C  ") == "a b c"
+
+
+def test_without_fasttext_the_fallback_runs_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import svp.fasttext_proxy as module
+
+    monkeypatch.setattr(module, "_fasttext", None)
+    monkeypatch.setattr(module, "_IMPORT_ERROR", "No module named 'fasttext'")
+    texts, y = corpus(200, 10)
+    with caplog.at_level("WARNING", logger="svp.fasttext_proxy"):
+        proxy = fit_fasttext(texts, y, CLASSES, FastTextConfig(epochs=10))
+    assert proxy.backend == "sklearn"
+    assert "scikit-learn" in caplog.text
+    assert "No module named 'fasttext'" in caplog.text
+    with pytest.raises(RuntimeError, match="not importable"):
+        fit_fasttext(texts, y, CLASSES, FastTextConfig(backend="fasttext"))
+
+
+@needs_fasttext
+def test_training_file_is_removed_even_when_training_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tempfile
+
+    import svp.fasttext_proxy as module
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    texts, y = corpus(50, 11)
+    fit_fasttext(texts, y, CLASSES, FastTextConfig(dim=8, epochs=2))
+    assert list(tmp_path.iterdir()) == []
+    seen: list[int] = []
+
+    class Failing:
+        @staticmethod
+        def train_supervised(*, input: str, **_: object) -> None:
+            seen.append(len(Path(input).read_text().splitlines()))
+            raise RuntimeError("Encountered NaN.")
+
+    monkeypatch.setattr(module, "_fasttext", Failing)
+    with pytest.raises(RuntimeError, match="NaN"):
+        fit_fasttext(texts, y, CLASSES, FastTextConfig(dim=8, epochs=2))
+    assert seen == [50]
+    assert list(tmp_path.iterdir()) == []
