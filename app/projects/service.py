@@ -95,12 +95,20 @@ def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
 
 
 def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Project:
-    """Change a project's description or settings."""
+    """Change a project's description or settings; settings merge, key by key.
+
+    Only the keys the body names change: a PATCH of ``auto_next_round`` alone reset every other
+    setting to its default (issue 17 #4), since the body's model fills in what it was not sent.
+    """
     project = access.project
     if data.description is not None:
         project.description = data.description
     if data.settings is not None:
-        project.settings = data.settings.model_dump()
+        merged = {
+            **project_settings(project).model_dump(),
+            **data.settings.model_dump(exclude_unset=True),
+        }
+        project.settings = ProjectSettings.model_validate(merged).model_dump()
     db.flush()
     return project
 
