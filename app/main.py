@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -20,7 +20,14 @@ from app.auth.models import Role, User
 from app.auth.service import create_user
 from app.db import unit_of_work
 from app.errors import DomainError
-from app.http import API_ERRORS, DOCS_HTML, BodyLimit, SecurityHeaders, validation_error
+from app.http import (
+    API_ERRORS,
+    DOCS_HTML,
+    BodyLimit,
+    SecurityHeaders,
+    refuse_unknown_query,
+    validation_error,
+)
 from app.items.importer import run_import
 from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
@@ -33,6 +40,10 @@ FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 # The answer while the database cannot be reached, and when to try again.
 DATABASE_UNAVAILABLE = "the database is unavailable right now; try again in a few seconds"
 DATABASE_RETRY_AFTER_SECONDS = 2
+# The answer to a write a constraint refused because of another request's change.
+CONCURRENT_CHANGE = (
+    "this conflicts with a change made at the same moment by another request; reload and try again"
+)
 
 
 def ensure_first_admin() -> None:
@@ -94,6 +105,16 @@ def create_app() -> FastAPI:
             status_code=422, content={"detail": "a value is out of range or not storable text"}
         )
 
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
+        # A constraint the checks before the write could not see: a row made or removed at the
+        # same moment by another request (a double-click, a retry). The unit of work has rolled
+        # back and returned its connection clean; the constraint's values are not echoed.
+        log.warning(
+            "%s %s: refused by a constraint: %s", request.method, request.url.path, exc.orig
+        )
+        return JSONResponse(status_code=409, content={"detail": CONCURRENT_CHANGE})
+
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database is down, restarting or out of connections: a state that passes, not a
         # bug, so 503 with Retry-After (a client retries, its label key keeps that safe), not
@@ -128,10 +149,11 @@ def create_app() -> FastAPI:
     # Starlette's own error middleware, outside every other, goes without).
     app.add_middleware(SecurityHeaders)
 
+    strict_query = [Depends(refuse_unknown_query)]
     for router in ROUTERS:
-        app.include_router(router, responses=API_ERRORS)
+        app.include_router(router, responses=API_ERRORS, dependencies=strict_query)
     for router in OPEN_ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=strict_query)
 
     if FRONTEND_DIR.is_dir():
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")

@@ -102,6 +102,7 @@ async def upload_items(project_id: PathId, request: Request) -> JobRead:
         content_type=request.headers.get("content-type", ""),
         uploads_dir=settings.uploads_dir,
         max_bytes=settings.max_upload_bytes,
+        form=service.UPLOAD_FORM,
     )
     try:
         return await run_in_threadpool(_start_import, request, project_id, upload, upload.fields)
