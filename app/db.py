@@ -18,7 +18,7 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -163,6 +163,37 @@ def unit_of_work(*, write: bool = True) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# PostgreSQL's SQLSTATE for unique_violation; SQLite says it in the message.
+_PG_UNIQUE_VIOLATION = "23505"
+
+
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether the database refused a row because a unique constraint already holds its key."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == _PG_UNIQUE_VIOLATION:
+        return True
+    return "UNIQUE constraint failed" in str(orig)
+
+
+def flush_new(db: Session, row: Any) -> bool:
+    """Insert one new row in a savepoint; False when a unique constraint refused it.
+
+    Two requests that create the same name at once both pass the "is it taken?" read; on
+    PostgreSQL the second insert then fails, and without a savepoint that failure aborts the
+    whole transaction (issue 17 #3). In a savepoint it is rolled back alone, and the caller
+    answers as if the read had seen the other row (which a new read now does).
+    """
+    try:
+        with db.begin_nested():
+            db.add(row)
+            db.flush()
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
+        return False
+    return True
 
 
 @dataclass

@@ -326,9 +326,14 @@ def revoke_token(db: Session, *, user: User, token_id: int) -> None:
     auth_cache.forget(auth_cache.token_key(token.token_hash), db=db)
 
 
+def new_user(*, username: str, password: str, role: str) -> User:
+    """A user row with the password hashed, not yet added to a session."""
+    return User(username=username, password_hash=hash_password(password), role=role)
+
+
 def create_user(db: Session, *, username: str, password: str, role: str) -> User:
     """Add a user; the caller has checked that the name is free."""
-    user = User(username=username, password_hash=hash_password(password), role=role)
+    user = new_user(username=username, password=password, role=role)
     db.add(user)
     db.flush()
     return user
