@@ -81,6 +81,7 @@ class Base(DeclarativeBase):
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
     if url.startswith("sqlite"):
+        ensure_sqlite_dir(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -133,13 +134,22 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """Make the folder of a SQLite database file, parents included, if it does not exist.
+
+    Here, where every engine is made (the server's, the migrations', the CLI's), rather than
+    in one caller: a first ``svplabel serve`` migrated before anything made the data dir and
+    exited with "unable to open database file" (issue 17 #7).
+    """
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+
+
 @lru_cache
 def get_engine() -> Engine:
     """The process-wide engine for the configured database."""
-    settings = get_settings()
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return make_engine(settings.database_url)
+    return make_engine(get_settings().database_url)
 
 
 @lru_cache

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -160,24 +159,38 @@ class Settings(BaseSettings):
 def secret_from_data_dir(data_dir: Path) -> str:
     """Make the development secret once and keep it, so sessions survive a restart.
 
-    Made with O_EXCL: server processes starting together (``--workers N``) all read the one
-    that won, never each their own.
+    The file appears whole or not at all: the secret is written to a temp file of this process
+    and published with ``os.link``, which fails if the name exists. Server processes starting
+    together (``--workers N``) all read the one that won. A file created empty and then written
+    could be left empty by a crash in between, and blocked every later start (issue 17); an
+    empty file can only be such a leftover now, and is replaced.
     """
     path = data_dir / "secret_key"
     data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(100):  # the winner may not have written it yet
+    for _ in range(100):
+        try:
             value = path.read_text().strip()
-            if value:
-                return value
-            time.sleep(0.01)
-        raise RuntimeError(f"{path} is empty: delete it, or set SVP_SECRET_KEY") from None
-    value = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
-    return value
+        except FileNotFoundError:
+            value = None
+        if value:
+            return value
+        if value is not None:
+            path.unlink(missing_ok=True)  # the empty leftover of a crash
+        value = secrets.token_urlsafe(48)
+        tmp = data_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(value)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+            return value
+        except FileExistsError:
+            continue  # another process published first: read theirs
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise RuntimeError(f"could not make {path}: delete it, or set SVP_SECRET_KEY")
 
 
 @lru_cache
