@@ -33,6 +33,7 @@ from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
 from app.routers import OPEN_ROUTERS, ROUTERS
 from app.settings import get_settings
+from app.visibility import ViewerScope
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ def create_app() -> FastAPI:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
     app.add_middleware(metrics.RequestMetrics)
+    # Who is asking, for the shapes that show worker identities to admins alone.
+    app.add_middleware(ViewerScope)
 
     @app.get("/docs", include_in_schema=False)
     def _docs() -> HTMLResponse:

@@ -16,6 +16,7 @@ from app.auth.models import ApiToken, AuthSession, Role, User
 from app.db import SAFE_METHODS, get_db, run_in_unit_of_work, unit_of_work, utcnow
 from app.errors import PermissionDenied, Unauthenticated
 from app.security import hash_secret
+from app.visibility import note_viewer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def _accept(request: Request, user: User, credential: AuthSession | ApiToken) ->
         if request.method not in SAFE_METHODS:
             service.check_csrf(credential, request.headers.get(CSRF_HEADER))
     request.state.user = user
+    note_viewer(admin=user.role == Role.admin)
     return user
 
 

@@ -44,7 +44,8 @@ def get_health(request: Request) -> JSONResponse:
         with unit_of_work(write=False) as db:
             db.execute(text("SELECT 1"))
             workers = health.live_workers(db)
-            if not _is_admin(request, db):
+            admin = _is_admin(request, db)
+            if not admin:
                 workers = [{"last_seen": w["last_seen"], "ping": w["ping"]} for w in workers]
     except Exception as exc:
         return JSONResponse(
@@ -59,7 +60,7 @@ def get_health(request: Request) -> JSONResponse:
     return JSONResponse(
         content={
             "database": "ok",
-            "broker": health.broker_state(),
+            "broker": health.broker_state(admin=admin),
             "workers": workers,
             "worker_count": len(workers),
         }
