@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # with the pool's 26: more only adds threads fighting over the interpreter lock and
     # database backends over the cores (bench/api_load.py, docs/operations.md).
     db_concurrency: int = Field(default=0, ge=0, le=1000)
+    # Open ``events`` streams one user may hold in one server process (429 past it), and how
+    # long one stream lasts before it ends (EventSource reconnects by itself): each stream
+    # polls the database twice a second for as long as it is open.
+    events_per_user: int = Field(default=8, ge=1, le=1000)
+    events_max_seconds: float = Field(default=1800.0, gt=0)
     # Runs import jobs in the server's own thread pool instead of the broker (tests, tiny setups).
     inline_jobs: bool = False
     worker_heartbeat_seconds: float = Field(default=10.0, gt=0)
