@@ -110,6 +110,7 @@ _ERROR_DESCRIPTIONS = {
     413: "the request body is larger than the server accepts",
     422: "the request is malformed, or its content is not acceptable",
     429: "too many attempts; wait and try again",
+    507: "the server's disk is full; nothing was stored",
 }
 
 

@@ -19,7 +19,7 @@ from app import metrics
 from app.auth.models import Role, User
 from app.auth.service import create_user
 from app.db import unit_of_work
-from app.errors import DomainError
+from app.errors import DomainError, InsufficientStorage, is_disk_full
 from app.http import (
     API_ERRORS,
     DOCS_HTML,
@@ -74,6 +74,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    """409 for a write a constraint refused: a row made or removed at the same moment."""
+    # The checks before the write could not see another request's change (a double-click, a
+    # retry). The unit of work has rolled back and returned its connection clean; the
+    # constraint's values are not echoed.
+    log.warning(
+        "%s %s: refused by a constraint: %s",
+        request.method,
+        request.url.path,
+        getattr(exc, "orig", None) or exc,
+    )
+    return JSONResponse(status_code=409, content={"detail": CONCURRENT_CHANGE})
+
+
+def _disk_full(request: Request, exc: Exception) -> JSONResponse:
+    """507: the disk is full."""
+    # What was being written is gone with its unit of work (an upload's spool is deleted by the
+    # receiver); the path is logged, never shown.
+    log.error("%s %s: the disk is full: %s", request.method, request.url.path, exc)
+    return JSONResponse(status_code=507, content={"detail": InsufficientStorage().detail})
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    """507 for a write that met a full disk; any other OS error stays a 500."""
+    if is_disk_full(exc):
+        return _disk_full(request, exc)
+    raise exc
+
+
 def create_app() -> FastAPI:
     """Build the application with every router."""
     get_settings()  # bad settings fail here, at start, not on the first request
@@ -106,21 +135,16 @@ def create_app() -> FastAPI:
             status_code=422, content={"detail": "a value is out of range or not storable text"}
         )
 
-    @app.exception_handler(IntegrityError)
-    async def _integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
-        # A constraint the checks before the write could not see: a row made or removed at the
-        # same moment by another request (a double-click, a retry). The unit of work has rolled
-        # back and returned its connection clean; the constraint's values are not echoed.
-        log.warning(
-            "%s %s: refused by a constraint: %s", request.method, request.url.path, exc.orig
-        )
-        return JSONResponse(status_code=409, content={"detail": CONCURRENT_CHANGE})
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(OSError, _os_error)
 
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database is down, restarting or out of connections: a state that passes, not a
         # bug, so 503 with Retry-After (a client retries, its label key keeps that safe), not
         # 500. Failed connections are invalidated and idle ones pinged (app.db.make_engine), so
         # the pool reconnects once it is back: no restart needed (#9 item 1).
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
         log.warning(
             "%s %s: database unavailable: %s",
             request.method,

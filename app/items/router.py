@@ -13,6 +13,7 @@ from app.auth.deps import DB, CurrentUser, current_user
 from app.db import request_slot, unit_of_work
 from app.errors import Invalid, NotFound, TooLarge
 from app.fields import PathId
+from app.http import error_responses
 from app.items import service, storage
 from app.items.models import Split
 from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead, image_url
@@ -83,6 +84,7 @@ def _start_import(
     "/api/projects/{project_id}/items",
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=_UPLOAD_BODY,
+    responses=error_responses(507),
 )
 async def upload_items(project_id: PathId, request: Request) -> JobRead:
     """Stream images or zips to disk and start their import job (engineers of the project)."""
