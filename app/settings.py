@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # The session cookie carries Secure only behind https, so plain http://127.0.0.1 works.
     cookie_secure: bool = False
     session_hours: int = Field(default=24 * 7, ge=1)
+    # Open sessions a user keeps (a sign-in past it ends their oldest), and API tokens a user
+    # may hold (409 past it): rows per user stay bounded whatever a client does.
+    sessions_per_user: int = Field(default=20, ge=1, le=10_000)
+    tokens_per_user: int = Field(default=50, ge=1, le=10_000)
     # Sign-in attempts allowed per (username, address), and per address across every username
     # (a spray of names), in the current and the previous minute together; a good password does
     # not count. Shared by every server process through the database.

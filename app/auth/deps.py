@@ -88,11 +88,12 @@ def current_user(request: Request, db: DB) -> User:
     hit = _recalled(key)
     if hit is None:
         found: tuple[User, AuthSession | ApiToken]
+        read_at = auth_cache.generation()
         if key.startswith("token:"):
             found = service.user_from_token(db, secret=secret)
         else:
             found = service.user_from_session(db, secret=secret)
-        auth_cache.remember(key, *found)
+        auth_cache.remember(key, *found, read_at=read_at)
         hit = found
     user, credential = hit
     if isinstance(credential, ApiToken) and service.token_use_is_stale(credential):
