@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError, OperationalError
@@ -67,6 +68,15 @@ def ensure_first_admin() -> None:
         log.info("the first admin was created by another server process")
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operation id: its function's name, as generated clients name methods.
+
+    FastAPI's default adds the path and method (``create_project_api_projects_post``), so a
+    client's methods would change with any path; tests/test_openapi.py holds these unique.
+    """
+    return route.name
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start-up: the first admin."""
@@ -113,6 +123,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Image labelling with active learning by selection via proxy.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         # FastAPI's own pages load Swagger UI and ReDoc from a CDN, with an inline script: /docs
         # is served below from the vendored copy instead; ReDoc is not offered.
         docs_url=None,

@@ -1,8 +1,8 @@
-"""Embedding jobs and the linear proxy on the server's side (DESIGN 4b), without a worker.
+"""Embedding jobs on the server's side (DESIGN 4b), without a worker.
 
-The API that starts embedding jobs, the validation of backbones, strategies and settings when
-they are written, chunk claims between workers, superseding a batch, and the suggestion accuracy
-a completed round records. tests/test_round_runner.py and tests/test_e2e.py run the workers.
+The API that starts embedding jobs, the backbones it accepts, and chunk claims between workers.
+tests/test_round_runner.py and tests/test_e2e.py run the workers; a linear round's settings are
+in tests/test_rounds_api.py, a project's in tests/test_projects.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from app.embeddings.models import EmbedChunk
 from app.embeddings.schemas import BUILTIN_BACKBONES, DEFAULT_BACKBONE, known_backbones
 from app.jobs import dispatch
 from app.jobs.models import Job
-from app.rounds.schemas import ROUND_STRATEGIES, SCRATCH_ARCHS
+from svp import backbones
 from tests.factories import Factory
 
 
@@ -31,17 +31,19 @@ def sent(factory: Factory, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, s
     return calls
 
 
+@pytest.mark.database_free
+def test_the_api_knows_every_builtin_backbone_of_the_engine_at_its_size() -> None:
+    # The whole registry, not only the wheels installed here: a size that differs for a wheel
+    # this machine lacks would embed at one side and be asked for at another elsewhere. The
+    # engine lists only what can load, so its registry is read directly.
+    engine = {name: e.spec.image_size for name, e in backbones._REGISTRY.items() if e.builtin}
+    api = {name: b.image_size for name, b in BUILTIN_BACKBONES.items()}
+    assert api == engine
+
+
 def test_the_default_backbone_ships_with_the_package() -> None:
     assert DEFAULT_BACKBONE in known_backbones()
     assert known_backbones()[DEFAULT_BACKBONE] == BUILTIN_BACKBONES[DEFAULT_BACKBONE].image_size
-
-
-def test_new_projects_default_to_the_linear_proxy_and_auto(factory: Factory, sent: Any) -> None:
-    eng = factory.user("engineer")
-    project = factory.project(eng)
-    settings = factory.client(eng).get(f"/api/projects/{project.id}").json()["settings"]
-    assert (settings["default_proxy"], settings["strategy"]) == ("linear", "auto")
-    assert (settings["backbone"], settings["cold_start"]) == (DEFAULT_BACKBONE, "auto")
 
 
 def test_an_engineer_starts_an_embedding_job_once(factory: Factory, sent: Any) -> None:
@@ -75,104 +77,6 @@ def test_embedding_jobs_check_backbone_and_role(factory: Factory, sent: Any) -> 
     assert factory.anonymous().post(url, json={}).status_code == 401
     assert factory.client(factory.user("engineer")).post(url, json={}).status_code == 404
     assert sent == []
-
-
-@pytest.mark.parametrize(
-    "given",
-    [
-        {"default_proxy": "resnet", "auto_next_round": True},
-        {"strategy": "most_confusing"},
-        {"backbone": "vit_giant"},
-        {"cold_start": "kmeans"},
-        {"default_target": "linear"},
-    ],
-)
-def test_unknown_names_in_settings_are_refused_when_written(
-    factory: Factory, given: dict[str, Any]
-) -> None:
-    eng = factory.user("engineer")
-    c = factory.client(eng)
-    r = c.post("/api/projects", json={"name": "typo", "classes": ["a", "b"], "settings": given})
-    assert r.status_code == 422, r.text
-    assert c.get("/api/projects").json() == []
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"strategy": "typiclust_v2"},
-        {"strategy": "auto", "proxy": {"arch": "linear", "backbone": "vit_giant"}},
-        {"strategy": "auto", "proxy": {"arch": "resnet"}},
-    ],
-)
-def test_unknown_names_in_rounds_are_refused(
-    factory: Factory, sent: Any, body: dict[str, Any]
-) -> None:
-    eng = factory.user("engineer")
-    project = factory.project(eng)
-    factory.items(project, 10)
-    r = factory.client(eng).post(
-        f"/api/projects/{project.id}/rounds", json={"batch_size": 2, **body}
-    )
-    assert r.status_code == 422, r.text
-    assert sent == []
-
-
-def test_a_linear_round_stores_its_backbone_and_side(factory: Factory, sent: Any) -> None:
-    eng = factory.user("engineer")
-    project = factory.project(eng)
-    factory.items(project, 10)
-    r = factory.client(eng).post(
-        f"/api/projects/{project.id}/rounds", json={"strategy": "auto", "batch_size": 3}
-    )
-    assert r.status_code == 202, r.text
-    assert r.json()["proxy"] == {"arch": "linear", "backbone": DEFAULT_BACKBONE, "image_size": 128}
-    assert r.json()["strategy"] == "auto"
-
-
-def test_openapi_lists_the_names_clients_may_send(factory: Factory) -> None:
-    schema = factory.anonymous().get("/openapi.json").json()["components"]["schemas"]
-    strategy = schema["RoundCreate"]["properties"]["strategy"]
-    assert set(strategy["enum"]) == set(ROUND_STRATEGIES)
-    archs = schema["ProxyConfig"]["properties"]["arch"]["anyOf"][0]["enum"]
-    assert set(archs) == {"linear", *SCRATCH_ARCHS}
-
-
-def test_a_new_round_waits_for_the_open_batch_unless_it_supersedes(
-    factory: Factory, sent: Any
-) -> None:
-    eng = factory.user("engineer")
-    project = factory.project(eng)
-    items = factory.items(project, 12)
-    open_round = factory.round_with_selection(project, items[:4])
-    c = factory.client(eng)
-    body = {"strategy": "random", "batch_size": 3}
-    r = c.post(f"/api/projects/{project.id}/rounds", json=body)
-    assert r.status_code == 409
-    assert "supersede" in r.json()["detail"]
-    r = c.post(f"/api/projects/{project.id}/rounds", json={**body, "supersede": True})
-    assert r.status_code == 202, r.text
-    old = c.get(f"/api/rounds/{open_round.id}").json()
-    assert old["status"] == "completed"
-    assert old["metrics"]["superseded"] is True
-
-
-def test_a_completed_batch_records_how_often_the_suggestion_was_right(
-    factory: Factory, sent: Any
-) -> None:
-    eng = factory.user("engineer")
-    project = factory.project(eng, classes=["cat", "dog", "bird"])
-    items = factory.items(project, 3)
-    # The factory suggests cat, dog, bird in rank order.
-    rnd = factory.round_with_selection(project, items)
-    c = factory.client(eng)
-    for item, given in zip(items, ["cat", "dog", "cat"], strict=True):
-        r = c.post("/api/labels", json={"item_id": item.id, "label": given, "key": f"k{item.id}"})
-        assert r.status_code == 201, r.text
-    done = c.get(f"/api/rounds/{rnd.id}").json()
-    assert done["status"] == "completed"
-    assert done["metrics"]["suggestion_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
-    assert done["metrics"]["suggestions_checked"] == 3
 
 
 def _plan(factory: Factory, n_keys: int, chunk: int) -> int:

@@ -7,6 +7,7 @@ import io
 import os
 import struct
 import time
+import tracemalloc
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from app.db import unit_of_work, utcnow
-from app.items import importer
+from app.items import archive, importer
 from app.items.models import Item
 from app.jobs import reconcile
 from app.jobs.models import Job
@@ -296,7 +297,7 @@ def test_zip_bombs_by_declared_and_actual_size(
     eng = factory.user("engineer")
     project = factory.project(eng)
     c = factory.client(eng)
-    monkeypatch.setattr(importer, "MAX_ARCHIVE_ENTRIES", 3)
+    monkeypatch.setattr(archive, "MAX_ARCHIVE_ENTRIES", 3)
     crowded = zip_bytes({f"{i}.png": png_bytes(i) for i in range(10, 14)})
     files = [
         ("honest.zip", honest),
@@ -313,6 +314,103 @@ def test_zip_bombs_by_declared_and_actual_size(
     assert "more than 3 entries" in reasons["crowded.zip"]
     assert "too large" in reasons["plain.bmp"]
     assert len(reasons) == 4
+
+
+def under_declared(zip_data: bytes, declared: int) -> bytes:
+    """The archive with its end record declaring ``declared`` entries, whatever it holds."""
+    data = bytearray(zip_data)
+    end = data.rindex(b"PK\x05\x06")
+    # Entries on this disk, then in total: both lie alike, as a crafted archive's would.
+    struct.pack_into("<HH", data, end + 8, declared, declared)
+    return bytes(data)
+
+
+def test_an_archive_that_under_declares_its_entries_is_refused_whole(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive, "MAX_ARCHIVE_ENTRIES", 3)
+    liar = under_declared(zip_bytes({f"{i}.png": png_bytes(i) for i in range(20, 25)}), 1)
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    c = factory.client(eng)
+    files = [("liar.zip", liar), ("ok.png", png_bytes(1))]
+    done = factory.wait_job(upload(c, project.id, files)[1]["id"])
+    assert done.result is not None
+    assert done.result["added"] == 1
+    assert done.result["rejected"] == [
+        {"name": "liar.zip", "reason": "more than 3 entries in one archive"}
+    ]
+
+
+def crowded_directory(records: int) -> bytes:
+    """An archive of one stored file listed ``records`` times, its end record declaring one.
+
+    Each central record costs 51 bytes of upload and, once zipfile parses it, an object of a few
+    hundred bytes: the shape of a small upload that would fill a worker's memory.
+    """
+    name, data = b"a.png", png_bytes(1)
+    crc = zlib.crc32(data)
+    local = (
+        struct.pack(
+            "<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, len(data), len(data), len(name), 0
+        )
+        + name
+        + data
+    )
+    record = (
+        struct.pack(
+            "<4s6H3L5H2L",
+            b"PK\x01\x02",
+            20,
+            20,
+            0,
+            0,
+            0,
+            0,
+            crc,
+            len(data),
+            len(data),
+            len(name),
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+        + name
+    )
+    directory = record * records
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), len(local), 0)
+    return local + directory + end
+
+
+@pytest.mark.database_free
+def test_the_entry_limit_holds_before_the_directory_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive, "MAX_ARCHIVE_ENTRIES", 1000)
+    path = tmp_path / "crowded.zip"
+    path.write_bytes(crowded_directory(200_000))
+    tracemalloc.start()
+    try:
+        counted = archive.count_entries(path)
+        entries = list(archive.entries(path, "crowded.zip", entry_limit=1 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counted == 1
+    assert [(e.name, e.problem) for e in entries] == [
+        ("crowded.zip", "more than 1000 entries in one archive")
+    ]
+    # zipfile would have read the 10 MB directory and made 200,000 objects of it.
+    assert peak < 1 << 20, f"{peak} bytes allocated refusing the archive"
+    # Within the limit, the same shape opens and reads as zipfile reads it.
+    path.write_bytes(crowded_directory(1000))
+    assert archive.count_entries(path) == 1000
+    reading = archive.entries(path, "crowded.zip", entry_limit=1 << 20)
+    assert next(reading).content() == png_bytes(1)  # read while the archive is open
+    reading.close()
 
 
 def test_a_broken_zip_is_refused_and_the_rest_imports(factory: Factory) -> None:

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "worker", "svp")
 # The one import of worker/ in app/: ``svplabel worker`` is the worker, started lazily.
 ALLOWED_APP_TO_WORKER = {("app.cli", "worker.celery_app")}
+# The worker's model runners, one per domain of app/, and what they share below them.
+MODEL_RUNNERS = {"worker.rounds", "worker.coresets", "worker.evaluations"}
+WORKER_SHARED = {"worker.inputs", "worker.training"}
 
 
 @dataclass
@@ -190,6 +193,20 @@ def test_import_graph_flows_are_called_by_entry_points_only() -> None:
     callers = sorted(m for m, ts in graph.edges.items() if "app.flows" in ts)
     assert callers, "nothing calls app.flows"
     assert all(m.endswith(".router") or m.startswith("worker.") for m in callers), callers
+
+
+def test_import_graph_worker_runners_stand_on_shared_inputs_not_on_each_other() -> None:
+    # A runner is found under its domain's name and reads its inputs from worker.inputs; one
+    # runner importing another would bring back the two-in-one module.
+    graph = build_graph()
+    assert graph.modules >= MODEL_RUNNERS | WORKER_SHARED
+    for runner in sorted(MODEL_RUNNERS):
+        assert "worker.inputs" in graph.targets(runner), runner
+        assert not graph.targets(runner) & (MODEL_RUNNERS - {runner}), runner
+    for shared in sorted(WORKER_SHARED):
+        assert not reachable(graph, shared) & MODEL_RUNNERS, shared
+    # Broker tasks are sent by the embedding runner's fan-out, not from under the runners.
+    assert "app.jobs.broker" not in reachable(graph, "worker.training")
 
 
 def test_the_server_imports_neither_torch_nor_the_worker() -> None:

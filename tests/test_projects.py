@@ -1,9 +1,12 @@
-"""Projects, counts and membership, with every refusal."""
+"""Projects, counts, membership and settings, with every refusal."""
 
 from __future__ import annotations
 
-from app.db import unit_of_work
-from app.jobs.models import WorkerNode
+from typing import Any
+
+import pytest
+
+from app.embeddings.schemas import DEFAULT_BACKBONE
 from tests.factories import Factory
 
 
@@ -133,35 +136,6 @@ def test_engineer_updates_settings(factory: Factory) -> None:
     )
 
 
-def test_health_and_metrics(factory: Factory) -> None:
-    c = factory.anonymous()
-    r = c.get("/api/health")
-    assert r.status_code == 200
-    assert r.json()["database"] == "ok"
-    assert set(r.json()) >= {"database", "broker", "workers"}
-    assert c.get("/metrics").status_code == 401  # admins and the scraper token only
-    text = factory.client(factory.user("admin")).get("/metrics").text
-    assert 'svp_http_requests_total{method="GET",route="/api/health",status="200"}' in text
-    assert c.get("/openapi.json").status_code == 200
-
-
-def test_health_shows_where_workers_run_to_admins_only(factory: Factory) -> None:
-    with unit_of_work() as db:
-        db.add(WorkerNode(name="celery@secret-host", hostname="secret-host", pid=4242))
-    admin = factory.client(factory.user("admin"))
-    full = admin.get("/api/health").json()
-    assert full["worker_count"] == 1
-    assert full["workers"][0]["hostname"] == "secret-host"
-    assert full["workers"][0]["pid"] == 4242
-    for c in (factory.anonymous(), factory.client(factory.user("engineer"))):
-        r = c.get("/api/health")
-        assert r.status_code == 200
-        body = r.json()
-        assert (body["database"], body["worker_count"], len(body["workers"])) == ("ok", 1, 1)
-        assert "secret-host" not in r.text
-        assert "4242" not in r.text
-
-
 def test_a_name_conflict_reveals_no_project_the_caller_cannot_see(factory: Factory) -> None:
     owner, other = factory.user("engineer"), factory.user("engineer")
     factory.client(owner).post("/api/projects", json={"name": "hidden", "classes": ["a"]})
@@ -175,6 +149,34 @@ def test_a_name_conflict_reveals_no_project_the_caller_cannot_see(factory: Facto
     assert r.status_code == 422
     assert "exists" not in r.text
     assert "project named" not in r.text
+
+
+def test_new_projects_default_to_the_linear_proxy_and_auto(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    settings = factory.client(eng).get(f"/api/projects/{project.id}").json()["settings"]
+    assert (settings["default_proxy"], settings["strategy"]) == ("linear", "auto")
+    assert (settings["backbone"], settings["cold_start"]) == (DEFAULT_BACKBONE, "auto")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"default_proxy": "resnet", "auto_next_round": True},
+        {"strategy": "most_confusing"},
+        {"backbone": "vit_giant"},
+        {"cold_start": "kmeans"},
+        {"default_target": "linear"},
+    ],
+)
+def test_unknown_names_in_settings_are_refused_when_written(
+    factory: Factory, given: dict[str, Any]
+) -> None:
+    eng = factory.user("engineer")
+    c = factory.client(eng)
+    r = c.post("/api/projects", json={"name": "typo", "classes": ["a", "b"], "settings": given})
+    assert r.status_code == 422, r.text
+    assert c.get("/api/projects").json() == []
 
 
 def test_a_settings_patch_changes_only_the_keys_it_names(factory: Factory) -> None:

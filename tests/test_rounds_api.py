@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from app.db import unit_of_work, utcnow
+from app.embeddings.schemas import DEFAULT_BACKBONE
 from app.items.models import Item
 from app.jobs import dispatch
 from app.jobs.models import Job, JobStatus
@@ -22,6 +23,7 @@ from app.projects.models import Project
 from app.rounds import router as rounds_router
 from app.rounds import service as rounds_service
 from app.rounds.models import Round, Selection
+from app.rounds.schemas import ROUND_STRATEGIES, SCRATCH_ARCHS
 from tests.factories import Factory
 
 
@@ -568,3 +570,81 @@ def test_the_automatic_next_round_never_fails_the_label_that_completed_a_batch(
         r = factory.client(eng).get(f"/api/projects/{project.id}")
         assert r.status_code == 200, r.text
         assert r.json()["settings"]["default_proxy"] == "linear"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"strategy": "typiclust_v2"},
+        {"strategy": "auto", "proxy": {"arch": "linear", "backbone": "vit_giant"}},
+        {"strategy": "auto", "proxy": {"arch": "resnet"}},
+    ],
+)
+def test_unknown_names_in_rounds_are_refused(
+    factory: Factory, sent: Any, body: dict[str, Any]
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    factory.items(project, 10)
+    r = factory.client(eng).post(
+        f"/api/projects/{project.id}/rounds", json={"batch_size": 2, **body}
+    )
+    assert r.status_code == 422, r.text
+    assert sent == []
+
+
+def test_a_linear_round_stores_its_backbone_and_side(factory: Factory, sent: Any) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    factory.items(project, 10)
+    r = factory.client(eng).post(
+        f"/api/projects/{project.id}/rounds", json={"strategy": "auto", "batch_size": 3}
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["proxy"] == {"arch": "linear", "backbone": DEFAULT_BACKBONE, "image_size": 128}
+    assert r.json()["strategy"] == "auto"
+
+
+def test_openapi_lists_the_names_clients_may_send(factory: Factory) -> None:
+    schema = factory.anonymous().get("/openapi.json").json()["components"]["schemas"]
+    strategy = schema["RoundCreate"]["properties"]["strategy"]
+    assert set(strategy["enum"]) == set(ROUND_STRATEGIES)
+    archs = schema["ProxyConfig"]["properties"]["arch"]["anyOf"][0]["enum"]
+    assert set(archs) == {"linear", *SCRATCH_ARCHS}
+
+
+def test_a_new_round_waits_for_the_open_batch_unless_it_supersedes(
+    factory: Factory, sent: Any
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    items = factory.items(project, 12)
+    open_round = factory.round_with_selection(project, items[:4])
+    c = factory.client(eng)
+    body = {"strategy": "random", "batch_size": 3}
+    r = c.post(f"/api/projects/{project.id}/rounds", json=body)
+    assert r.status_code == 409
+    assert "supersede" in r.json()["detail"]
+    r = c.post(f"/api/projects/{project.id}/rounds", json={**body, "supersede": True})
+    assert r.status_code == 202, r.text
+    old = c.get(f"/api/rounds/{open_round.id}").json()
+    assert old["status"] == "completed"
+    assert old["metrics"]["superseded"] is True
+
+
+def test_a_completed_batch_records_how_often_the_suggestion_was_right(
+    factory: Factory, sent: Any
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng, classes=["cat", "dog", "bird"])
+    items = factory.items(project, 3)
+    # The factory suggests cat, dog, bird in rank order.
+    rnd = factory.round_with_selection(project, items)
+    c = factory.client(eng)
+    for item, given in zip(items, ["cat", "dog", "cat"], strict=True):
+        r = c.post("/api/labels", json={"item_id": item.id, "label": given, "key": f"k{item.id}"})
+        assert r.status_code == 201, r.text
+    done = c.get(f"/api/rounds/{rnd.id}").json()
+    assert done["status"] == "completed"
+    assert done["metrics"]["suggestion_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert done["metrics"]["suggestions_checked"] == 3

@@ -29,7 +29,8 @@ from app.db import unit_of_work, utcnow
 from app.embeddings import service as embeddings
 from app.items.models import Item
 from app.items.storage import image_path
-from app.jobs.models import FINISHED_JOB_STATUSES, Job
+from app.jobs.broker import EMBED_HELP_TASK_NAME, send_task
+from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.jobs.runtime import JobCanceled, JobContext
 from app.settings import get_settings
 from svp.backbones import (
@@ -41,7 +42,7 @@ from svp.backbones import (
 )
 from svp.data import decode_image
 from svp.embeddings import EmbeddingStore
-from worker import round_engine as engine
+from worker import training
 
 log = logging.getLogger("svp.worker.embed")
 
@@ -63,7 +64,7 @@ def _register_user_backbones() -> None:
 def backbone(name: str) -> Backbone:
     """A loaded backbone by name (the weights are read once per process and device)."""
     _register_user_backbones()
-    return load_backbone(name, device=engine.device())
+    return load_backbone(name, device=training.device())
 
 
 @lru_cache(maxsize=8)
@@ -200,7 +201,9 @@ def ensure_embeddings(
         )
     helpers = min(total - 1, settings.embed_fanout)
     if helpers > 0:
-        engine.ask_for_help(ctx.job_id, name, image_size, count=helpers)
+        # Sent now, not after a commit: the chunks they claim are committed already.
+        for _ in range(helpers):
+            send_task(EMBED_HELP_TASK_NAME, [ctx.job_id, name, image_size], kind=JobKind.embed)
     worker = ctx.worker or "worker"
 
     def progress() -> None:

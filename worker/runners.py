@@ -8,8 +8,10 @@ from __future__ import annotations
 from app.items.importer import run_import
 from app.jobs.models import JobKind
 from app.jobs.runtime import Runner, register_runner
+from worker.coresets import run_coreset
 from worker.embed import run_embed
-from worker.rounds import run_coreset, run_evaluate, run_round
+from worker.evaluations import run_evaluate
+from worker.rounds import run_round
 
 RUNNERS: dict[JobKind, Runner] = {
     JobKind.import_: run_import,

@@ -9,6 +9,7 @@ from app.coresets import service
 from app.coresets.schemas import CoresetCreate
 from app.jobs.models import JobKind
 from app.jobs.schemas import JobRead
+from app.jobs.service import jobs_of_kind
 from app.projects.deps import EngineerAccess, ProjectAccess
 
 router = APIRouter(prefix="/api/projects", tags=["coresets"])
@@ -34,5 +35,5 @@ def start_coreset(
 @router.get("/{project_id}/coresets")
 def list_coresets(access: ProjectAccess, db: DB) -> list[JobRead]:
     """The project's core-set jobs with their results, newest first (members)."""
-    jobs = service.jobs_of_kind(db, project_id=access.project.id, kind=JobKind.coreset)
+    jobs = jobs_of_kind(db, project_id=access.project.id, kind=JobKind.coreset)
     return [JobRead.model_validate(j) for j in jobs]

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Invalid
-from app.items.models import Item, Split
+from app.items.service import count_labeled
 from app.jobs.models import Job, JobKind
 from app.jobs.service import create_job, draw_seed
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.rounds.schemas import ProxyConfig
 from app.rounds.service import resolve_proxy
-
-
-def count_labeled(db: Session, *, project_id: int, split: str = Split.pool) -> int:
-    """Items of a split that have a label."""
-    return (
-        db.scalar(
-            select(func.count())
-            .select_from(Item)
-            .where(Item.project_id == project_id, Item.split == split, Item.label.is_not(None))
-        )
-        or 0
-    )
 
 
 def start_coreset(
@@ -60,15 +47,4 @@ def start_coreset(
             "seed": draw_seed(seed),
         },
         created_by=created_by,
-    )
-
-
-def jobs_of_kind(db: Session, *, project_id: int, kind: str) -> list[Job]:
-    """A project's jobs of one kind, newest first."""
-    return list(
-        db.scalars(
-            select(Job)
-            .where(Job.project_id == project_id, Job.kind == kind)
-            .order_by(Job.id.desc())
-        )
     )

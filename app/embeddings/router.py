@@ -7,7 +7,9 @@ from fastapi import APIRouter, status
 from app.auth.deps import DB, CurrentUser
 from app.embeddings import service
 from app.embeddings.schemas import EmbeddingCreate
+from app.jobs.models import JobKind
 from app.jobs.schemas import JobRead
+from app.jobs.service import jobs_of_kind
 from app.projects.deps import EngineerAccess, ProjectAccess
 
 router = APIRouter(prefix="/api/projects", tags=["embeddings"])
@@ -32,4 +34,5 @@ def start_embedding(
 @router.get("/{project_id}/embeddings")
 def list_embeddings(access: ProjectAccess, db: DB) -> list[JobRead]:
     """The project's embedding jobs with their results, newest first (members)."""
-    return [JobRead.model_validate(j) for j in service.jobs(db, project_id=access.project.id)]
+    jobs = jobs_of_kind(db, project_id=access.project.id, kind=JobKind.embed)
+    return [JobRead.model_validate(j) for j in jobs]

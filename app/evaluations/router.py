@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.auth.deps import DB, CurrentUser
-from app.coresets.service import jobs_of_kind
 from app.evaluations import service
 from app.evaluations.schemas import EvaluationCreate
 from app.jobs.models import JobKind
 from app.jobs.schemas import JobRead
+from app.jobs.service import jobs_of_kind
 from app.projects.deps import EngineerAccess, ProjectAccess
 
 router = APIRouter(prefix="/api/projects", tags=["evaluations"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from app.coresets.service import count_labeled
 from app.errors import Invalid
 from app.items.models import Split
+from app.items.service import count_labeled
 from app.jobs.models import Job, JobKind
 from app.jobs.service import create_job, draw_seed
 from app.projects.models import Project

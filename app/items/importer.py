@@ -1,10 +1,10 @@
 """The import job: uploaded files and zip archives become items, each checked and stored once.
 
-Runs in a worker (or the server's stopgap pool) from the job's params alone. Nothing is ever
-extracted to a path: archive entries are read one at a time into memory under a size bound, so an
-entry named ``../x`` or ``/x`` can only be refused, never written. Items are committed in short
-batches together with a checkpoint in the job's row, so a re-run after a crash resumes where the
-last batch ended and counts exactly what a single run would have counted.
+Runs in a worker (or the server's stopgap pool) from the job's params alone. Each uploaded part is
+read as entries (``entries.py``; a zip's files by ``archive.py``), each entry decoded and checked
+here. Items are committed in short batches together with a checkpoint in the job's row, so a
+re-run after a crash resumes where the last batch ended and counts exactly what a single run
+would have counted.
 """
 
 from __future__ import annotations
@@ -12,18 +12,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import mmap
-import re
 import time
 import warnings
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import Table, insert, update
@@ -32,6 +27,8 @@ from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
 from app.embeddings.service import embed_new_images
+from app.items import archive
+from app.items.entries import Entry, Rejected, single_file
 from app.items.models import Item, Split
 from app.items.storage import ImageFiles, discard
 from app.jobs.models import Job
@@ -49,17 +46,8 @@ BATCH_SIZE = 400
 PROGRESS_STEP = 0.02
 # The result lists this many rejected files by name; the count covers them all.
 MAX_REJECTED_LISTED = 1000
-# An archive may expand to this multiple of its own size (or 1 GiB): beyond is a zip bomb.
-# Images are already compressed, so a real archive of them expands by little.
-MAX_EXPANSION = 20
-MIN_EXPANSION_BUDGET = 1 << 30
-MAX_NAME = 1024
-# zipfile holds every entry's header in memory: a million is ~0.5 GB, and more than any upload
-# of images needs (a larger collection goes in several archives).
-MAX_ARCHIVE_ENTRIES = 1_000_000
 # A batch closes early past this many image bytes, bounding what waits in memory for the disk.
 MAX_BATCH_BYTES = 64 << 20
-ZIP_MAGIC = b"PK\x03\x04"
 
 # Formats a browser can show; every other decoder of Pillow stays unreachable from uploads.
 MEDIA_TYPES = {
@@ -69,24 +57,9 @@ MEDIA_TYPES = {
     "WEBP": "image/webp",
     "BMP": "image/bmp",
 }
-_DRIVE = re.compile(r"^[A-Za-z]:")
-# What reading one damaged entry can raise: bad CRC or header, bad deflate data, cut short,
-# an unsupported compression method, a password. Anything else is our bug and fails the job.
-_ENTRY_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    EOFError,
-    OSError,
-    NotImplementedError,
-    RuntimeError,
-)
 # Core tables for the bulk inserts (declarative classes always map a Table).
 ITEMS = cast(Table, Item.__table__)
 LABELS = cast(Table, Label.__table__)
-
-
-class Rejected(Exception):
-    """A file that will not become an item; the message is the reason shown to the uploader."""
 
 
 @dataclass
@@ -134,15 +107,6 @@ class Tally:
             rejected=list(result.get("rejected", [])),
             rejected_count=int(result.get("rejected_count", 0)),
         )
-
-
-@dataclass
-class Entry:
-    """One file to import: its name and how to read its bytes (lazily: resuming skips cheaply)."""
-
-    name: str
-    read: Callable[[], bytes]
-    problem: str | None = None  # known before reading: the entry is refused without being read
 
 
 @dataclass
@@ -281,7 +245,7 @@ class _Import:
     def _examine_into(self, batch: _Batch, entry: Entry) -> None:
         batch.entries += 1
         try:
-            data = _read(entry)
+            data = entry.content()
             accepted = _examine(
                 entry.name,
                 data,
@@ -392,176 +356,17 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def _is_zip(path: Path, name: str) -> bool:
-    if name.lower().endswith(".zip"):
-        return True
-    with open(path, "rb") as f:
-        return f.read(4) == ZIP_MAGIC
-
-
 def _count_entries(path: Path, name: str) -> int:
-    """How many entries ``_entries`` yields for an uploaded file (positions must agree)."""
-    if not _is_zip(path, name):
-        return 1
-    with _open_archive(path) as opened:
-        if isinstance(opened, str):
-            return 1  # refused as a whole, counted as one
-        return sum(1 for info in opened.infolist() if not _skipped(info))
-
-
-@contextmanager
-def _open_archive(path: Path) -> Iterator[zipfile.ZipFile | str]:
-    """The archive, memory-mapped; or why it cannot be opened."""
-    with open(path, "rb") as raw:
-        try:
-            entries = _declared_entries(raw)
-            # Mapped, not read: entries are sliced from the page cache without a seek and a
-            # read syscall each, and the archive never has to fit in memory.
-            mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:
-            yield f"not a valid zip archive: {exc}"
-            return
-        with mapped:
-            if entries is not None and entries > MAX_ARCHIVE_ENTRIES:
-                # Refused before zipfile parses a central directory that could fill the memory.
-                yield f"more than {MAX_ARCHIVE_ENTRIES} entries in one archive"
-                return
-            try:
-                zf = zipfile.ZipFile(_MappedFile(mapped))
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                problem = f"not a valid zip archive: {exc}"
-            else:
-                with zf:
-                    yield zf
-                return
-            yield problem
-
-
-def _declared_entries(raw: BinaryIO) -> int | None:
-    """The entry count an archive's end record declares (None when there is no end record)."""
-    # zipfile's own reader of the end record: private, but unchanged since Python 2.
-    end_record = getattr(zipfile, "_EndRecData")(raw)  # noqa: B009
-    if not end_record:
-        return None
-    return int(end_record[getattr(zipfile, "_ECD_ENTRIES_TOTAL")])  # noqa: B009
-
-
-def _skipped(info: zipfile.ZipInfo) -> bool:
-    """Folders and macOS resource forks: not files anyone meant to upload."""
-    return info.is_dir() or info.filename.startswith("__MACOSX/")
+    """How many entries ``_entries`` yields for an uploaded part (positions must agree)."""
+    return archive.count_entries(path) if archive.is_zip(path, name) else 1
 
 
 def _entries(path: Path, name: str, *, entry_limit: int) -> Iterator[Entry]:
-    """The files of one upload part: the part itself, or each file entry of an archive."""
-    if not _is_zip(path, name):
-        problem = _name_problem(name)
-        if problem is None and path.stat().st_size > entry_limit:
-            problem = f"too large: {path.stat().st_size} bytes for one image"
-        yield Entry(name=_clean_name(name), read=path.read_bytes, problem=problem)
-        return
-    with _open_archive(path) as opened:
-        if isinstance(opened, str):
-            yield Entry(name=_clean_name(name), read=bytes, problem=opened)
-            return
-        yield from _archive_entries(opened, path, entry_limit=entry_limit)
-
-
-class _MappedFile(io.RawIOBase):
-    """A read-only file over a memory map (mmap has no ``seekable`` before Python 3.13)."""
-
-    def __init__(self, mapped: mmap.mmap) -> None:
-        super().__init__()
-        self.mapped = mapped
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        return self.mapped.read(size)
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.mapped.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.mapped.tell(), io.SEEK_END: len(self.mapped)}
-        self.mapped.seek(base[whence] + offset)
-        return self.mapped.tell()
-
-    def tell(self) -> int:
-        return self.mapped.tell()
-
-
-def _archive_entries(zf: zipfile.ZipFile, path: Path, *, entry_limit: int) -> Iterator[Entry]:
-    """An archive's file entries, each refused up front when its name or sizes are unsafe."""
-    budget = max(MIN_EXPANSION_BUDGET, MAX_EXPANSION * path.stat().st_size)
-    for info in zf.infolist():
-        if _skipped(info):
-            continue
-        problem = _name_problem(info.filename)
-        if problem is None:
-            if info.flag_bits & 0x1:
-                problem = "encrypted archive entry"
-            elif info.file_size > entry_limit:
-                problem = f"too large: {info.file_size} bytes uncompressed (zip bomb?)"
-            elif info.file_size > budget:
-                problem = "the archive expands far beyond its own size (zip bomb?)"
-        if problem is None:
-            budget -= info.file_size
-        yield Entry(
-            name=_clean_name(info.filename),
-            read=_zip_reader(zf, info, entry_limit),
-            problem=problem,
-        )
-
-
-def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> Callable[[], bytes]:
-    def read() -> bytes:
-        try:
-            with zf.open(info) as f:
-                # The declared size was checked; this bounds what is actually inflated.
-                data = f.read(limit + 1)
-        except _ENTRY_ERRORS as exc:
-            raise Rejected(f"corrupt archive entry: {exc}") from exc
-        if len(data) > limit:
-            raise Rejected("too large once uncompressed (zip bomb?)")
-        return data
-
-    return read
-
-
-def _read(entry: Entry) -> bytes:
-    if entry.problem:
-        raise Rejected(entry.problem)
-    return entry.read()
-
-
-def _clean_name(name: str) -> str:
-    """The name an item keeps: its path inside the archive with forward slashes."""
-    cleaned = name.replace("\\", "/")
-    while cleaned.startswith("./"):
-        cleaned = cleaned[2:]
-    return cleaned[:MAX_NAME] or "unnamed"
-
-
-def _name_problem(name: str) -> str | None:
-    """Why a path from a client or an archive is refused, or None when it is safe."""
-    path = name.replace("\\", "/")
-    if not path:
-        return "empty file name"
-    if "\x00" in path:
-        return "file name contains a NUL byte"
-    if path.startswith("/") or _DRIVE.match(path):
-        return "absolute path"
-    if ".." in path.split("/"):
-        return "path with '..'"
-    if len(path) > MAX_NAME:
-        return f"file name longer than {MAX_NAME} characters"
-    return None
+    """The entries of one uploaded part: each file of an archive, or the part itself."""
+    if archive.is_zip(path, name):
+        yield from archive.entries(path, name, entry_limit=entry_limit)
+    else:
+        yield single_file(path, name, entry_limit=entry_limit)
 
 
 def _examine(
@@ -570,7 +375,7 @@ def _examine(
     """Check one file and describe it; raise Rejected with the reason when it is refused."""
     if not data:
         raise Rejected("empty file")
-    if data[:4] == ZIP_MAGIC or name.lower().endswith(".zip"):
+    if data[:4] == archive.ZIP_MAGIC or name.lower().endswith(".zip"):
         raise Rejected("nested archive (zip inside an upload's zip) is not imported")
     label = None
     if from_folders:

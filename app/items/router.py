@@ -15,6 +15,7 @@ from app.errors import Invalid, NotFound, TooLarge
 from app.fields import PathId
 from app.http import error_responses
 from app.items import service, storage
+from app.items.importer import MEDIA_TYPES
 from app.items.models import Split
 from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead, image_url
 from app.jobs.schemas import JobRead
@@ -164,7 +165,18 @@ def get_item(item_id: PathId, user: CurrentUser, db: DB) -> ItemDetail:
 @router.get(
     "/api/items/{item_id}/image",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}}}, 304: {"description": "not modified"}},
+    responses={
+        200: {
+            "description": "the image's bytes, in the format it was uploaded in",
+            # Each format by name, with a binary body: a client generator keeps the route and
+            # gives it a bytes result (a wildcard type with no schema made some drop it).
+            "content": {
+                media_type: {"schema": {"type": "string", "format": "binary"}}
+                for media_type in MEDIA_TYPES.values()
+            },
+        },
+        304: {"description": "not modified"},
+    },
 )
 async def get_image(item_id: PathId, request: Request) -> Response:
     """The image bytes with a strong ETag (the content hash); 304 when the client has them.

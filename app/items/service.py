@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -93,6 +93,18 @@ def start_import(
             "labels_from_folders": options.labels_from_folders,
         },
         created_by=user.id,
+    )
+
+
+def count_labeled(db: Session, *, project_id: int, split: str = Split.pool) -> int:
+    """Items of a split that have a label."""
+    return (
+        db.scalar(
+            select(func.count())
+            .select_from(Item)
+            .where(Item.project_id == project_id, Item.split == split, Item.label.is_not(None))
+        )
+        or 0
     )
 
 

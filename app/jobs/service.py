@@ -93,6 +93,17 @@ def list_jobs(
     return list(db.scalars(query.order_by(Job.id.desc()).limit(limit)))
 
 
+def jobs_of_kind(db: Session, *, project_id: int, kind: str) -> list[Job]:
+    """A project's jobs of one kind, newest first."""
+    return list(
+        db.scalars(
+            select(Job)
+            .where(Job.project_id == project_id, Job.kind == kind)
+            .order_by(Job.id.desc())
+        )
+    )
+
+
 def get_job(db: Session, *, user: User, job_id: int) -> Job:
     """One visible job; 404 for a job the caller may not see, as for one that does not exist."""
     job = db.scalar(visible_jobs(db, user=user).where(Job.id == job_id))
