@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Request, status
 from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
