@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
+from app import db as app_db
+from app.settings import get_settings
 from tests import procs
 from tests.factories import PASSWORD, Factory
 
@@ -86,3 +92,61 @@ def test_events_streams_are_capped_per_user_and_end_after_their_lifetime(
         for h in again:
             h.close()
         c.close()
+
+
+def test_an_events_stream_polls_within_the_request_slots(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every request slot taken, a stream waits for one before it reads the database:
+    its polls went around the slots and could take the pool's last connections (issue 17 #6)."""
+    engineer = factory.user("engineer")
+    project = factory.project(engineer)
+    rnd = factory.round_with_selection(project, factory.items(project, 2), status="running")
+    authorization = factory.token_client(engineer).headers["Authorization"]
+    monkeypatch.setenv("SVP_DB_CONCURRENCY", "1")
+    get_settings.cache_clear()
+    sent: list[str] = []
+
+    async def drive() -> None:
+        slots = app_db._loop_slots()
+        path = f"/api/rounds/{rnd.id}/events"
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"testserver"), (b"authorization", authorization.encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        requests = [{"type": "http.request", "body": b"", "more_body": False}]
+        gone = asyncio.Event()
+        first_event = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            if requests:
+                return requests.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message["type"])
+            if b"data:" in message.get("body", b""):
+                first_event.set()
+
+        await slots.connections.acquire()  # every slot taken, as by long requests
+        task = asyncio.create_task(factory.app(scope, receive, send))
+        await asyncio.sleep(1.5)
+        assert sent == [], "the stream read the database with no slot free"
+        slots.connections.release()
+        await asyncio.wait_for(first_event.wait(), 10)
+        gone.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(drive())
+    assert sent[0] == "http.response.start"
