@@ -20,6 +20,7 @@ from app import metrics
 from app.auth.models import Role, User
 from app.auth.service import create_user
 from app.db import unit_of_work
+from app.embeddings.service import backbone_errors
 from app.errors import DomainError, InsufficientStorage, is_disk_full
 from app.http import (
     API_ERRORS,
@@ -79,8 +80,10 @@ def operation_id(route: APIRoute) -> str:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start-up: the first admin."""
+    """Start-up: the first admin, and a log line for each user backbone that cannot work."""
     ensure_first_admin()
+    for name, reason in backbone_errors().items():
+        log.error("backbone %s is unusable (the others work): %s", name, reason)
     yield
 
 

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Development secrets are made per data dir; this is the literal we refuse outside development.
 _UNSAFE_SECRETS = {"", "changeme", "secret", "dev"}
@@ -23,6 +33,43 @@ class BackboneSetting(BaseModel):
     arch: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_]+$")
     weights: Path
     image_size: int = Field(default=224, ge=16, le=1024)
+
+
+# The engine's rule for backbone names (they become part of the embedding cache's folder name).
+BACKBONE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class UserBackbones:
+    """``SVP_BACKBONES`` read entry by entry: the well-formed entries, and why each other entry
+    (or the whole value, under the key ``SVP_BACKBONES``) is not; a bad one fails alone."""
+
+    usable: dict[str, BackboneSetting] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, raw: object) -> UserBackbones:
+        """Parse the setting's JSON (or an already decoded mapping) without ever raising."""
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw) if raw.strip() else {}
+            except ValueError as exc:
+                return cls(errors={"SVP_BACKBONES": f"not JSON: {exc}"})
+        if not isinstance(raw, dict):
+            return cls(errors={"SVP_BACKBONES": "must be a JSON object of name: {arch, weights}"})
+        usable: dict[str, BackboneSetting] = {}
+        errors: dict[str, str] = {}
+        for name, entry in raw.items():
+            if not BACKBONE_NAME.fullmatch(str(name)):
+                errors[str(name)] = "a name is ASCII letters, digits, '_', '-', '.'"
+                continue
+            try:
+                usable[name] = BackboneSetting.model_validate(entry)
+            except ValidationError as exc:
+                errors[name] = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors()
+                )
+        return cls(usable, errors)
 
 
 class Settings(BaseSettings):
@@ -88,7 +135,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0, le=256)
     # A user's own frozen backbones, by name: {"name": {"arch": "resnet18", "weights":
     # "/path/weights.pth", "image_size": 224}} with a torchvision architecture and a local file.
-    backbones: dict[str, BackboneSetting] = Field(default_factory=dict)
+    # Read entry by entry (NoDecode: even malformed JSON is an error of its own, not a server
+    # that will not start), so one bad entry never stops the built-in backbones.
+    backbones: Annotated[UserBackbones, NoDecode] = Field(default_factory=UserBackbones)
     # Images per chunk of an embedding job, and how many other workers one job asks for help.
     embed_chunk_size: int = Field(default=512, ge=1, le=100_000)
     embed_fanout: int = Field(default=8, ge=0, le=1024)
@@ -97,6 +146,11 @@ class Settings(BaseSettings):
     # the job's first report of that stage past 0 (a trained epoch, an embedded chunk);
     # "round:save-batch" is inside the transaction writing a batch, before it commits.
     test_pause_at: str = ""
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _read_backbones(cls, value: object) -> UserBackbones:
+        return value if isinstance(value, UserBackbones) else UserBackbones.read(value)
 
     @field_validator("data_dir")
     @classmethod

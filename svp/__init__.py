@@ -7,12 +7,16 @@ Pure Python and torch: no web framework, no database, no task queue.
 from svp.backbones import (
     Backbone,
     BackboneSpec,
+    Embedder,
     backbone_names,
     get_spec,
     load_backbone,
+    load_embedder,
     register_backbone,
+    register_embedder,
     register_torchvision_backbone,
 )
+from svp.clustering import cluster_margin, typicality, typiclust
 from svp.config import PAPER_SCHEDULE, TrainConfig, scaled_schedule
 from svp.data import (
     ImageStore,
@@ -40,7 +44,6 @@ from svp.strategies import (
     SelectionResult,
     Strategy,
     auto_choice,
-    cluster_margin,
     cold_start,
     coreset,
     entropy,
@@ -48,8 +51,6 @@ from svp.strategies import (
     least_confidence,
     margin,
     select,
-    typicality,
-    typiclust,
 )
 from svp.train import (
     ForgettingTracker,
@@ -72,6 +73,7 @@ __all__ = [
     "BackboneSpec",
     "Calibration",
     "Classifier",
+    "Embedder",
     "EmbeddingStore",
     "ForgettingTracker",
     "ImageStore",
@@ -107,6 +109,7 @@ __all__ = [
     "least_confidence",
     "load_backbone",
     "load_cifar10",
+    "load_embedder",
     "margin",
     "model_names",
     "overlap",
@@ -114,6 +117,7 @@ __all__ = [
     "rankdata",
     "read_image_folder_zip",
     "register_backbone",
+    "register_embedder",
     "register_torchvision_backbone",
     "scaled_schedule",
     "seed_everything",

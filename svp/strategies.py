@@ -1,30 +1,31 @@
-"""Selection strategies: pure scoring functions, greedy k-centres, TypiClust, cluster-margin,
-``auto``, select() and coreset().
+"""Selection strategies: the pure uncertainty scores, greedy k-centres, ``auto``, select() and
+coreset(); the clustering ones (TypiClust, cluster-margin) are in ``svp.clustering``.
 
 Every score is "higher means pick first". Scoring runs the model in eval mode on the un-augmented
 images; the labelled set is never chosen and nothing is chosen twice (asserted on every call).
 The pool is a uint8 image tensor, or an ``N x D`` float tensor of embeddings: then the proxy is a
 head on them (``svp.heads``), and without a model the embeddings themselves are the features.
+To add a strategy: a member of ``Strategy`` and its function in ``_SELECTORS``.
 """
 
 from __future__ import annotations
 
-import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.decomposition import PCA
-from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from svp.config import SKLEARN_THREADS
+from svp.clustering import (
+    cluster_margin,
+    pool_features,
+    squared_distances,
+    typiclust,
+)
+from svp.ranking import labeled_mask, top_k
 from svp.train import predict
 
 
@@ -49,26 +50,6 @@ class Strategy(StrEnum):
 UNCERTAINTY = (Strategy.LEAST_CONFIDENCE, Strategy.ENTROPY, Strategy.MARGIN)
 CLUSTERED = (Strategy.TYPICLUST, Strategy.MARGIN_CLUSTERS, Strategy.AUTO)
 
-# TypiClust's neighbourhood size for typicality, as in the paper.
-TYPICALITY_NEIGHBOURS = 20
-# Clusters of fewer points are outliers' clusters: used only once every larger one is spent
-# (the paper drops them; keeping them last lets a tiny pool still fill its budget).
-MIN_CLUSTER_SIZE = 5
-# The paper caps k-means at 500 clusters. k-means costs n x k x d a pass, and past a few hundred
-# labels typicality has done its job (auto has switched to margin_clusters by then); with more
-# labels than clusters the batch goes to the clusters holding the fewest labels, largest first.
-MAX_CLUSTERS = 500
-# Features are L2-normalised, then projected to this many principal components for clustering.
-CLUSTER_DIMS = 128
-# PCA is fitted on at most this many rows (seeded), then applied to all: the top components of
-# a 5,000-row sample are what clustering needs, and fitting on 50,000 x 1280 would dominate.
-PCA_FIT_ROWS = 5_000
-# Full k-means while rows x clusters stays under this (a 10,000 pool up to 200 clusters: under
-# a second); mini-batch k-means above it.
-FULL_KMEANS_WORK = 2_000_000
-# margin_clusters clusters the top factor x budget candidates by margin (Citovsky et al. 2021
-# use a multiple of the batch too): wide enough to hold diverse uncertain points.
-MARGIN_CANDIDATE_FACTOR = 10
 # auto: typiclust below this many labelled items per class, margin_clusters from it on.
 # Measured with bench/labels_saved.py (docs/engine.md, "Low budgets").
 AUTO_SWITCH_PER_CLASS = 20.0
@@ -105,18 +86,6 @@ def uncertainty_scores(probs: Tensor, strategy: Strategy) -> Tensor:
     raise ValueError(f"{strategy.value} is not an uncertainty strategy")
 
 
-def top_k(scores: Tensor, k: int) -> Tensor:
-    """Positions of the k highest scores; ties go to the earlier position (stable, reproducible)."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    return order[:k]
-
-
-def _sq_dists(x: Tensor, sq: Tensor, centres: Tensor) -> Tensor:
-    # ||x - c||² = ||x||² - 2 x·c + ||c||²: one matrix product instead of an N x C x D temporary.
-    d = sq[:, None] - 2.0 * (x @ centres.T) + (centres * centres).sum(1)[None, :]
-    return d.clamp_min_(0.0)
-
-
 def kcenter_greedy(
     features: Tensor,
     labeled: Tensor | Sequence[int],
@@ -143,7 +112,7 @@ def kcenter_greedy(
     # Labelled centres in chunks, so the temporary is at most chunk_elems floats.
     step = max(1, chunk_elems // max(n, 1))
     for s in range(0, lab.numel(), step):
-        min_d = torch.minimum(min_d, _sq_dists(x, sq, x[lab[s : s + step]]).min(1).values)
+        min_d = torch.minimum(min_d, squared_distances(x, sq, x[lab[s : s + step]]).min(1).values)
     # -1 marks centres: below every real distance, so argmax never picks one again.
     min_d[lab] = -1.0
     chosen = torch.empty(budget, dtype=torch.int64)
@@ -157,191 +126,9 @@ def kcenter_greedy(
             dist = float(min_d[j].item()) ** 0.5
         chosen[i] = j
         dists[i] = dist
-        min_d = torch.minimum(min_d, _sq_dists(x, sq, x[j : j + 1]).squeeze(1))
+        min_d = torch.minimum(min_d, squared_distances(x, sq, x[j : j + 1]).squeeze(1))
         min_d[j] = -1.0
     return chosen, dists
-
-
-# Images converted to float at a time by pixel_features: 4096 x 3 x 32 x 32 floats is 50 MB.
-PIXEL_CHUNK = 4096
-
-
-def pixel_features(images: Tensor, side: int = 8) -> Tensor:
-    """Raw-pixel features for a cold start: images average-pooled to side x side, in [0, 1]."""
-    # 3 x 8 x 8 = 192 numbers an image keeps a 100k pool at 77 MB instead of 1.2 GB at 32 x 32;
-    # converted in chunks, so the float copy of the whole pool is never made either.
-    n = images.shape[0]
-    out_side = (min(side, images.shape[-2]), min(side, images.shape[-1]))
-    out = torch.empty((n, images.shape[1] * out_side[0] * out_side[1]), dtype=torch.float32)
-    for start in range(0, n, PIXEL_CHUNK):
-        x = images[start : start + PIXEL_CHUNK].float().div_(255.0)
-        if x.shape[-2:] != out_side:
-            x = F.adaptive_avg_pool2d(x, out_side)
-        out[start : start + x.shape[0]] = x.flatten(1)
-    return out
-
-
-def pool_features(images: Tensor) -> Tensor:
-    """Features of a pool without a model: embeddings as they are, raw pixels for images."""
-    if images.ndim == 2 and images.is_floating_point():
-        return images.float()
-    return pixel_features(images)
-
-
-def cluster_space(features: Tensor, *, seed: int = 0) -> np.ndarray:
-    """Features for clustering: L2-normalised rows, PCA to CLUSTER_DIMS when wider (float32)."""
-    x = F.normalize(features.detach().float(), dim=1).numpy()
-    n, d = x.shape
-    dims = min(CLUSTER_DIMS, n)
-    if d <= CLUSTER_DIMS or dims < 2:
-        return np.ascontiguousarray(x)
-    rng = np.random.default_rng(seed)
-    fit_rows = x if n <= PCA_FIT_ROWS else x[np.sort(rng.choice(n, PCA_FIT_ROWS, replace=False))]
-    with threadpool_limits(SKLEARN_THREADS):
-        pca = PCA(
-            n_components=min(dims, fit_rows.shape[0]), svd_solver="randomized", random_state=seed
-        ).fit(fit_rows)
-        return np.ascontiguousarray(pca.transform(x), dtype=np.float32)
-
-
-def kmeans_labels(x: np.ndarray, k: int, *, seed: int = 0) -> np.ndarray:
-    """Cluster ids of each row from scikit-learn's k-means (mini-batch on big pools), seeded."""
-    k = max(1, min(k, x.shape[0]))
-    if k == 1:
-        return np.zeros(x.shape[0], dtype=np.int64)
-    # Full k-means is exact and cheap on small work; mini-batches keep 500 clusters of a
-    # 50,000-row pool to about a second on one thread.
-    if x.shape[0] * k <= FULL_KMEANS_WORK:
-        km: KMeans | MiniBatchKMeans = KMeans(n_clusters=k, n_init=1, random_state=seed)
-    else:
-        km = MiniBatchKMeans(n_clusters=k, n_init=1, batch_size=1024, random_state=seed)
-    with threadpool_limits(SKLEARN_THREADS):
-        return np.asarray(km.fit_predict(x), dtype=np.int64)
-
-
-def typicality(x: Tensor, k: int = TYPICALITY_NEIGHBOURS, chunk_elems: int = 1 << 22) -> Tensor:
-    """1 / mean distance to each row's k nearest other rows (Hacohen et al. 2022)."""
-    m = x.shape[0]
-    if m < 2:
-        return torch.zeros(m, dtype=torch.float64)
-    k = min(k, m - 1)
-    sq = (x * x).sum(1)
-    out = torch.empty(m, dtype=torch.float64)
-    # Rows in chunks so the distance temporary is at most chunk_elems floats.
-    step = max(1, chunk_elems // m)
-    for s in range(0, m, step):
-        d = _sq_dists(x[s : s + step], sq[s : s + step], x)
-        rows = torch.arange(d.shape[0])
-        d[rows, rows + s] = float("inf")  # a point is not its own neighbour
-        near = d.topk(k, dim=1, largest=False).values.sqrt().mean(1)
-        out[s : s + step] = 1.0 / (near.double() + 1e-8)
-    return out
-
-
-def typiclust(
-    features: Tensor,
-    labeled: Tensor | Sequence[int],
-    budget: int,
-    *,
-    seed: int = 0,
-    max_clusters: int = MAX_CLUSTERS,
-) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """TypiClust: the most typical point of each of the largest clusters holding no label.
-
-    The pool's features are clustered into |L| + budget clusters (at most ``max_clusters`` and
-    n / MIN_CLUSTER_SIZE); clusters are visited by fewest labelled points, then largest, and
-    each visit takes the most typical unlabelled point left in it. Outliers' clusters (under
-    MIN_CLUSTER_SIZE points) come last. Returns the pool indices in pick order, their
-    typicality and what it did.
-    """
-    n = features.shape[0]
-    mask = labeled_mask(labeled, n)
-    if budget > n - int(mask.sum()):
-        raise ValueError(f"budget {budget} exceeds the {n - int(mask.sum())} unlabelled points")
-    x = cluster_space(features, seed=seed)
-    # A cluster needs a few points for typicality to mean anything: at most n / MIN_CLUSTER_SIZE.
-    k = max(1, min(int(mask.sum()) + budget, max_clusters, n // MIN_CLUSTER_SIZE))
-    assign = kmeans_labels(x, k, seed=seed)
-    k = int(assign.max()) + 1
-    lab = mask.numpy()
-    sizes = np.bincount(assign, minlength=k)
-    counts = np.bincount(assign[lab], minlength=k)
-    free = sizes - counts
-    heap = [
-        (bool(sizes[c] < MIN_CLUSTER_SIZE), int(counts[c]), -int(sizes[c]), c)
-        for c in range(k)
-        if free[c] > 0
-    ]
-    heapq.heapify(heap)
-    uncovered = int(((counts == 0) & (sizes >= MIN_CLUSTER_SIZE)).sum())
-    xt = torch.from_numpy(x)
-    queues: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    taken: dict[int, int] = {}
-    chosen: list[int] = []
-    scores: list[float] = []
-    while len(chosen) < budget:
-        tiny, count, neg_size, c = heapq.heappop(heap)
-        if c not in queues:
-            # Typicality over the whole cluster (labelled points are part of its density),
-            # computed only for clusters a pick reaches.
-            members = np.flatnonzero(assign == c)
-            typ = typicality(xt[members]).numpy()
-            order = np.argsort(-typ, kind="stable")
-            members, typ = members[order], typ[order]
-            keep = ~lab[members]
-            queues[c] = (members[keep], typ[keep])
-            taken[c] = 0
-        members, typ = queues[c]
-        i = taken[c]
-        chosen.append(int(members[i]))
-        scores.append(float(typ[i]))
-        taken[c] = i + 1
-        if i + 1 < members.size:
-            heapq.heappush(heap, (tiny, count + 1, neg_size, c))
-    details = {"clusters": k, "clusters_uncovered": uncovered}
-    return (
-        torch.tensor(chosen, dtype=torch.int64),
-        torch.tensor(scores, dtype=torch.float64),
-        details,
-    )
-
-
-def cluster_margin(
-    features: Tensor,
-    scores: Tensor,
-    budget: int,
-    *,
-    seed: int = 0,
-    factor: int = MARGIN_CANDIDATE_FACTOR,
-    max_clusters: int = MAX_CLUSTERS,
-) -> tuple[Tensor, dict[str, Any]]:
-    """Uncertainty spread across clusters: positions (rows of ``features``) in pick order.
-
-    The ``factor x budget`` highest-scoring rows are clustered into ``budget`` k-means clusters
-    (at most ``max_clusters``); clusters are visited round-robin, the one with the most uncertain
-    member first, each visit taking its most uncertain row left. Plain top-k would fill the batch
-    with near-duplicates of one confusing region.
-    """
-    n = features.shape[0]
-    if budget > n:
-        raise ValueError(f"budget {budget} exceeds the {n} candidates")
-    m = min(n, max(budget, factor * budget))
-    top = top_k(scores, m)
-    x = cluster_space(features[top], seed=seed)
-    assign = kmeans_labels(x, min(budget, max_clusters, m), seed=seed)
-    # top is in score order, so a cluster's first appearance is its most uncertain member.
-    rank_in_cluster = np.zeros(m, dtype=np.int64)
-    first_pos = np.full(int(assign.max()) + 1, -1, dtype=np.int64)
-    seen = np.zeros(int(assign.max()) + 1, dtype=np.int64)
-    for pos, c in enumerate(assign.tolist()):
-        if first_pos[c] < 0:
-            first_pos[c] = pos
-        rank_in_cluster[pos] = seen[c]
-        seen[c] += 1
-    # Round-robin: every cluster's best, then every cluster's second best, ...
-    order = np.lexsort((first_pos[assign], rank_in_cluster))[:budget]
-    details = {"clusters": int((seen > 0).sum()), "candidates": m}
-    return top[torch.from_numpy(order)], details
 
 
 @dataclass(frozen=True)
@@ -392,42 +179,11 @@ def auto_choice(
     }
 
 
-def labeled_mask(labeled: Tensor | Sequence[int], n: int) -> Tensor:
-    """A boolean mask of length n from a mask or from indices."""
-    t = torch.as_tensor(labeled)
-    if t.dtype == torch.bool:
-        if t.shape != (n,):
-            raise ValueError(f"labelled mask has shape {tuple(t.shape)}, pool has {n} items")
-        return t.clone()
-    mask = torch.zeros(n, dtype=torch.bool)
-    idx = t.to(torch.int64).reshape(-1)
-    if idx.numel() and (idx.min() < 0 or idx.max() >= n):
-        raise ValueError("labelled index out of range of the pool")
-    mask[idx] = True
-    return mask
-
-
 def _check(indices: Tensor, mask: Tensor, budget: int) -> None:
     chosen = indices.tolist()
     assert len(chosen) == budget, f"chose {len(chosen)} of a budget of {budget}"
     assert len(set(chosen)) == len(chosen), "an item was chosen twice"
     assert not bool(mask[indices].any()), "an already labelled item was chosen"
-
-
-def _candidate_probs(
-    model: nn.Module | None,
-    images: Tensor,
-    candidates: Tensor,
-    *,
-    batch_size: int,
-    device: str | torch.device | None,
-) -> tuple[Tensor | None, float]:
-    """The model's class probabilities over the candidates (for suggestions) and the seconds
-    scoring took; nothing without a model."""
-    if model is None:
-        return None, 0.0
-    preds = predict(model, images[candidates], batch_size=batch_size, device=device)
-    return preds.probs, preds.seconds
 
 
 def _candidates(mask: Tensor, budget: int) -> Tensor:
@@ -442,38 +198,151 @@ def _candidates(mask: Tensor, budget: int) -> Tensor:
     return candidates
 
 
-def _select_clustered(
-    strategy: Strategy,
-    feats: Tensor,
-    all_probs: Tensor | None,
-    mask: Tensor,
-    candidates: Tensor,
-    budget: int,
-    seed: int,
-    auto_switch_at: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, dict[str, Any]]:
-    """typiclust, margin_clusters or auto's choice between them on the pool's features:
-    (chosen, their scores, their positions among the candidates, candidate scores, details)."""
-    choice, details = strategy, dict[str, Any]()
-    if strategy == Strategy.AUTO:
-        width = None if all_probs is None else int(all_probs.shape[1])
-        choice, details = auto_choice(int(mask.sum()), width, auto_switch_at)
-    if choice == Strategy.TYPICLUST:
-        chosen, chosen_scores, more = typiclust(feats, mask, budget, seed=seed)
-        return (
-            chosen,
-            chosen_scores,
-            torch.searchsorted(candidates, chosen),
-            None,
-            {
-                **details,
-                **more,
-            },
+@dataclass(frozen=True)
+class _Request:
+    """One call of select(): the pool, what is labelled, and how to score."""
+
+    strategy: Strategy
+    model: nn.Module | None
+    images: Tensor
+    mask: Tensor
+    candidates: Tensor
+    budget: int
+    seed: int
+    generator: torch.Generator
+    batch_size: int
+    device: str | torch.device | None
+    scores: Tensor | None
+    auto_switch_at: float
+
+    def predict(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
+        """The model's (features, probabilities, seconds) over ``rows`` (None: the whole pool)."""
+        assert self.model is not None
+        images = self.images if rows is None else self.images[rows]
+        preds = predict(self.model, images, batch_size=self.batch_size, device=self.device)
+        return preds.features, preds.probs, preds.seconds
+
+    def features(self) -> tuple[Tensor, Tensor | None, float]:
+        """The pool's features, with the model's probabilities and seconds when there is a
+        model; the embeddings (or raw pixels) and nothing else without."""
+        if self.model is None:
+            return pool_features(self.images), None, 0.0
+        return self.predict()
+
+    def candidate_probs(self) -> tuple[Tensor | None, float]:
+        """The candidates' class probabilities (for suggestions) and the seconds scoring took;
+        nothing without a model."""
+        if self.model is None:
+            return None, 0.0
+        _, probs, seconds = self.predict(self.candidates)
+        return probs, seconds
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """What a strategy chose: pool indices in pick order, their scores and positions among the
+    candidates (for the suggestion lookup), the candidates' probabilities and scores if any."""
+
+    chosen: Tensor
+    scores: Tensor
+    positions: Tensor
+    probs: Tensor | None
+    candidate_scores: Tensor | None
+    scoring_seconds: float
+    selecting_seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _ranked(
+    req: _Request,
+    pos: Tensor,
+    cand_scores: Tensor,
+    probs: Tensor | None,
+    scoring: float,
+    start: float,
+    details: dict[str, Any] | None = None,
+) -> _Pick:
+    """The pick at positions ``pos`` among the candidates, scored by ``cand_scores``."""
+    seconds = time.perf_counter() - start
+    chosen = req.candidates[pos]
+    return _Pick(chosen, cand_scores[pos], pos, probs, cand_scores, scoring, seconds, details or {})
+
+
+def _top_scores(req: _Request, cand_scores: Tensor, probs: Tensor | None, scoring: float) -> _Pick:
+    """The budget's highest candidate scores, ties to the earlier candidate."""
+    start = time.perf_counter()
+    return _ranked(req, top_k(cand_scores, req.budget), cand_scores, probs, scoring, start)
+
+
+def _random(req: _Request) -> _Pick:
+    cand_scores = torch.rand(req.candidates.numel(), generator=req.generator, dtype=torch.float64)
+    return _top_scores(req, cand_scores, *req.candidate_probs())
+
+
+def _uncertain(req: _Request) -> _Pick:
+    if req.model is None:
+        raise ValueError(
+            f"{req.strategy.value} needs a trained model; cold starts use random or kcenter"
         )
+    _, probs, scoring = req.predict(req.candidates)
+    return _top_scores(req, uncertainty_scores(probs.double(), req.strategy), probs, scoring)
+
+
+def _forgetting(req: _Request) -> _Pick:
+    n = req.images.shape[0]
+    if req.scores is None or req.scores.shape != (n,):
+        raise ValueError("forgetting needs per-item scores (forgetting counts) for the pool")
+    cand_scores = req.scores[req.candidates].double()
+    return _top_scores(req, cand_scores, *req.candidate_probs())
+
+
+def _kcenter(req: _Request) -> _Pick:
+    feats, all_probs, scoring = req.features()
+    probs = None if all_probs is None else all_probs[req.candidates]
+    start = time.perf_counter()
+    chosen, chosen_scores = kcenter_greedy(
+        feats, req.mask.nonzero().squeeze(1), req.budget, generator=req.generator
+    )
+    # Position of each chosen item among the candidates, for the suggestion lookup.
+    pos = torch.searchsorted(req.candidates, chosen)
+    return _Pick(chosen, chosen_scores, pos, probs, None, scoring, time.perf_counter() - start)
+
+
+def _clustered(req: _Request) -> _Pick:
+    """typiclust, margin_clusters or auto's choice between them on the pool's features."""
+    if req.model is None and req.strategy == Strategy.MARGIN_CLUSTERS:
+        raise ValueError("margin_clusters needs a trained model; cold starts use typiclust")
+    feats, all_probs, scoring = req.features()
+    probs = None if all_probs is None else all_probs[req.candidates]
+    start = time.perf_counter()
+    choice, details = req.strategy, dict[str, Any]()
+    if req.strategy == Strategy.AUTO:
+        width = None if all_probs is None else int(all_probs.shape[1])
+        choice, details = auto_choice(int(req.mask.sum()), width, req.auto_switch_at)
+    if choice == Strategy.TYPICLUST:
+        chosen, chosen_scores, more = typiclust(feats, req.mask, req.budget, seed=req.seed)
+        pos = torch.searchsorted(req.candidates, chosen)
+        seconds = time.perf_counter() - start
+        return _Pick(chosen, chosen_scores, pos, probs, None, scoring, seconds, details | more)
     assert all_probs is not None
-    cand_scores = margin(all_probs[candidates].double())
-    pos, more = cluster_margin(feats[candidates], cand_scores, budget, seed=seed)
-    return candidates[pos], cand_scores[pos], pos, cand_scores, {**details, **more}
+    cand_scores = margin(all_probs[req.candidates].double())
+    pos, more = cluster_margin(feats[req.candidates], cand_scores, req.budget, seed=req.seed)
+    return _ranked(req, pos, cand_scores, probs, scoring, start, details | more)
+
+
+# Each strategy's way of choosing; select() checks and packages whatever it returns.
+_SELECTORS: dict[Strategy, Callable[[_Request], _Pick]] = {
+    Strategy.RANDOM: _random,
+    Strategy.LEAST_CONFIDENCE: _uncertain,
+    Strategy.ENTROPY: _uncertain,
+    Strategy.MARGIN: _uncertain,
+    Strategy.KCENTER: _kcenter,
+    Strategy.TYPICLUST: _clustered,
+    Strategy.MARGIN_CLUSTERS: _clustered,
+    Strategy.AUTO: _clustered,
+    Strategy.FORGETTING: _forgetting,
+}
+assert set(_SELECTORS) == set(Strategy), "every strategy needs its selector"
 
 
 def select(
@@ -498,91 +367,40 @@ def select(
     ``auto_switch_at`` is auto's labels per class from which it leaves typiclust.
     """
     strategy = Strategy(strategy)
-    n = images.shape[0]
-    mask = labeled_mask(labeled, n)
-    candidates = _candidates(mask, budget)
-    gen = torch.Generator().manual_seed(seed)
-    probs: Tensor | None = None
-    cand_scores: Tensor | None = None
-    details: dict[str, Any] = {}
-    scoring = 0.0
-    start = time.perf_counter()
-    if strategy == Strategy.RANDOM:
-        cand_scores = torch.rand(candidates.numel(), generator=gen, dtype=torch.float64)
-        probs, scoring = _candidate_probs(
-            model, images, candidates, batch_size=batch_size, device=device
-        )
-        start = time.perf_counter()
-        pos = top_k(cand_scores, budget)
-        chosen, chosen_scores = candidates[pos], cand_scores[pos]
-    elif strategy in UNCERTAINTY:
-        if model is None:
-            raise ValueError(
-                f"{strategy.value} needs a trained model; cold starts use random or kcenter"
-            )
-        preds = predict(model, images[candidates], batch_size=batch_size, device=device)
-        probs, scoring = preds.probs, preds.seconds
-        start = time.perf_counter()
-        cand_scores = uncertainty_scores(probs.double(), strategy)
-        pos = top_k(cand_scores, budget)
-        chosen, chosen_scores = candidates[pos], cand_scores[pos]
-    elif strategy == Strategy.KCENTER:
-        if model is None:
-            feats = pool_features(images)
-        else:
-            preds = predict(model, images, batch_size=batch_size, device=device)
-            feats, scoring = preds.features, preds.seconds
-            probs = preds.probs[candidates]
-        start = time.perf_counter()
-        chosen, chosen_scores = kcenter_greedy(
-            feats, mask.nonzero().squeeze(1), budget, generator=gen
-        )
-        # Position of each chosen item among the candidates, for the suggestion lookup below.
-        pos = torch.searchsorted(candidates, chosen)
-    elif strategy in CLUSTERED:
-        if model is None:
-            if strategy == Strategy.MARGIN_CLUSTERS:
-                raise ValueError("margin_clusters needs a trained model; cold starts use typiclust")
-            feats, all_probs = pool_features(images), None
-        else:
-            preds = predict(model, images, batch_size=batch_size, device=device)
-            feats, all_probs, scoring = preds.features, preds.probs, preds.seconds
-            probs = all_probs[candidates]
-        start = time.perf_counter()
-        chosen, chosen_scores, pos, cand_scores, details = _select_clustered(
-            strategy, feats, all_probs, mask, candidates, budget, seed, auto_switch_at
-        )
-    elif strategy == Strategy.FORGETTING:
-        if scores is None or scores.shape != (n,):
-            raise ValueError("forgetting needs per-item scores (forgetting counts) for the pool")
-        cand_scores = scores[candidates].double()
-        probs, scoring = _candidate_probs(
-            model, images, candidates, batch_size=batch_size, device=device
-        )
-        start = time.perf_counter()
-        pos = top_k(cand_scores, budget)
-        chosen, chosen_scores = candidates[pos], cand_scores[pos]
-    else:  # pragma: no cover - the Enum is closed
-        raise ValueError(f"unknown strategy {strategy}")
-    selecting = time.perf_counter() - start
-    _check(chosen, mask, budget)
-    if probs is not None:
-        top = probs[pos].max(dim=1)
+    mask = labeled_mask(labeled, images.shape[0])
+    request = _Request(
+        strategy=strategy,
+        model=model,
+        images=images,
+        mask=mask,
+        candidates=_candidates(mask, budget),
+        budget=budget,
+        seed=seed,
+        generator=torch.Generator().manual_seed(seed),
+        batch_size=batch_size,
+        device=device,
+        scores=scores,
+        auto_switch_at=auto_switch_at,
+    )
+    pick = _SELECTORS[strategy](request)
+    _check(pick.chosen, mask, budget)
+    if pick.probs is not None:
+        top = pick.probs[pick.positions].max(dim=1)
         pred_class: list[int | None] = [int(c) for c in top.indices.tolist()]
         pred_prob: list[float | None] = [float(p) for p in top.values.tolist()]
     else:
         pred_class, pred_prob = [None] * budget, [None] * budget
     return SelectionResult(
         strategy=strategy,
-        indices=chosen.tolist(),
-        scores=[float(s) for s in chosen_scores.tolist()],
+        indices=pick.chosen.tolist(),
+        scores=[float(s) for s in pick.scores.tolist()],
         predicted_class=pred_class,
         predicted_prob=pred_prob,
-        scoring_seconds=scoring,
-        selecting_seconds=selecting,
-        candidates=candidates if cand_scores is not None else None,
-        candidate_scores=cand_scores,
-        details=details,
+        scoring_seconds=pick.scoring_seconds,
+        selecting_seconds=pick.selecting_seconds,
+        candidates=request.candidates if pick.candidate_scores is not None else None,
+        candidate_scores=pick.candidate_scores,
+        details=pick.details,
     )
 
 

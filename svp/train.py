@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from svp.config import TrainConfig
 from svp.data import augment, channel_stats, to_float
+from svp.device import pick_device, torch_threads
 from svp.models import CIFAR_MEAN, CIFAR_STD, Classifier, create_model
 
 
@@ -34,27 +35,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """The named device, else CUDA when available, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    # torch's thread count is process-wide: put back what the caller had.
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class ForgettingTracker:
@@ -195,7 +175,7 @@ def train(
         losses: list[float] = []
         accs: list[float] = []
         start = time.perf_counter()
-        with _threads(config.num_threads):
+        with torch_threads(config.num_threads):
             for epoch in range(1, config.epochs + 1):
                 for group in opt.param_groups:
                     group["lr"] = config.lr_at(epoch)
@@ -276,7 +256,7 @@ def predict(
     probs: list[Tensor] = []
     feats: list[Tensor] = []
     start = time.perf_counter()
-    with _threads(num_threads), torch.inference_mode():
+    with torch_threads(num_threads), torch.inference_mode():
         for i in range(0, images.shape[0], batch_size):
             x = to_float(images[i : i + batch_size].to(dev)).contiguous(memory_format=memory)
             logits, f = model(x)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from celery import signals
 from sqlalchemy import select
 
 from app.db import unit_of_work, utcnow
@@ -32,10 +33,11 @@ from app.items.storage import image_path
 from app.jobs.broker import EMBED_HELP_TASK_NAME, send_task
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.jobs.runtime import JobCanceled, JobContext
-from app.settings import get_settings
+from app.settings import BackboneSetting, get_settings
 from svp.backbones import (
     Backbone,
     backbone_names,
+    builtin_backbones,
     get_spec,
     load_backbone,
     register_torchvision_backbone,
@@ -52,18 +54,81 @@ WAIT_SECONDS = 0.5
 DECODE_THREADS = 2
 
 
-def _register_user_backbones() -> None:
-    """Register the user's own backbones from ``SVP_BACKBONES`` once per process."""
-    for user_name, spec in get_settings().backbones.items():
-        if user_name not in backbone_names():
+class BackboneUnusable(ValueError):
+    """A backbone named by a job cannot be used in this worker; the reason says why."""
+
+
+# The user's backbones that failed to register in this process: what was tried (the entry and
+# its weights file's mtime and size) and why it failed. The same attempt is not repeated on
+# every chunk; a replaced file is tried again.
+_failures: dict[str, tuple[object, str]] = {}
+
+
+def _attempt(entry: BackboneSetting) -> object:
+    try:
+        stat = entry.weights.stat()
+    except OSError:
+        return (entry, None)
+    return (entry, stat.st_mtime_ns, stat.st_size)
+
+
+def register_user_backbones() -> dict[str, str]:
+    """Register each entry of ``SVP_BACKBONES`` not registered yet, each on its own; returns
+    {name: why not} for those unusable here. A bad entry never stops the others or the
+    built-in backbones."""
+    user = get_settings().backbones
+    errors = dict(user.errors)
+    registered = set(backbone_names())
+    builtins = builtin_backbones()
+    for name, entry in user.usable.items():
+        if name in builtins:
+            errors[name] = f"{name!r} is a built-in backbone's name; give yours another"
+            continue
+        if name in registered:
+            continue
+        attempt = _attempt(entry)
+        failed = _failures.get(name)
+        if failed is not None and failed[0] == attempt:
+            errors[name] = failed[1]
+            continue
+        try:
             register_torchvision_backbone(
-                user_name, spec.arch, spec.weights, image_size=spec.image_size
+                name, entry.arch, entry.weights, image_size=entry.image_size
             )
+        except Exception as exc:
+            # A user's file and architecture can fail in any way (a truncated zip, a pickle of
+            # the wrong thing, an architecture that wants other arguments): each is that
+            # backbone's failure alone, reported where it is named.
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            _failures[name] = (attempt, reason)
+            errors[name] = reason
+        else:
+            _failures.pop(name, None)
+    return errors
+
+
+def _usable(name: str) -> None:
+    """Raise ``BackboneUnusable`` with the reason when ``name`` is a user's backbone that
+    cannot be loaded here; other names (the built-ins) are never affected."""
+    reason = register_user_backbones().get(name)
+    if reason is not None:
+        raise BackboneUnusable(f"backbone {name!r} cannot be used: {reason}")
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Refuse an input side above the backbone's own: ``embed`` squashes every image to that
+    side anyway, so a larger decode only costs memory (a 1,024 px chunk of 512 images is 1.6 GB
+    of pixels) and time, which a chunk's takeover after a stall would then repeat."""
+    own = get_spec(name).image_size
+    if not 8 <= image_size <= own:
+        raise ValueError(
+            f"image_size {image_size} for backbone {name!r}: it embeds at {own} px, so 8..{own}"
+        )
 
 
 def backbone(name: str) -> Backbone:
     """A loaded backbone by name (the weights are read once per process and device)."""
-    _register_user_backbones()
+    _usable(name)
     return load_backbone(name, device=training.device())
 
 
@@ -75,7 +140,8 @@ def _store(cache_dir: str, name: str, image_size: int, dim: int) -> EmbeddingSto
 def store(name: str, image_size: int) -> EmbeddingStore:
     """The embedding store of a backbone and input side, refreshed with other workers' rows."""
     # The registry knows the width without reading weights: a warm round never loads the model.
-    _register_user_backbones()
+    _usable(name)
+    check_image_size(name, image_size)
     dim = get_spec(name).dim
     found = _store(str(get_settings().cache_dir), name, image_size, dim)
     found.refresh()
@@ -262,4 +328,22 @@ def run_embed(ctx: JobContext) -> dict[str, Any]:
     return {"backbone": name, "image_size": image_size, "total": len(keys), **report.as_dict()}
 
 
-__all__ = ["EmbeddingReport", "ensure_embeddings", "help_with", "run_embed", "store"]
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _report_backbones(**_: Any) -> None:
+    # At start, each unusable backbone gets its log line (register_user_backbones writes it),
+    # not only the first job that names it.
+    errors = register_user_backbones()
+    for name, reason in errors.items():
+        log.error("backbone=%s event=unusable reason=%s", name, reason)
+    log.info("event=backbones usable=%s unusable=%s", ",".join(backbone_names()), len(errors))
+
+
+__all__ = [
+    "BackboneUnusable",
+    "EmbeddingReport",
+    "ensure_embeddings",
+    "help_with",
+    "register_user_backbones",
+    "run_embed",
+    "store",
+]

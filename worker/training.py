@@ -14,7 +14,8 @@ from torch import Tensor
 
 from app.settings import get_settings
 from svp.config import TrainConfig
-from svp.train import TrainResult, pick_device
+from svp.device import pick_device
+from svp.train import TrainResult
 from svp.train import train as svp_train
 
 # The paper's proxies train with SGD at 0.1 on batches of 128 (Coleman et al. 2020).

@@ -8,6 +8,7 @@ from functools import lru_cache
 
 from pydantic import ConfigDict, Field, field_validator
 
+from app.errors import Invalid
 from app.fields import RequestBody
 from app.settings import get_settings
 
@@ -43,10 +44,31 @@ def _installed_builtins() -> dict[str, int]:
 
 def known_backbones() -> dict[str, int]:
     """Backbones a round may name here, with their default input side: installed ones and the
-    user's own from ``SVP_BACKBONES``."""
+    user's own well-formed entries of ``SVP_BACKBONES`` (a built-in's name is not the user's)."""
     known = dict(_installed_builtins())
-    known.update({name: b.image_size for name, b in get_settings().backbones.items()})
+    for name, b in get_settings().backbones.usable.items():
+        if name not in BUILTIN_BACKBONES:
+            known[name] = b.image_size
     return known
+
+
+def embedding_size(backbone: str, image_size: int | None) -> int:
+    """The side a backbone embeds at: its own by default, never more (422 otherwise).
+
+    The engine squashes every image to the backbone's own side, so a larger one only costs the
+    worker memory (a chunk of 512 images at 1,024 px is 1.6 GB of pixels) and time, which a
+    stalled chunk's takeover would then repeat on another worker.
+    """
+    known = known_backbones()
+    if backbone not in known:
+        raise Invalid(f"backbone {backbone!r} is not installed here; known: {', '.join(known)}")
+    own = known[backbone]
+    if image_size is not None and image_size > own:
+        raise Invalid(
+            f"image_size {image_size} is more than backbone {backbone!r} uses: it embeds at"
+            f" {own} px (ask for {own} or less)"
+        )
+    return image_size or own
 
 
 def check_backbone(value: str) -> str:

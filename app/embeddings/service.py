@@ -9,29 +9,70 @@ killed helper delays a job but never strands it. Progress lives in the job's row
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.embeddings.models import ChunkStatus, EmbedChunk
-from app.embeddings.schemas import DEFAULT_BACKBONE, known_backbones
-from app.errors import Invalid
+from app.embeddings.schemas import (
+    BUILTIN_BACKBONES,
+    DEFAULT_BACKBONE,
+    embedding_size,
+    known_backbones,
+)
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.projects.models import Project
 from app.projects.service import project_settings
+from app.settings import get_settings
+
+# What a PyTorch weights file starts with: a zip archive (torch.save since 1.6) or a pickle.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _weights_problem(path: Path) -> str | None:
+    """Why a weights file cannot be loaded, as far as can be told without torch; None if it may."""
+    try:
+        if not path.is_file():
+            return (
+                f"weights file {path} does not exist"
+                if not path.exists()
+                else f"{path} is not a file"
+            )
+        with path.open("rb") as fh:
+            head = fh.read(4)
+        if not head.startswith(_CHECKPOINT_MAGIC):
+            return f"weights file {path} is not a PyTorch checkpoint (neither a zip nor a pickle)"
+        if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+            return f"weights file {path} is a truncated or damaged zip archive"
+    except OSError as exc:
+        return f"weights file {path} cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def backbone_errors() -> dict[str, str]:
+    """Each of the user's backbones (``SVP_BACKBONES``) that cannot work, with the reason the
+    server can tell without torch: a malformed entry, a built-in's name, a weights file that is
+    missing, unreadable or not a checkpoint. The worker reports what only loading shows."""
+    user = get_settings().backbones
+    errors = dict(user.errors)
+    for name, entry in user.usable.items():
+        if name in BUILTIN_BACKBONES:
+            errors[name] = f"{name!r} is a built-in backbone's name; give yours another"
+        elif (problem := _weights_problem(entry.weights)) is not None:
+            errors[name] = problem
+    return errors
 
 
 def embedding_params(backbone: str | None, image_size: int | None) -> dict[str, object]:
     """A job's backbone and input side, the backbone's own side when none is given."""
     name = backbone or DEFAULT_BACKBONE
-    known = known_backbones()
-    if name not in known:
-        raise Invalid(f"backbone {name!r} is not installed here; known: {', '.join(known)}")
-    return {"backbone": name, "image_size": image_size or known[name]}
+    return {"backbone": name, "image_size": embedding_size(name, image_size)}
 
 
 def start_embedding(

@@ -82,7 +82,7 @@ def get_selection(round_id: PathId, _: RoundAccess, db: DB) -> list[SelectionEnt
 @router.post("/rounds/{round_id}/cancel", responses=error_responses(409))
 def cancel_round(round_id: PathId, _: RoundEngineerAccess, db: DB) -> RoundRead:
     """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
-    flows.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
+    flows.cancel_round(db, round_id=round_id)
     return _one(db, round_id)
 
 
@@ -91,7 +91,7 @@ def _check_events_access(request: Request, round_id: int, db: Session) -> int:
     # Its own short read transaction: the request's session would otherwise stay open (and on
     # PostgreSQL hold a pooled connection) for as long as the client listens.
     user = current_user(request, db)
-    service.get_round(db, round_id=round_id, user=user)
+    service.round_project_access(db, round_id=round_id, user=user)
     return user.id
 
 
@@ -101,7 +101,7 @@ def _state(
     """The round's state; None when it is gone or, on a re-check, the caller may not see it."""
     if reauth:
         try:
-            service.get_round(db, round_id=round_id, user=current_user(request, db))
+            service.round_project_access(db, round_id=round_id, user=current_user(request, db))
         except DomainError:
             return None
     return service.round_state(db, round_id=round_id)

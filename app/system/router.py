@@ -14,6 +14,7 @@ from app import metrics as server_metrics
 from app.auth.deps import current_user
 from app.auth.models import Role
 from app.db import unit_of_work
+from app.embeddings.service import backbone_errors
 from app.errors import DomainError, PermissionDenied
 from app.settings import get_settings
 from app.system import health
@@ -38,7 +39,8 @@ def get_health(request: Request) -> JSONResponse:
 
     Anyone may ask (a load balancer does, unauthenticated); only an admin sees which workers
     run where (names, host names, PIDs): others get each live worker's liveness alone, and the
-    count, so the service's layout is not handed to the network.
+    count, so the service's layout is not handed to the network. An admin also sees
+    ``backbones``: each of ``SVP_BACKBONES`` that cannot work, with why ({} when all can).
     """
     try:
         with unit_of_work(write=False) as db:
@@ -63,6 +65,8 @@ def get_health(request: Request) -> JSONResponse:
             "broker": health.broker_state(admin=admin),
             "workers": workers,
             "worker_count": len(workers),
+            # Admins only: the reasons name files on the server.
+            **({"backbones": backbone_errors()} if admin else {}),
         }
     )
 
