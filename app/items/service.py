@@ -16,7 +16,7 @@ from app.auth.models import User
 from app.errors import Invalid, NotFound
 from app.fields import MAX_ID
 from app.items.models import Item, Split
-from app.items.storage import SpooledUpload, discard
+from app.items.storage import FormFields, SpooledUpload, discard
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
@@ -37,11 +37,12 @@ class ImportOptions:
     labels_from_folders: bool
 
 
+# The upload's form: files, and two options (the multipart parser refuses any other part).
+UPLOAD_FORM = FormFields(file="file", plain=frozenset({"split", "labels_from_folders"}))
+
+
 def import_options(fields: dict[str, str]) -> ImportOptions:
     """Read ``split`` and ``labels_from_folders`` from an upload's fields; 422 when they are bad."""
-    unknown = set(fields) - {"split", "labels_from_folders"}
-    if unknown:
-        raise Invalid(f"unknown form fields: {', '.join(sorted(unknown))}")
     raw_split = fields.get("split", Split.pool).strip().lower() or Split.pool
     if raw_split not in Split.__members__:
         raise Invalid("split must be 'pool' or 'test'")
@@ -71,9 +72,6 @@ def start_import(
     """Write the import job for a spooled upload; it runs once the request commits."""
     if not upload.files:
         raise Invalid("the upload has no file: send images or a .zip in the 'file' field")
-    strays = sorted({f.field for f in upload.files} - {"file"})
-    if strays:
-        raise Invalid(f"files go in the 'file' field, not {', '.join(map(repr, strays))}")
     # A NUL in a file's name can be stored nowhere (PostgreSQL text and JSONB refuse it): that
     # file is refused alone, under a visible form of its name, and the rest import.
     named = [f for f in upload.files if "\x00" not in f.name]

@@ -71,9 +71,11 @@ class ProjectCreate(RequestBody):
 
 
 class ProjectUpdate(RequestBody):
-    """Changes to a project; the class list can only grow, so existing labels stay valid."""
+    """Changes to a project: absent fields stay as they are, and so do settings not named."""
 
     description: str | None = Field(default=None, max_length=10_000)
+    # Merged into the stored settings key by key (``exclude_unset``): the defaults this model
+    # shows are not applied to the keys a PATCH leaves out.
     settings: ProjectSettings | None = None
 
 
