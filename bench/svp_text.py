@@ -127,12 +127,12 @@ def load_encoder(name: str) -> Any:
     """The named text encoder, or None (with the reason printed) where it is not here."""
     if name in ("", "none"):
         return None
-    try:
-        from svp.text_encoders import load_text_encoder
-    except ImportError as exc:
-        print(f"linear proxy skipped: svp.text_encoders is not on this branch ({exc})")
+    from svp import backbone_names, load_embedder
+
+    if name not in backbone_names("text"):
+        print(f"linear proxy skipped: {name!r} is not a text backbone here")
         return None
-    return load_text_encoder(name)
+    return load_embedder(name)
 
 
 class Timer:

@@ -52,6 +52,7 @@ from svp.strategies import (
     margin,
     select,
 )
+from svp.text_encoders import DEFAULT_TEXT_BACKBONE, GloveMean, MiniLM
 from svp.train import (
     ForgettingTracker,
     Predictions,
@@ -67,6 +68,7 @@ from svp.train import (
 
 __all__ = [
     "AUTO_SWITCH_PER_CLASS",
+    "DEFAULT_TEXT_BACKBONE",
     "MODELS",
     "PAPER_SCHEDULE",
     "Backbone",
@@ -76,10 +78,12 @@ __all__ = [
     "Embedder",
     "EmbeddingStore",
     "ForgettingTracker",
+    "GloveMean",
     "ImageStore",
     "LabeledImages",
     "LinearHead",
     "LinearProxy",
+    "MiniLM",
     "Predictions",
     "SelectionResult",
     "Strategy",

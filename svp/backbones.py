@@ -345,3 +345,5 @@ def _register_lite(variant: int, image_size: int, *, optional: bool) -> None:
 _register_lite(0, 128, optional=False)
 _register_lite(1, 136, optional=True)
 _register_lite(2, 152, optional=True)
+
+# The text encoders register themselves in svp.text_encoders (DESIGN 4c), which svp imports.
