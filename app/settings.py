@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     metrics_token: str = ""
     # Largest decoded image accepted, in pixels; Pillow's own bomb guard trips at twice this.
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    # Longest text item accepted, in characters; a longer row or file is refused alone. It also
+    # bounds what the text reader holds at once (a line of a CSV or JSONL file).
+    max_text_chars: int = Field(default=100_000, ge=1, le=10_000_000)
     # Requests one server process lets work in the database at once; the others wait their turn
     # in the event loop. 0: three per CPU core, at most what the connection pool holds. On a
     # 2-core machine 50 annotators labelled about 15% more per second with 6 per process than

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import io
 import itertools
 import time
@@ -17,7 +18,7 @@ from sqlalchemy import func, select, update
 
 from app.auth.models import User
 from app.db import unit_of_work
-from app.items.models import Item
+from app.items.models import TEXT_MEDIA_TYPE, Item
 from app.jobs.dispatch import wait_for_inline_jobs
 from app.jobs.models import Job
 from app.labeling import service as labeling
@@ -91,15 +92,18 @@ class Factory:
         owner: User,
         classes: list[str] | None = None,
         members: dict[User, str] | None = None,
+        kind: str | None = None,
         **settings: Any,
     ) -> Project:
         """A project made by ``owner`` through the API, plus members added directly."""
         c = self.client(owner)
-        body = {
+        body: dict[str, Any] = {
             "name": f"project {next(_counter)}",
             "classes": classes or ["cat", "dog", "bird"],
             "settings": settings,
         }
+        if kind is not None:
+            body["kind"] = kind
         r = c.post("/api/projects", json=body)
         assert r.status_code == 201, r.text
         pid = r.json()["id"]
@@ -124,6 +128,25 @@ class Factory:
                     split=split,
                 )
                 for i in range(n)
+            ]
+            db.add_all(rows)
+            db.flush()
+            return rows
+
+    def text_items(self, project: Project, texts: list[str], split: str = "pool") -> list[Item]:
+        """Text items inserted directly, named ``t<i>``, hashed as the importer hashes them."""
+        with unit_of_work() as db:
+            rows = [
+                Item(
+                    project_id=project.id,
+                    content_hash=hashlib.sha256(text.encode()).hexdigest(),
+                    name=f"t{i}",
+                    media_type=TEXT_MEDIA_TYPE,
+                    text=text,
+                    text_chars=len(text),
+                    split=split,
+                )
+                for i, text in enumerate(texts)
             ]
             db.add_all(rows)
             db.flush()

@@ -131,7 +131,8 @@ def _zip_of_images(n: int) -> bytes:
 
 
 def build_world(factory: Factory, principal: str) -> World:
-    """A project with imported images, a round in labelling with a label, jobs and a token."""
+    """A project with imported images, a round in labelling with a label, jobs and a token; and
+    a text project with imported texts and a round of its own (DESIGN 4c)."""
     admin = factory.user("admin")
     annotator = factory.user("annotator")
     engineer = factory.user("engineer")
@@ -150,6 +151,23 @@ def build_world(factory: Factory, principal: str) -> World:
 
         items = list(db.scalars(select(Item).where(Item.project_id == project.id)))
     rnd = factory.round_with_selection(project, items[:4])
+    texts = factory.project(
+        engineer, members={annotator: "annotator"}, kind="text", classes=["pos", "neg"]
+    )
+    rows = "text,label\n" + "".join(
+        f"review {i} =1+{i},{'pos' if i % 2 else ''}\n" for i in range(6)
+    )
+    r = c.post(
+        f"/api/projects/{texts.id}/items",
+        files={"file": ("pool.csv", rows.encode(), "text/csv")},
+        data={"split": "pool"},
+    )
+    assert r.status_code == 202, r.text
+    text_job = factory.wait_job(r.json()["id"])
+    assert text_job.status == "succeeded", text_job.error
+    with unit_of_work(write=False) as db:
+        text_items = list(db.scalars(select(Item).where(Item.project_id == texts.id)))
+    text_round = factory.round_with_selection(texts, text_items[:3])
     failed = factory.job(project, kind="import", status="failed", error="fuzz world")
     ann = factory.client(annotator)
     r = ann.post(f"/api/projects/{project.id}/queue/next", params={"n": 2})
@@ -167,11 +185,11 @@ def build_world(factory: Factory, principal: str) -> World:
     world = World(
         principal=principal,
         ids={
-            "project_id": [project.id],
-            "item_id": [i.id for i in items],
-            "round_id": [rnd.id],
+            "project_id": [project.id, texts.id],
+            "item_id": [i.id for i in items + text_items],
+            "round_id": [rnd.id, text_round.id],
             "label_id": labels,
-            "job_id": [import_job.id, failed.id],
+            "job_id": [import_job.id, failed.id, text_job.id],
             "user_id": [admin.id, annotator.id, engineer.id],
         },
         memberships=memberships,

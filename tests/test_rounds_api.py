@@ -610,7 +610,7 @@ def test_openapi_lists_the_names_clients_may_send(factory: Factory) -> None:
     strategy = schema["RoundCreate"]["properties"]["strategy"]
     assert set(strategy["enum"]) == set(ROUND_STRATEGIES)
     archs = schema["ProxyConfig"]["properties"]["arch"]["anyOf"][0]["enum"]
-    assert set(archs) == {"linear", *SCRATCH_ARCHS}
+    assert set(archs) == {"linear", "fasttext", *SCRATCH_ARCHS}
 
 
 def test_a_new_round_waits_for_the_open_batch_unless_it_supersedes(

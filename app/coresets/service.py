@@ -30,7 +30,7 @@ def start_coreset(
         raise Invalid(f"a core-set needs at least 2 labelled pool items; the project has {labeled}")
     if int(fraction * labeled) < 1:
         raise Invalid(f"fraction {fraction} of {labeled} labelled items chooses nothing")
-    resolved = resolve_proxy(project_settings(project), proxy)
+    resolved = resolve_proxy(project_settings(project), proxy, kind=project.kind)
     if resolved["arch"] == "linear" and strategy == "forgetting":
         raise Invalid(
             "forgetting events are counted while a proxy trains from scratch; "

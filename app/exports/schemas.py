@@ -15,6 +15,8 @@ class ExportFormat(StrEnum):
 
 # The columns of the CSV export and the keys of each JSONL object, in this order.
 EXPORT_FIELDS = ("item_id", "name", "split", "label", "labeled_by", "labeled_at")
+# A text project's export adds each item's whole text, last (DESIGN 4c).
+TEXT_EXPORT_FIELDS = (*EXPORT_FIELDS, "text")
 
 MEDIA_TYPES = {
     ExportFormat.csv: "text/csv; charset=utf-8",

@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, literal_column, select
 
 from app.auth.models import User
 from app.db import unit_of_work
-from app.exports.schemas import EXPORT_FIELDS, ExportFormat
+from app.exports.schemas import EXPORT_FIELDS, TEXT_EXPORT_FIELDS, ExportFormat
 from app.items.models import Item
 from app.items.storage import image_path
 from app.labeling.models import Label
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # Items per read: one short query pair per batch, a few hundred KB of CSV at most.
 EXPORT_BATCH = 1000
+# Text items per read: a batch holds its texts whole, each up to SVP_MAX_TEXT_CHARS (100,000
+# by default), so 100 bound a batch to ~40 MB at worst; short texts stream as fast either way.
+TEXT_EXPORT_BATCH = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -46,10 +49,11 @@ class ExportRow:
     labeled_by: str | None
     labeled_at: datetime | None
     content_hash: str
+    text: str | None = None  # a text item's whole text; None for an image
 
     def as_dict(self) -> dict[str, Any]:
-        """The exported fields, in the contract's order."""
-        return {
+        """The exported fields, in the contract's order (plus ``text`` for a text item)."""
+        fields = {
             "item_id": self.item_id,
             "name": self.name,
             "split": self.split,
@@ -57,26 +61,26 @@ class ExportRow:
             "labeled_by": self.labeled_by,
             "labeled_at": self.labeled_at.isoformat() if self.labeled_at else None,
         }
+        if self.text is not None:
+            fields["text"] = self.text
+        return fields
 
 
 def labeled_batches(
-    *, project_id: int, batch_size: int = EXPORT_BATCH
+    *, project_id: int, batch_size: int = EXPORT_BATCH, texts: bool = False
 ) -> Iterator[list[ExportRow]]:
-    """The project's labelled items in id order, a keyset batch at a time."""
+    """The project's labelled items in id order, a keyset batch at a time (``texts``: with
+    each item's whole text)."""
     after = 0
+    columns = [Item.id, Item.name, Item.split, Item.label, Item.content_hash]
+    if texts:
+        columns.append(Item.text)
     while True:
         with unit_of_work(write=False) as db:
             # Each item's current label by the rule the label path keeps Item.label by.
             current: ColumnElement[int] = literal_column(current_label("items.id", "id"))
             items = db.execute(
-                select(
-                    Item.id,
-                    Item.name,
-                    Item.split,
-                    Item.label,
-                    Item.content_hash,
-                    current.label("label_id"),
-                )
+                select(*columns, current.label("label_id"))
                 .where(Item.project_id == project_id, Item.label.is_not(None), Item.id > after)
                 .order_by(Item.id)
                 .limit(batch_size)
@@ -100,6 +104,7 @@ def labeled_batches(
                 labeled_by=newest.get(row.id, (None, None))[0],
                 labeled_at=newest.get(row.id, (None, None))[1],
                 content_hash=row.content_hash,
+                text=row.text if texts else None,
             )
             for row in items
         ]
@@ -118,20 +123,29 @@ def neutralise(value: Any) -> Any:
     return value
 
 
-def csv_chunks(*, project_id: int, safe: bool = False) -> Iterator[bytes]:
-    """A CSV file: the header line, then one row per labelled item.
+def _batches(project_id: int, texts: bool) -> Iterator[list[ExportRow]]:
+    if texts:
+        return labeled_batches(project_id=project_id, batch_size=TEXT_EXPORT_BATCH, texts=True)
+    return labeled_batches(project_id=project_id)
+
+
+def csv_chunks(*, project_id: int, safe: bool = False, texts: bool = False) -> Iterator[bytes]:
+    """A CSV file: the header line, then one row per labelled item (``texts``: a text
+    project's, with a last ``text`` column).
 
     By default every cell is exactly what is stored, so the file round-trips (an item named
-    ``=1+1.png`` stays that name). ``safe`` is for opening the file in a spreadsheet: cells that
-    would run as a formula there get a leading ``'`` (and no longer round-trip).
+    ``=1+1.png`` stays that name, a text ``=SUM(A1)`` that text). ``safe`` is for opening the
+    file in a spreadsheet: cells that would run as a formula there, texts included, get a
+    leading ``'`` (and no longer round-trip).
     """
+    fieldnames = TEXT_EXPORT_FIELDS if texts else EXPORT_FIELDS
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     yield buf.getvalue().encode()
-    for batch in labeled_batches(project_id=project_id):
+    for batch in _batches(project_id, texts):
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
         rows = (row.as_dict() for row in batch)
         if safe:
             rows = ({k: neutralise(v) for k, v in r.items()} for r in rows)
@@ -139,9 +153,9 @@ def csv_chunks(*, project_id: int, safe: bool = False) -> Iterator[bytes]:
         yield buf.getvalue().encode()
 
 
-def jsonl_chunks(*, project_id: int) -> Iterator[bytes]:
-    """One JSON object per labelled item and line."""
-    for batch in labeled_batches(project_id=project_id):
+def jsonl_chunks(*, project_id: int, texts: bool = False) -> Iterator[bytes]:
+    """One JSON object per labelled item and line (``texts``: with a ``text`` field)."""
+    for batch in _batches(project_id, texts):
         yield "".join(
             json.dumps(row.as_dict(), ensure_ascii=False) + "\n" for row in batch
         ).encode()
@@ -181,6 +195,30 @@ def archive_name(row: ExportRow) -> str:
     return f"{folder}/{row.item_id}_{base}"
 
 
+def text_archive_name(row: ExportRow) -> str:
+    """``<class>/<item id>_<name>.txt``: what a text project's import reads back with
+    ``labels_from_folders`` (a row's name such as ``reviews.csv:12`` becomes ``reviews.csv_12``)."""
+    folder = safe_component(row.label, fallback="class")
+    base = safe_component(PurePosixPath(row.name).name, fallback="text")
+    return f"{folder}/{row.item_id}_{base.removesuffix('.txt')}.txt"
+
+
+def textfolder_chunks(*, project_id: int) -> Iterator[bytes]:
+    """A text project's image-folder export: a zip of ``<class>/<file>.txt``, one per
+    labelled item, its text in UTF-8, written as it streams."""
+    sink = _Sink()
+    # Text shrinks well; the zip is deflated at a fast level.
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for batch in _batches(project_id, True):
+            for row in batch:
+                stamp = (row.labeled_at or datetime(1980, 1, 1)).timetuple()[:6]
+                info = zipfile.ZipInfo(text_archive_name(row), date_time=stamp)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, (row.text or "").encode())
+            yield sink.take()
+    yield sink.take()
+
+
 def imagefolder_chunks(*, project_id: int, images_dir: Path) -> Iterator[bytes]:
     """A zip of ``<class>/<file>`` for every labelled item, written as it streams."""
     sink = _Sink()
@@ -203,11 +241,19 @@ def imagefolder_chunks(*, project_id: int, images_dir: Path) -> Iterator[bytes]:
 
 
 def export_chunks(
-    *, project_id: int, fmt: ExportFormat, images_dir: Path, safe: bool = False
+    *,
+    project_id: int,
+    fmt: ExportFormat,
+    images_dir: Path,
+    safe: bool = False,
+    texts: bool = False,
 ) -> Iterator[bytes]:
-    """The export of a project in a format, as chunks of bytes (``safe``: see ``csv_chunks``)."""
+    """The export of a project in a format, as chunks of bytes (``safe``: see ``csv_chunks``;
+    ``texts``: the project is a text project)."""
     if fmt == ExportFormat.csv:
-        return csv_chunks(project_id=project_id, safe=safe)
+        return csv_chunks(project_id=project_id, safe=safe, texts=texts)
     if fmt == ExportFormat.jsonl:
-        return jsonl_chunks(project_id=project_id)
+        return jsonl_chunks(project_id=project_id, texts=texts)
+    if texts:
+        return textfolder_chunks(project_id=project_id)
     return imagefolder_chunks(project_id=project_id, images_dir=images_dir)

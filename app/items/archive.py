@@ -15,8 +15,9 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from app.items.entries import Entry, Rejected, clean_name, name_problem, refused
 
@@ -69,25 +70,70 @@ def entries(path: Path, name: str, *, entry_limit: int) -> Iterator[Entry]:
         if isinstance(opened, str):
             yield refused(name, opened)
             return
-        budget = max(MIN_EXPANSION_BUDGET, MAX_EXPANSION * path.stat().st_size)
-        for info in opened.infolist():
-            if _skipped(info):
-                continue
-            problem = name_problem(info.filename)
-            if problem is None:
-                if info.flag_bits & 0x1:
-                    problem = "encrypted archive entry"
-                elif info.file_size > entry_limit:
-                    problem = f"too large: {info.file_size} bytes uncompressed (zip bomb?)"
-                elif info.file_size > budget:
-                    problem = "the archive expands far beyond its own size (zip bomb?)"
-            if problem is None:
-                budget -= info.file_size
+        for info, problem in _checked(opened, path, entry_limit=entry_limit):
             yield Entry(
                 name=clean_name(info.filename),
                 read=_reader(opened, info, entry_limit),
                 problem=problem,
             )
+
+
+def _checked(
+    zf: zipfile.ZipFile, path: Path, *, entry_limit: int | None
+) -> Iterator[tuple[zipfile.ZipInfo, str | None]]:
+    """Each file entry with why it is refused before it is read (None: it may be read)."""
+    budget = max(MIN_EXPANSION_BUDGET, MAX_EXPANSION * path.stat().st_size)
+    for info in zf.infolist():
+        if _skipped(info):
+            continue
+        problem = name_problem(info.filename)
+        if problem is None:
+            if info.flag_bits & 0x1:
+                problem = "encrypted archive entry"
+            elif entry_limit is not None and info.file_size > entry_limit:
+                problem = f"too large: {info.file_size} bytes uncompressed (zip bomb?)"
+            elif info.file_size > budget:
+                problem = "the archive expands far beyond its own size (zip bomb?)"
+        if problem is None:
+            budget -= info.file_size
+        yield info, problem
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An archive entry for a reader that never holds it whole (text): ``open`` gives its
+    inflated bytes as a stream (a bad CRC surfaces as ``zipfile.BadZipFile`` at its end)."""
+
+    name: str
+    open: Callable[[], IO[bytes]]
+    problem: str | None = None
+
+
+# What reading an entry as a stream can raise besides a decoding error: the entry errors above.
+STREAM_ERRORS = _ENTRY_ERRORS
+
+
+def streams(path: Path, name: str) -> Iterator[Stream]:
+    """An archive's file entries as streams, refused up front when the name is unsafe, the
+    entry encrypted, or the archive expands far beyond its size (the same budget as
+    ``entries``; no per-entry bound, since a stream is never held whole)."""
+    with _open(path) as opened:
+        if isinstance(opened, str):
+            yield Stream(name=clean_name(name), open=_nothing, problem=opened)
+            return
+        for info, problem in _checked(opened, path, entry_limit=None):
+            yield Stream(
+                name=clean_name(info.filename), open=_opener(opened, info), problem=problem
+            )
+
+
+def _opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
+    # zipfile bounds what it inflates by the declared size and checks the CRC at the end.
+    return lambda: zf.open(info)
+
+
+def _nothing() -> IO[bytes]:
+    return io.BytesIO()
 
 
 @contextmanager

@@ -1,12 +1,12 @@
-"""Items: the images of a project's pool and test split."""
+"""Items: the images or texts of a project's pool and test split."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, deferred, mapped_column, query_expression
 
 from app.db import Base, utcnow
 
@@ -18,8 +18,14 @@ class Split(StrEnum):
     test = "test"
 
 
+# The media type of a text item; an image item has its image's (image/png, ...).
+TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"
+# How much of a text item's text pages and batch entries carry (DESIGN 4c).
+TEXT_PREVIEW_CHARS = 280
+
+
 class Item(Base):
-    """One image of a project, stored once per content hash."""
+    """One image or text of a project, stored once per content hash."""
 
     __tablename__ = "items"
     __table_args__ = (
@@ -34,10 +40,25 @@ class Item(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(1024))
     media_type: Mapped[str] = mapped_column(String(64))
-    width: Mapped[int] = mapped_column()
-    height: Mapped[int] = mapped_column()
+    # An image's size; null for a text item.
+    width: Mapped[int | None] = mapped_column(default=None)
+    height: Mapped[int | None] = mapped_column(default=None)
+    # A text item's text, in the row itself: a page of 500 reads its previews in the same
+    # query as the rest (no file per item to open), and a million short texts import as fast
+    # as rows insert (docs/import.md). Deferred: loading an item never pulls a long text along
+    # unless asked for. Null for an image item.
+    text: Mapped[str | None] = deferred(mapped_column(Text, default=None))
+    # len(text) in characters (code points), so a page shows the length without reading it all.
+    text_chars: Mapped[int | None] = mapped_column(default=None)
     split: Mapped[str] = mapped_column(String(8), default=Split.pool)
     # The current label, kept in step with the newest live Label row in the same transaction,
     # so filters and exports never aggregate the label history.
     label: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The first TEXT_PREVIEW_CHARS of ``text`` when a query asks for it (item pages).
+    text_preview: Mapped[str | None] = query_expression()
+
+    @property
+    def is_text(self) -> bool:
+        """Whether this is a text item (its media type says so without loading the text)."""
+        return self.media_type == TEXT_MEDIA_TYPE

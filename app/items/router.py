@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request, status
@@ -16,7 +16,7 @@ from app.fields import PathId
 from app.http import error_responses
 from app.items import service, storage
 from app.items.importer import MEDIA_TYPES
-from app.items.models import Split
+from app.items.models import Item, Split
 from app.items.schemas import (
     ClassCount,
     ClassCounts,
@@ -137,7 +137,26 @@ def list_items(
     items, cursor = service.list_items(
         db, project_id=access.project.id, status=status, split=split, limit=limit, after=after
     )
-    return ItemPage(items=[ItemRead.model_validate(i) for i in items], next=cursor)
+    return ItemPage(items=[_page_item(i) for i in items], next=cursor)
+
+
+def _page_item(item: Item) -> ItemRead:
+    """An item of a page: a text item with the first characters of its text (the query cut)."""
+    return ItemRead(**_item_fields(item, text=item.text_preview))
+
+
+def _item_fields(item: Item, *, text: str | None) -> dict[str, Any]:
+    """The fields every item answer has, with the text (or its preview) given."""
+    return {
+        "id": item.id,
+        "name": item.name,
+        "split": item.split,
+        "width": item.width,
+        "height": item.height,
+        "label": item.label,
+        "text": text,
+        "text_chars": item.text_chars,
+    }
 
 
 @router.get("/api/projects/{project_id}/class-counts")
@@ -168,17 +187,12 @@ def get_item(item_id: PathId, user: CurrentUser, db: DB) -> ItemDetail:
         for label, username in service.item_labels(db, item_id=item.id)
     ]
     return ItemDetail(
-        id=item.id,
-        name=item.name,
-        split=item.split,
-        width=item.width,
-        height=item.height,
-        label=item.label,
+        **_item_fields(item, text=item.text if item.is_text else None),
         project_id=item.project_id,
         media_type=item.media_type,
         content_hash=item.content_hash,
         created_at=item.created_at,
-        image_url=image_url(item.id),
+        image_url=None if item.is_text else image_url(item.id),
         labels=labels,
     )
 
@@ -225,6 +239,11 @@ def _image_of(request: Request, item_id: int) -> tuple[str, str]:
     with unit_of_work(write=False) as db:
         user = current_user(request, db)
         item, _ = service.get_item(db, item_id=item_id, user=user)
+        if item.is_text:
+            raise NotFound(
+                f"item {item_id} is a text item: it has no image; its text is at "
+                f"GET /api/items/{item_id}"
+            )
         return item.content_hash, item.media_type
 
 

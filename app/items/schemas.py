@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 
 def image_url(item_id: int) -> str:
@@ -12,16 +13,36 @@ def image_url(item_id: int) -> str:
     return f"/api/items/{item_id}/image"
 
 
-class ItemRead(BaseModel):
-    """An item as clients rely on it: ``name`` is its path in the upload, ``label`` its class."""
+class TextFields(BaseModel):
+    """A text item's ``text`` and ``text_chars`` (DESIGN 4c); left out of an image's JSON, so
+    image items keep exactly the shape clients already rely on."""
 
-    model_config = ConfigDict(from_attributes=True)
+    text: str | None = None
+    text_chars: int | None = None
+
+    # No return annotation: the JSON schema stays the model's own, not a bare object.
+    @model_serializer(mode="wrap")
+    def _images_without_text(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]  # see above
+        data: dict[str, Any] = handler(self)
+        if self.text_chars is None:
+            data.pop("text", None)
+            data.pop("text_chars", None)
+        return data
+
+
+class ItemRead(TextFields):
+    """An item as clients rely on it: ``name`` is its path in the upload, ``label`` its class.
+
+    An image has its ``width`` and ``height`` (``text`` and ``text_chars`` null); a text item
+    has ``text`` (its first 280 characters in a page, the whole text alone) and its full
+    length in ``text_chars`` (``width`` and ``height`` null).
+    """
 
     id: int
     name: str
     split: str
-    width: int
-    height: int
+    width: int | None
+    height: int | None
     label: str | None
 
 
@@ -67,11 +88,14 @@ class ItemLabelRead(BaseModel):
 
 
 class ItemDetail(ItemRead):
-    """An item with its stored facts and its label history, newest first (undone ones left out)."""
+    """An item with its stored facts and its label history, newest first (undone ones left out).
+
+    A text item carries its whole text; its ``image_url`` is null.
+    """
 
     project_id: int
     media_type: str
     content_hash: str
     created_at: datetime
-    image_url: str
+    image_url: str | None
     labels: list[ItemLabelRead]

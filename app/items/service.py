@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, with_expression
 
 from app.auth.models import User
 from app.errors import Invalid, NotFound
 from app.fields import MAX_ID
-from app.items.models import Item, Split
+from app.items.models import TEXT_PREVIEW_CHARS, Item, Split
 from app.items.storage import FormFields, SpooledUpload, discard
+from app.items.text_reader import kind_mismatch
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
@@ -72,6 +73,11 @@ def start_import(
     """Write the import job for a spooled upload; it runs once the request commits."""
     if not upload.files:
         raise Invalid("the upload has no file: send images or a .zip in the 'file' field")
+    # Files that all belong to the other kind of project (by their names) import nothing: said
+    # at once, not by a job that rejects each. A zip is judged by its entries, in the job.
+    mismatch = kind_mismatch(access.project.kind, [f.name for f in upload.files])
+    if mismatch is not None:
+        raise Invalid(mismatch)
     # A NUL in a file's name can be stored nowhere (PostgreSQL text and JSONB refuse it): that
     # file is refused alone, under a visible form of its name, and the rest import.
     named = [f for f in upload.files if "\x00" not in f.name]
@@ -139,7 +145,13 @@ def list_items(
     """One keyset page of a project's items in id order, and the cursor of the next (no COUNT)."""
     if not 1 <= limit <= MAX_PAGE:
         raise Invalid(f"limit must be between 1 and {MAX_PAGE}")
-    query = select(Item).where(Item.project_id == project_id)
+    # A text item's preview is cut in the query: a page never reads a long text whole.
+    preview = func.substr(Item.text, 1, TEXT_PREVIEW_CHARS)
+    query = (
+        select(Item)
+        .options(with_expression(Item.text_preview, preview))
+        .where(Item.project_id == project_id)
+    )
     if split is not None:
         query = query.where(Item.split == split)
     if status == "labeled":
@@ -190,6 +202,30 @@ def get_item(db: Session, *, item_id: int, user: User) -> tuple[Item, Access]:
     except NotFound:
         raise NotFound("no such item") from None
     return item, access
+
+
+def item_texts(db: Session, *, item_ids: list[int]) -> dict[int, str]:
+    """The whole text of each text item among these ids (image items have none): what a worker
+    embeds or trains on. Ids not found, or of images, are left out."""
+    if not item_ids:
+        return {}
+    rows = db.execute(
+        select(Item.id, Item.text).where(Item.id.in_(item_ids), Item.text.is_not(None))
+    )
+    return {item_id: text for item_id, text in rows.tuples() if text is not None}
+
+
+def texts_by_hash(db: Session, *, project_id: int, hashes: list[str]) -> dict[str, str]:
+    """The whole text behind each content hash of a project's text items: what an embedding
+    job, whose chunks carry content hashes, embeds. Hashes not found are left out."""
+    if not hashes:
+        return {}
+    rows = db.execute(
+        select(Item.content_hash, Item.text).where(
+            Item.project_id == project_id, Item.content_hash.in_(hashes), Item.text.is_not(None)
+        )
+    )
+    return {digest: text for digest, text in rows.tuples() if text is not None}
 
 
 def item_labels(db: Session, *, item_id: int) -> list[tuple[Label, str | None]]:

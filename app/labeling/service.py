@@ -120,8 +120,10 @@ def next_batch(db: Session, *, project_id: int, user: User, n: int) -> Queued:
             name=c.name,
             rank=c.rank,
             score=c.score,
-            image_url=image_url(c.item_id),
+            image_url=None if c.text_chars is not None else image_url(c.item_id),
             suggestion=Suggestion(label=c.suggested_label, confidence=c.suggested_prob),
+            text=c.text,
+            text_chars=c.text_chars,
             lease_expires_at=until,
         )
         for c in chosen

@@ -73,6 +73,8 @@ class Candidate(NamedTuple):
     score: float
     suggested_label: str | None
     suggested_prob: float | None
+    text: str | None  # a text item's whole text (DESIGN 4c); null for an image
+    text_chars: int | None
     fresh: int
     won: bool | None
 
@@ -93,7 +95,9 @@ class ItemId(NamedTuple):
 # order and stops after :n hits, so it reads about n plus the items others hold right now,
 # whatever the pool or batch size ("labeled, rank" pins that index: with the unique
 # (round_id, rank) index the planner would filter its way past every labelled item).
-_ENTRY = "s.item_id, i.name, s.rank, s.score, s.suggested_label, s.suggested_prob"
+_ENTRY = (
+    "s.item_id, i.name, s.rank, s.score, s.suggested_label, s.suggested_prob, i.text, i.text_chars"
+)
 _OWN = f"""
     SELECT {_ENTRY}, 0 AS fresh FROM leases l
     JOIN selections s ON s.item_id = l.item_id AND s.round_id = :round_id

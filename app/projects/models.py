@@ -19,6 +19,13 @@ class MemberRole(StrEnum):
     annotator = "annotator"
 
 
+class ProjectKind(StrEnum):
+    """What a project's items are: images, or texts (DESIGN 4c). Fixed when the project is made."""
+
+    image = "image"
+    text = "text"
+
+
 class Project(Base):
     """A labelling project: an ordered class list, settings, a pool of items."""
 
@@ -27,6 +34,9 @@ class Project(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(
+        String(8), default=ProjectKind.image, server_default=ProjectKind.image.value
+    )
     classes: Mapped[list[Any]] = mapped_column()
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[int | None] = mapped_column(

@@ -33,6 +33,7 @@ def _with_counts(project: Project, role: str | None, counts: dict[str, int]) -> 
     return ProjectRead(
         id=project.id,
         name=project.name,
+        kind=project.kind,
         description=project.description,
         classes=project.classes,
         settings=service.project_settings(project),

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.embeddings.schemas import DEFAULT_BACKBONE, check_backbone
 from app.fields import RequestBody
-from app.projects.models import MemberRole
-from app.rounds.schemas import ProxyArch, RoundStrategy, ScratchArch
+from app.projects.models import MemberRole, ProjectKind
+from app.rounds.schemas import ProxyArch, RoundStrategy, TargetArch
 
 MAX_CLASSES = 1000
 
@@ -24,7 +24,8 @@ class ProjectSettings(BaseModel):
     # (DESIGN 4b); the paper's from-scratch proxies stay available by name.
     default_proxy: ProxyArch = "linear"
     backbone: str = DEFAULT_BACKBONE
-    default_target: ScratchArch = "preact20"
+    # A text project's defaults differ (minilm_l6, vdcnn): app/projects/kinds.py fills them.
+    default_target: TargetArch = "preact20"
     # The side images are trained at by from-scratch proxies (a backbone has its own).
     image_size: int = Field(default=32, ge=8, le=256)
     strategy: RoundStrategy = "auto"
@@ -33,6 +34,12 @@ class ProjectSettings(BaseModel):
     proxy_batch_size: int = Field(default=128, ge=1, le=4096)
     # None: the engine's own default for the architecture.
     proxy_lr: float | None = Field(default=None, gt=0, le=10)
+    # The fastText proxy (text projects): word vectors' dimension, epochs, longest word n-gram;
+    # the engine's defaults, measured on 20 Newsgroups (svp/fasttext_proxy.py). Its learning
+    # rate is proxy_lr, the engine's own (1.0) when unset.
+    fasttext_dim: int = Field(default=50, ge=2, le=1000)
+    fasttext_epochs: int = Field(default=50, ge=1, le=500)
+    fasttext_word_ngrams: int = Field(default=2, ge=1, le=6)
     # The first batch, before any label. auto: typiclust on embeddings when the proxy is linear,
     # random otherwise; kcenter covers the embeddings (linear) or the pixels (from scratch).
     cold_start: Literal["auto", "random", "kcenter", "typiclust"] = "auto"
@@ -51,9 +58,10 @@ class ProjectSettings(BaseModel):
 
 
 class ProjectCreate(RequestBody):
-    """A new project."""
+    """A new project; ``kind`` (image or text) is fixed once it is made."""
 
     name: str = Field(min_length=1, max_length=200)
+    kind: ProjectKind = ProjectKind.image
     classes: list[str] = Field(min_length=1, max_length=MAX_CLASSES)
     description: str = Field(default="", max_length=10_000)
     settings: ProjectSettings = Field(default_factory=ProjectSettings)
@@ -71,9 +79,14 @@ class ProjectCreate(RequestBody):
 
 
 class ProjectUpdate(RequestBody):
-    """Changes to a project: absent fields stay as they are, and so do settings not named."""
+    """Changes to a project: absent fields stay as they are, and so do settings not named.
+
+    ``kind`` is accepted only as the project's own (a client sending back what it read); any
+    other value is a 422: a project's kind is fixed when it is made.
+    """
 
     description: str | None = Field(default=None, max_length=10_000)
+    kind: ProjectKind | None = None
     # Merged into the stored settings key by key (``exclude_unset``): the defaults this model
     # shows are not applied to the keys a PATCH leaves out.
     settings: ProjectSettings | None = None
@@ -93,6 +106,7 @@ class ProjectRead(BaseModel):
 
     id: int
     name: str
+    kind: ProjectKind
     description: str
     classes: list[str]
     settings: ProjectSettings

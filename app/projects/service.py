@@ -16,7 +16,8 @@ from app.auth.models import Role, User
 from app.db import flush_new
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item
-from app.projects.models import Member, MemberRole, Project
+from app.projects import kinds
+from app.projects.models import Member, MemberRole, Project, ProjectKind
 from app.projects.schemas import ProjectCreate, ProjectSettings, ProjectUpdate
 from app.rounds.models import Round
 
@@ -111,11 +112,13 @@ def _refuse_taken_name(db: Session, *, name: str, user: User) -> None:
 def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
     """Create a project; its creator becomes its first engineer."""
     _refuse_taken_name(db, name=data.name, user=user)
+    settings = kinds.fit_settings(data.kind, data.settings)
     project = Project(
         name=data.name,
+        kind=data.kind,
         description=data.description,
         classes=data.classes,
-        settings=data.settings.model_dump(),
+        settings=settings.model_dump(),
         created_by=user.id,
     )
     if not flush_new(db, project):
@@ -128,12 +131,18 @@ def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
 
 
 def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Project:
-    """Change a project's description or settings; settings merge, key by key.
+    """Change a project's description or settings; settings merge, key by key, and the kind
+    stays what it was made as.
 
     Only the keys the body names change: a PATCH of ``auto_next_round`` alone reset every other
     setting to its default (issue 17 #4), since the body's model fills in what it was not sent.
     """
     project = access.project
+    if data.kind is not None and data.kind != project.kind:
+        raise Invalid(
+            f"a project's kind is fixed when it is made: this is {kinds.a_kind(project.kind)} "
+            f"project, so it cannot become {data.kind}; make a new {data.kind} project instead"
+        )
     if data.description is not None:
         project.description = data.description
     if data.settings is not None:
@@ -141,7 +150,8 @@ def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Proje
             **project_settings(project).model_dump(),
             **data.settings.model_dump(exclude_unset=True),
         }
-        project.settings = ProjectSettings.model_validate(merged).model_dump()
+        fitted = kinds.fit_settings(project.kind, ProjectSettings.model_validate(merged))
+        project.settings = fitted.model_dump()
     db.flush()
     return project
 
@@ -188,11 +198,17 @@ def project_settings(project: Project) -> ProjectSettings:
     may have been uninstalled since): such a key falls back to its default, with a warning,
     so one stale value never fails a label, a lease or a round start.
     """
-    return settings_of(project.id, project.settings)
+    return settings_of(project.id, project.settings, kind=project.kind)
 
 
-def settings_of(project_id: int, stored_settings: dict[str, Any] | None) -> ProjectSettings:
-    """``project_settings`` from a plain row's columns, for paths that read no Project object."""
+def settings_of(
+    project_id: int, stored_settings: dict[str, Any] | None, *, kind: str = ProjectKind.image
+) -> ProjectSettings:
+    """``project_settings`` from a plain row's columns, for paths that read no Project object.
+
+    A key that falls back takes the default of the project's kind (a text project's backbone
+    stays a text backbone, even one whose wheel is missing here: a round then says so).
+    """
     stored = dict(stored_settings or {})
     try:
         return ProjectSettings.model_validate(stored)
@@ -203,7 +219,9 @@ def settings_of(project_id: int, stored_settings: dict[str, Any] | None) -> Proj
             project_id,
             sorted(bad),
         )
-        return ProjectSettings.model_validate({k: v for k, v in stored.items() if k not in bad})
+        kept = ProjectSettings.model_validate({k: v for k, v in stored.items() if k not in bad})
+        own = {k: v for k, v in kinds.KIND_DEFAULTS[kind].items() if k in bad}
+        return kept.model_copy(update=own) if own else kept
 
 
 def set_member(db: Session, *, access: Access, username: str, role: str) -> tuple[Member, User]:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app.embeddings.schemas import check_backbone
 from app.fields import RequestBody
+from app.items.schemas import TextFields
 from app.visibility import for_viewer
 
 # The names the engine's model registry answers to. Kept here as plain strings because the
@@ -24,9 +25,16 @@ ScratchArch = Literal[
 ]
 SCRATCH_ARCHS: tuple[str, ...] = get_args(ScratchArch)
 # A proxy is trained from scratch on the images, or is ``linear``: a head on a frozen
-# backbone's embeddings (DESIGN 4b).
-ProxyArch = Literal["linear", ScratchArch]
-PROXY_ARCHS: tuple[str, ...] = ("linear", *SCRATCH_ARCHS)
+# backbone's embeddings (DESIGN 4b); on text, ``fasttext`` is trained from scratch each round
+# with word n-grams, as in the paper (DESIGN 4c). Which fits which project kind:
+# app/projects/kinds.py.
+ProxyArch = Literal["linear", "fasttext", ScratchArch]
+PROXY_ARCHS: tuple[str, ...] = ("linear", "fasttext", *SCRATCH_ARCHS)
+# Evaluation targets on text: the character-level VDCNN at depth 9 (``vdcnn``), 17 and 29.
+TextTargetArch = Literal["vdcnn", "vdcnn17", "vdcnn29"]
+TEXT_TARGET_ARCHS: tuple[str, ...] = get_args(TextTargetArch)
+# What an evaluation trains: a from-scratch image model, a text target, or (text) ``linear``.
+TargetArch = Literal[ScratchArch, TextTargetArch, "linear"]
 
 # Active-learning strategies a round can rank the unlabelled pool with (DESIGN 4 and 4b); the
 # engine's svp.Strategy has each of these (tests/test_round_runner.py checks).
@@ -57,6 +65,9 @@ class ProxyConfig(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     lr: float | None = Field(default=None, gt=0, le=10)
     image_size: int | None = Field(default=None, ge=8, le=1024)
+    # fastText only: the word vectors' dimension and the longest word n-gram.
+    dim: int | None = Field(default=None, ge=2, le=1000)
+    word_ngrams: int | None = Field(default=None, ge=1, le=6)
 
     @field_validator("backbone")
     @classmethod
@@ -113,14 +124,19 @@ class Suggestion(BaseModel):
     confidence: float | None
 
 
-class SelectionEntry(BaseModel):
-    """One item of a round's batch, in rank order."""
+class SelectionEntry(TextFields):
+    """One item of a round's batch, in rank order.
+
+    A text item has no image (``image_url`` null) and carries its text instead: the first
+    280 characters in a selection, the whole text in ``queue/next``; ``text_chars`` is its
+    full length. Both are null for an image item.
+    """
 
     item_id: int
     name: str
     rank: int
     score: float
-    image_url: str
+    image_url: str | None
     suggestion: Suggestion
 
 

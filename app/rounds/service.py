@@ -21,14 +21,15 @@ from app.auth.models import User
 from app.db import utcnow
 from app.embeddings.schemas import embedding_size
 from app.errors import Conflict, Invalid, NotFound
-from app.items.models import Item, Split
+from app.items.models import TEXT_PREVIEW_CHARS, Item, Split
 from app.items.schemas import image_url
 from app.jobs.dispatch import contained
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
 from app.jobs.service import create_job, draw_seed
 from app.labeling import service as labeling
 from app.labeling.models import Lease
-from app.projects.models import Project
+from app.projects import kinds
+from app.projects.models import Project, ProjectKind
 from app.projects.schemas import ProjectSettings
 from app.projects.service import Access, get_access, lock_project, project_settings
 from app.rawsql import Raw
@@ -44,20 +45,41 @@ LEFT_RUNNING = (RoundStatus.labeling, *FINISHED_ROUND_STATUSES)
 
 
 def resolve_proxy(
-    settings: ProjectSettings, proxy: ProxyConfig | None, *, default_arch: str | None = None
+    settings: ProjectSettings,
+    proxy: ProxyConfig | None,
+    *,
+    default_arch: str | None = None,
+    kind: str = ProjectKind.image,
+    target: bool = False,
 ) -> dict[str, Any]:
     """The full proxy configuration: what the caller gave, the project's settings for the rest.
 
     A ``linear`` proxy is a head on a backbone's embeddings: its ``image_size`` is the side the
     backbone embeds at (the backbone's own by default), and it has no epochs or learning rate.
-    An evaluation's target is resolved the same way, with the project's default target.
+    ``fasttext`` (text) has its dimension, epochs, learning rate and word n-gram length.
+    An evaluation's target (``target``) is resolved the same way, with the project's default
+    target. Every name is checked against the project's kind (422 when it does not fit).
     """
     given = proxy or ProxyConfig()
     arch = given.arch or default_arch or settings.default_proxy
     backbone = given.backbone or settings.backbone
+    (kinds.check_target if target else kinds.check_proxy)(kind, arch)
+    kinds.check_backbone(kind, backbone)
+    if arch != "fasttext" and (given.dim is not None or given.word_ngrams is not None):
+        raise Invalid("dim and word_ngrams are settings of the fasttext proxy only")
     if arch == "linear":
         size = embedding_size(backbone, given.image_size)
         return {"arch": arch, "backbone": backbone, "image_size": size}
+    if arch == "fasttext":
+        return {
+            "arch": arch,
+            "dim": given.dim or settings.fasttext_dim,
+            "epochs": given.epochs or settings.fasttext_epochs,
+            "lr": given.lr if given.lr is not None else settings.proxy_lr,
+            "word_ngrams": given.word_ngrams or settings.fasttext_word_ngrams,
+            # Clustering strategies (typiclust, auto) and their cold starts use embeddings.
+            "backbone": backbone,
+        }
     return {
         "arch": arch,
         "epochs": given.epochs or settings.proxy_epochs,
@@ -168,7 +190,7 @@ def start_round(
         status=RoundStatus.queued,
         strategy=strategy,
         batch_size=batch_size,
-        proxy=resolve_proxy(project_settings(project), proxy),
+        proxy=resolve_proxy(project_settings(project), proxy, kind=project.kind),
         seed=draw_seed(seed),
         metrics={},
         created_by=created_by,
@@ -460,9 +482,15 @@ def round_reads(
 
 
 def selection(db: Session, *, round_id: int) -> list[SelectionEntry]:
-    """A round's batch in rank order, with scores and the proxy's suggestions."""
+    """A round's batch in rank order, with scores and the proxy's suggestions (and a text
+    item's first characters, cut in the query)."""
     rows = db.execute(
-        select(Selection, Item.name)
+        select(
+            Selection,
+            Item.name,
+            func.substr(Item.text, 1, TEXT_PREVIEW_CHARS),
+            Item.text_chars,
+        )
         .join(Item, Item.id == Selection.item_id)
         .where(Selection.round_id == round_id)
         .order_by(Selection.rank)
@@ -473,10 +501,12 @@ def selection(db: Session, *, round_id: int) -> list[SelectionEntry]:
             name=name,
             rank=s.rank,
             score=s.score,
-            image_url=image_url(s.item_id),
+            image_url=None if chars is not None else image_url(s.item_id),
             suggestion=Suggestion(label=s.suggested_label, confidence=s.suggested_prob),
+            text=preview,
+            text_chars=chars,
         )
-        for s, name in rows
+        for s, name, preview, chars in rows
     ]
 
 
