@@ -1,8 +1,10 @@
 """Helpers for driving the front end in Debian's chromium against real ``svplabel`` processes.
 
-Used by tests/test_browser.py and bench/ui_label_speed.py. Data that a test needs but that is not
-what it tests (users, a project, images, a round already in labelling) is made through the real
-API, or written straight into the test's database and data dir the way the server would.
+Used by tests/test_browser*.py (its fixtures, ``browser`` and ``stack``, reach them as a
+pytest plugin named in tests/conftest.py) and bench/ui_label_speed.py. Data that a test needs but
+that is not what it tests (users, a project, images, a round already in labelling) is made
+through the real API, or written straight into the test's database and data dir the way the
+server would.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
@@ -26,6 +29,7 @@ import app.models  # noqa: F401  (every table, so foreign keys resolve outside t
 from app.items.models import Item
 from app.items.storage import image_path
 from app.rounds.models import Round, Selection
+from tests import procs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,9 +40,14 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# axe-core, vendored with the front end for the tests only: no page of the app loads it.
+AXE = Path(__file__).resolve().parent.parent / "frontend" / "vendor" / "axe-core" / "axe.min.js"
 PASSWORD = "correct horse battery"
 ADMIN = ("admin", "admin-password")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "screenshots"
+
+
+TIMEOUT_MS = 15_000
 
 
 def chromium_missing_reason() -> str | None:
@@ -63,6 +72,115 @@ def launched_browser() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One chromium for a test module; each test opens its own contexts."""
+    with launched_browser() as b:
+        yield b
+
+
+@pytest.fixture
+def stack(tmp_path: Path, database_url: str) -> Iterator[procs.Stack]:
+    """A running server on this test's database."""
+    with procs.stack(tmp_path, database_url=database_url) as s:
+        s.serve()
+        yield s
+
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def browser_marks() -> list[pytest.MarkDecorator]:
+    """The marks of a browser test module: slow, and skipped with the reason without chromium."""
+    missing = chromium_missing_reason()
+    return [
+        pytest.mark.browser,
+        pytest.mark.slow,
+        pytest.mark.skipif(missing is not None, reason=missing or ""),
+    ]
+
+
+def shown_item(page: Any) -> int:
+    """The item on the labelling stage, once its image is decoded and visible."""
+    img = page.locator("#stage img[data-item-id]")
+    img.wait_for(state="visible")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#stage img');"
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
+    return int(img.get_attribute("data-item-id"))
+
+
+def wait_next(page: Any, before: int) -> int | None:
+    """Wait until another item than ``before`` is on the stage (its id) or the end-of-batch
+    note is (None)."""
+    page.wait_for_function(
+        """(before) => {
+            const img = document.querySelector('#stage img[data-item-id]');
+            if (img) return Number(img.dataset.itemId) !== before;
+            return Boolean(document.querySelector('#batch-state'));
+        }""",
+        arg=before,
+    )
+    return None if page.locator("#batch-state").count() else shown_item(page)
+
+
+OUTBOX_SIZE = "() => JSON.parse(localStorage.getItem('svp.outbox.v1') || '[]').length"
+
+
+def wait_sent(page: Any, timeout: int = TIMEOUT_MS) -> None:
+    """Wait until the server has acknowledged every label the page made."""
+    page.wait_for_function(f"() => ({OUTBOX_SIZE})() === 0", timeout=timeout)
+
+
+@pytest.fixture
+def team(stack: procs.Stack) -> Iterator[dict[str, Any]]:
+    """An engineer's project with two annotators in it (``ann``, ``ann2``), made through the
+    API, and an annotator of no project (``newcomer``)."""
+    admin = Api(stack.url, *ADMIN)
+    users = [("eng", "engineer"), ("ann", "annotator"), ("ann2", "annotator")]
+    for name, role in [*users, ("newcomer", "annotator")]:
+        make_user(admin, name, role)
+    eng = Api(stack.url, "eng", PASSWORD)
+    project = eng("POST", "/api/projects", json={"name": "Animals", "classes": CLASSES})
+    for name in ("ann", "ann2"):
+        eng(
+            "PUT",
+            f"/api/projects/{project['id']}/members",
+            json={"username": name, "role": "annotator"},
+        )
+    yield {"admin": admin, "eng": eng, "project": project}
+    admin.close()
+    eng.close()
+
+
+def labeling_batch(stack: procs.Stack, database_url: str, project: dict[str, Any], n: int) -> Batch:
+    """``n`` new items of the project as the batch of a round in labelling."""
+    ids = insert_items(database_url, stack.data_dir, project["id"], n)
+    return insert_labeling_round(database_url, project["id"], ids, project["classes"])
+
+
+def new_page(browser: Any, width: int = 1280, height: int = 860) -> Any:
+    """A page in a fresh context; ``page.errors`` collects uncaught errors and anything the
+    Content-Security-Policy blocked."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def on_console(message: Any) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.errors = errors
+    axe_requests: list[str] = []
+    page.on("request", lambda r: axe_requests.append(r.url) if "axe" in r.url else None)
+    page.axe_requests = axe_requests
+    return page
 
 
 def screenshot(page: Any, name: str) -> Path:
@@ -252,3 +370,84 @@ def current_labels(database_url: str, item_ids: list[int]) -> dict[int, str | No
 def clean_env() -> dict[str, str]:
     """The environment without SVP_ settings (the stack sets its own)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("SVP_")}
+
+
+def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """What axe-core finds wrong on the page as it is now: every rule of WCAG 2.x A and AA and
+    axe's best practices, as ``{id, impact, help, nodes: [target, ...]}``."""
+    # Evaluated over the DevTools protocol, which the page's Content-Security-Policy does not
+    # govern: the app itself never loads axe.
+    if not page.evaluate("() => Boolean(window.axe)"):
+        page.evaluate(AXE.read_text())
+    result = page.evaluate(
+        """async () => {
+            const r = await axe.run(document, { resultTypes: ["violations"] });
+            return r.violations.map((v) => ({
+                id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.map((n) => n.target.join(" ")),
+            }));
+        }"""
+    )
+    return list(result)
+
+
+def contrast(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    """WCAG contrast ratio of two sRGB colours (0-255 per channel)."""
+
+    def lum(rgb: tuple[float, float, float]) -> float:
+        lin = [
+            c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+            for c in (x / 255 for x in rgb)
+        ]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+# The focused element, its focus ring, the background the ring is drawn on (the nearest opaque
+# one around the element) and whether the sticky top bar covers any of it.
+FOCUS_STATE = """() => {
+    const el = document.activeElement;
+    // The page itself (focused after a route or the skip link) is a place, not a control.
+    if (!el || el === document.body || el.tagName === "MAIN") return null;
+    const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+    const style = getComputedStyle(el);
+    let bg = null;
+    for (let p = el.parentElement; p; p = p.parentElement) {
+        const c = rgb(getComputedStyle(p).backgroundColor);
+        if (c.length === 3 || c[3] > 0) { bg = c.slice(0, 3); break; }
+    }
+    const r = el.getBoundingClientRect();
+    const bar = document.getElementById("topbar");
+    const b = bar && !bar.hidden ? bar.getBoundingClientRect() : null;
+    // Covered: the bar is what the page shows at the element's top edge or middle.
+    const x = Math.min(Math.max(r.left + r.width / 2, 0), innerWidth - 1);
+    const covered = Boolean(b) && !bar.contains(el) && [r.top + 2, r.top + r.height / 2]
+        .some((y) => y >= 0 && y < innerHeight && bar.contains(document.elementFromPoint(x, y)));
+    return {
+        what: `${el.tagName.toLowerCase()}#${el.id} `
+            + (el.getAttribute("aria-label") || el.textContent || "").trim().slice(0, 40),
+        outline: style.outlineStyle, width: parseFloat(style.outlineWidth),
+        ring: rgb(style.outlineColor).slice(0, 3), bg: bg || [255, 255, 255],
+        covered, inView: r.bottom > 0 && r.top < innerHeight,
+    };
+}"""
+
+
+def focus_problems(page: Any) -> list[str]:
+    """Why the focused element's focus is hard to see, if it is: no ring, a ring under 3:1
+    against what surrounds it (WCAG 1.4.11), or the sticky top bar over it (WCAG 2.4.11)."""
+    state = page.evaluate(FOCUS_STATE)
+    if state is None:
+        return []
+    problems = []
+    if state["outline"] == "none" or state["width"] < 2:
+        problems.append(f"{state['what']}: no visible focus ring")
+    else:
+        ratio = contrast(tuple(state["ring"]), tuple(state["bg"]))
+        if ratio < 3:
+            problems.append(f"{state['what']}: focus ring at {ratio:.2f}:1 against its background")
+    if state["covered"]:
+        problems.append(f"{state['what']}: under the sticky top bar")
+    return problems

@@ -21,6 +21,9 @@ from app.migrate import upgrade
 from app.settings import Settings, get_settings
 from tests.factories import Factory
 
+# The browser tests' fixtures (``browser``, ``stack``) live beside their helpers.
+pytest_plugins = ["tests.browser_support"]
+
 BACKEND = os.environ.get("SVP_TEST_DATABASE", "sqlite")
 POSTGRES_URL = os.environ.get(
     "SVP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -22,125 +20,36 @@ from app.labeling.models import Label
 from tests import procs
 from tests.browser_support import (
     ADMIN,
+    CLASSES,
+    OUTBOX_SIZE,
     Api,
-    Batch,
-    chromium_missing_reason,
+    browser_marks,
     current_labels,
     digit_png,
     engine_for,
     insert_items,
     insert_labeling_round,
-    launched_browser,
-    make_user,
+    labeling_batch,
+    new_page,
     screenshot,
+    shown_item,
     sign_in,
+    wait_next,
+    wait_sent,
 )
 
-_MISSING = chromium_missing_reason()
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(_MISSING is not None, reason=_MISSING or ""),
-]
-
-CLASSES = ["cat", "dog", "bird"]
-TIMEOUT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One chromium for the module; each test opens its own contexts."""
-    with launched_browser() as b:
-        yield b
-
-
-@pytest.fixture
-def stack(tmp_path: Path, database_url: str) -> Iterator[procs.Stack]:
-    """A running server on this test's database."""
-    with procs.stack(tmp_path, database_url=database_url) as s:
-        s.serve()
-        yield s
-
-
-@pytest.fixture
-def team(stack: procs.Stack) -> Iterator[dict[str, Any]]:
-    """An engineer's project with two annotators in it, made through the API."""
-    admin = Api(stack.url, *ADMIN)
-    for name, role in [("eng", "engineer"), ("ann", "annotator"), ("ann2", "annotator")]:
-        make_user(admin, name, role)
-    eng = Api(stack.url, "eng", "correct horse battery")
-    project = eng("POST", "/api/projects", json={"name": "Animals", "classes": CLASSES})
-    for name in ("ann", "ann2"):
-        eng(
-            "PUT",
-            f"/api/projects/{project['id']}/members",
-            json={"username": name, "role": "annotator"},
-        )
-    yield {"admin": admin, "eng": eng, "project": project}
-    admin.close()
-    eng.close()
-
-
-def _batch(stack: procs.Stack, database_url: str, project: dict[str, Any], n: int) -> Batch:
-    ids = insert_items(database_url, stack.data_dir, project["id"], n)
-    return insert_labeling_round(database_url, project["id"], ids, project["classes"])
-
-
-def _new_page(browser: Any, width: int = 1280, height: int = 860) -> Any:
-    context = browser.new_context(viewport={"width": width, "height": height})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-
-    # A script, style or image the Content-Security-Policy blocked counts as a page error too.
-    def on_console(message: Any) -> None:
-        if message.type == "error" and "Content Security Policy" in message.text:
-            errors.append(message.text)
-
-    page.on("console", on_console)
-    page.errors = errors  # type: ignore[attr-defined]
-    return page
-
-
-def _shown_item(page: Any) -> int:
-    """The item on the labelling stage, once its image is decoded and visible."""
-    img = page.locator("#stage img[data-item-id]")
-    img.wait_for(state="visible")
-    page.wait_for_function(
-        "() => { const i = document.querySelector('#stage img');"
-        " return i && i.complete && i.naturalWidth > 0; }"
-    )
-    return int(img.get_attribute("data-item-id"))
+pytestmark = browser_marks()
 
 
 def _press_and_wait_next(page: Any, key: str, before: int) -> int | None:
     """Press a key and wait until another item (or the end-of-batch note) is shown."""
     page.keyboard.press(key)
-    page.wait_for_function(
-        """(before) => {
-            const img = document.querySelector('#stage img[data-item-id]');
-            if (img) return Number(img.dataset.itemId) !== before;
-            return Boolean(document.querySelector('#batch-state'));
-        }""",
-        arg=before,
-    )
-    if page.locator("#batch-state").count():
-        return None
-    return _shown_item(page)
-
-
-OUTBOX_SIZE = "() => JSON.parse(localStorage.getItem('svp.outbox.v1') || '[]').length"
+    return wait_next(page, before)
 
 
 def _outbox_size(page: Any) -> int:
     """Labels kept in the page's outbox, not yet acknowledged by the server."""
     return int(page.evaluate(OUTBOX_SIZE))
-
-
-def _wait_sent(page: Any, timeout: int = TIMEOUT_MS) -> None:
-    """Wait until the server has acknowledged every label the page made."""
-    page.wait_for_function(f"() => ({OUTBOX_SIZE})() === 0", timeout=timeout)
 
 
 def _wait_progress(page: Any, text: str) -> None:
@@ -173,10 +82,10 @@ def test_an_unsure_guess_is_shown_but_never_one_keystroke_from_being_accepted(
     insert_labeling_round(
         database_url, team["project"]["id"], ids, team["project"]["classes"], (0.2, 0.3)
     )
-    page = _new_page(browser)
+    page = new_page(browser)
     sign_in(page, stack.url, "ann")
     page.goto(f"{stack.url}/#/projects/{team['project']['id']}/label")
-    item = _shown_item(page)
+    item = shown_item(page)
     hinted = page.locator(".class-btn.hinted")
     assert hinted.count() == 1
     assert page.locator(".class-btn.suggested").count() == 0
@@ -184,12 +93,12 @@ def test_an_unsure_guess_is_shown_but_never_one_keystroke_from_being_accepted(
     screenshot(page, "label-unsure-guess")
     page.keyboard.press("Enter")
     page.get_by_text("No confident suggestion").wait_for()
-    assert _shown_item(page) == item
+    assert shown_item(page) == item
     assert _live_labels(database_url, ids) == {}
     # Its own key still labels it.
     key = str(CLASSES.index(hinted.get_attribute("data-class") or "") + 1)
     assert _press_and_wait_next(page, key, item) != item
-    _wait_sent(page)
+    wait_sent(page)
     assert _live_labels(database_url, ids) == {item: 1}
     assert page.errors == []
 
@@ -198,8 +107,8 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     browser: Any, stack: procs.Stack, team: dict[str, Any], database_url: str
 ) -> None:
     """Keys only: label, accept a suggestion, undo, skip, survive a network drop and a reload."""
-    batch = _batch(stack, database_url, team["project"], 14)
-    page = _new_page(browser)
+    batch = labeling_batch(stack, database_url, team["project"], 14)
+    page = new_page(browser)
     sign_in(page, stack.url, "ann")
     screenshot(page, "projects-annotator")
     # An annotator's card offers labelling only, not the engineer's project view.
@@ -210,7 +119,7 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     card.get_by_role("link", name="Label").click()
 
     expected: dict[int, str] = {}
-    item = _shown_item(page)
+    item = shown_item(page)
     assert page.locator("#progress-text").inner_text() == "0 of 14"
     # The proxy's suggestion is pre-selected with its confidence.
     suggested = page.locator(".class-btn.suggested")
@@ -232,7 +141,7 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
         f"() => document.querySelector('#stage img')?.dataset.itemId === '{labelled_then_undone}'"
     )
     item = labelled_then_undone
-    _wait_sent(page)
+    wait_sent(page)
     expected[item] = "bird"
     item = _press_and_wait_next(page, "3", item)
     # S skips.
@@ -242,7 +151,7 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
 
     # The network drops: labels go on, wait in the outbox, and the page says so plainly. The
     # labels before it are acknowledged first, so the outbox holds exactly the two made offline.
-    _wait_sent(page)
+    wait_sent(page)
     page.context.set_offline(True)
     for key, cls in [("1", "cat"), ("2", "dog")]:
         expected[item] = cls
@@ -253,7 +162,7 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     assert _outbox_size(page) == 2
     screenshot(page, "label-offline")
     page.context.set_offline(False)
-    _wait_sent(page)
+    wait_sent(page)
 
     # A label whose answer is lost on the way back is re-sent with the same key: stored once.
     lost = {"n": 0}
@@ -269,7 +178,7 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     page.route("**/api/labels", lose_first_answer)
     expected[item] = "cat"
     item = _press_and_wait_next(page, "1", item)
-    _wait_sent(page, timeout=20_000)
+    wait_sent(page, timeout=20_000)
     page.unroute("**/api/labels")
     assert lost["n"] == 1
 
@@ -281,9 +190,9 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
     assert _outbox_size(page) == 2
     page.unroute("**/api/labels")
     page.reload()
-    _wait_sent(page)
+    wait_sent(page)
     # The items leased before the reload come back first; none already labelled reappears.
-    item = _shown_item(page)
+    item = shown_item(page)
     assert item not in expected
     assert item != skipped
     # Progress after a reload: the round's labelled count from the server once the outbox is
@@ -298,7 +207,7 @@ def test_annotator_labels_batch_by_keys_with_undo_skip_offline_and_reload(
         expected[item] = CLASSES[n % 3]
         item = _press_and_wait_next(page, keys[n % 3], item)
         n += 1
-    _wait_sent(page)
+    wait_sent(page)
     state = page.locator("#batch-state")
     state.wait_for()
     assert "You skipped 1" in state.inner_text()
@@ -317,11 +226,11 @@ def test_grid_mode_labels_a_selection_with_one_key(
     browser: Any, stack: procs.Stack, team: dict[str, Any], database_url: str
 ) -> None:
     """In the grid, click and shift-click select a run of images and one key labels them all."""
-    batch = _batch(stack, database_url, team["project"], 12)
-    page = _new_page(browser)
+    batch = labeling_batch(stack, database_url, team["project"], 12)
+    page = new_page(browser)
     sign_in(page, stack.url, "ann")
     page.goto(f"{stack.url}/#/projects/{team['project']['id']}/label")
-    _shown_item(page)
+    shown_item(page)
     page.keyboard.press("g")
     tiles = page.locator("#label-grid .tile")
     page.wait_for_function("() => document.querySelectorAll('#label-grid .tile').length === 12")
@@ -332,7 +241,7 @@ def test_grid_mode_labels_a_selection_with_one_key(
     screenshot(page, "label-grid")
     page.keyboard.press("2")
     page.wait_for_function("() => document.querySelectorAll('#label-grid .tile').length === 8")
-    _wait_sent(page)
+    wait_sent(page)
     assert current_labels(database_url, ids) == dict.fromkeys(ids, "dog")
     assert page.locator("#progress-text").inner_text() == "4 of 12"
     # Z undoes the whole act: the four come back, selected.
@@ -348,7 +257,7 @@ def test_grid_mode_labels_a_selection_with_one_key(
     page.keyboard.press("Control+a")
     page.keyboard.press("Enter")
     page.locator("#batch-state[data-state='done']").wait_for()
-    _wait_sent(page)
+    wait_sent(page)
     screenshot(page, "label-batch-done")
     labels = current_labels(database_url, batch.item_ids)
     assert all(labels[i] in CLASSES for i in batch.item_ids)
@@ -359,13 +268,13 @@ def test_two_annotators_never_see_the_same_item(
     browser: Any, stack: procs.Stack, team: dict[str, Any], database_url: str
 ) -> None:
     """Two annotators in two browsers label one batch between them with no item shown twice."""
-    batch = _batch(stack, database_url, team["project"], 24)
-    pages = [_new_page(browser), _new_page(browser)]
+    batch = labeling_batch(stack, database_url, team["project"], 24)
+    pages = [new_page(browser), new_page(browser)]
     for page, user in zip(pages, ["ann", "ann2"], strict=True):
         sign_in(page, stack.url, user)
         page.goto(f"{stack.url}/#/projects/{team['project']['id']}/label")
     seen: list[list[int]] = [[], []]
-    current: list[int | None] = [_shown_item(p) for p in pages]
+    current: list[int | None] = [shown_item(p) for p in pages]
     for i in range(2):
         seen[i].append(current[i])  # type: ignore[arg-type]
     turn = 0
@@ -381,7 +290,7 @@ def test_two_annotators_never_see_the_same_item(
     assert set(seen[0]).isdisjoint(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(batch.item_ids)
     for page in pages:
-        _wait_sent(page)
+        wait_sent(page)
     assert _live_labels(database_url, batch.item_ids) == dict.fromkeys(batch.item_ids, 1)
     pages[0].reload()
     pages[0].locator("#batch-state[data-state='done']").wait_for()
@@ -432,7 +341,7 @@ def test_engineer_uploads_a_zip_and_runs_a_round(
     _import(team["eng"], pid, _labelled_zip(7000, 4), "test")
     zpath = tmp_path / "images.zip"
     zpath.write_bytes(_zip_with_a_corrupt_file(30))
-    page = _new_page(browser)
+    page = new_page(browser)
     sign_in(page, stack.url, "eng")
     screenshot(page, "projects-engineer")
     page.locator(f"[data-project='{team['project']['id']}']").get_by_role(
@@ -448,14 +357,17 @@ def test_engineer_uploads_a_zip_and_runs_a_round(
     assert rejected.count() == 1
     assert "broken.png" in rejected.first.inner_text()
     assert page.locator("[data-count='items'] b").inner_text() == str(30 + 9 + 12)
-    assert page.locator("#class-balance").inner_text().split() == [
-        "cat",
-        "7",
-        "dog",
-        "7",
-        "bird",
-        "7",
+    # Labelled per class (pool + test), then the pool and the test split apart, in class order.
+    rows = page.locator("#class-balance tbody tr")
+    assert [rows.nth(i).inner_text().split() for i in range(rows.count())] == [
+        ["cat", "7", "3", "4"],
+        ["dog", "7", "3", "4"],
+        ["bird", "7", "3", "4"],
     ]
+    assert (
+        "Unlabelled: 30 in the pool, 0 in the test split."
+        in page.locator("#class-balance").inner_text()
+    )
     screenshot(page, "project-import-report")
 
     page.get_by_label("Strategy").select_option("random")
@@ -513,7 +425,7 @@ def test_admin_reads_a_failed_jobs_error_and_retries_it(
 ) -> None:
     """The monitor shows a failed job's error; Retry sends it again."""
     job_id = _failed_job(database_url, team["project"]["id"])
-    page = _new_page(browser)
+    page = new_page(browser)
     sign_in(page, stack.url, *ADMIN)
     page.get_by_role("link", name="Monitor").click()
     row = page.locator(f"#jobs tr[data-job='{job_id}']")
@@ -545,7 +457,7 @@ def test_annotator_cannot_open_the_monitor(
     browser: Any, stack: procs.Stack, team: dict[str, Any]
 ) -> None:
     """No Monitor link for an annotator; the page refuses, and so does the API behind it."""
-    page = _new_page(browser)
+    page = new_page(browser)
     sign_in(page, stack.url, "ann")
     assert not page.get_by_role("link", name="Monitor").is_visible()
     page.goto(f"{stack.url}/#/admin")
@@ -561,8 +473,8 @@ def test_pages_fit_a_tablet_width(
     browser: Any, stack: procs.Stack, team: dict[str, Any], database_url: str
 ) -> None:
     """At 800 px wide nothing overflows sideways, and the class buttons sit below the image."""
-    _batch(stack, database_url, team["project"], 6)
-    page = _new_page(browser, width=800, height=1000)
+    labeling_batch(stack, database_url, team["project"], 6)
+    page = new_page(browser, width=800, height=1000)
     sign_in(page, stack.url, "eng")
     pid = team["project"]["id"]
     for name, hash_ in [
@@ -586,7 +498,7 @@ def test_pages_fit_a_tablet_width(
 
 def test_api_docs_render_from_the_server_under_its_csp(browser: Any, stack: procs.Stack) -> None:
     """/docs draws Swagger UI from the vendored copy, with no request leaving the server."""
-    page = _new_page(browser)
+    page = new_page(browser)
     foreign: list[str] = []
     page.on(
         "request",

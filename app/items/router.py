@@ -16,7 +16,16 @@ from app.fields import PathId
 from app.items import service, storage
 from app.items.importer import MEDIA_TYPES
 from app.items.models import Item, Split
-from app.items.schemas import ItemDetail, ItemLabelRead, ItemPage, ItemRead, image_url
+from app.items.schemas import (
+    ClassCount,
+    ClassCounts,
+    ItemDetail,
+    ItemLabelRead,
+    ItemPage,
+    ItemRead,
+    SplitCounts,
+    image_url,
+)
 from app.jobs.schemas import JobRead
 from app.projects.deps import ProjectAccess
 from app.projects.service import get_access
@@ -145,6 +154,18 @@ def _item_fields(item: Item, *, text: str | None) -> dict[str, Any]:
         "text": text,
         "text_chars": item.text_chars,
     }
+
+
+@router.get("/api/projects/{project_id}/class-counts")
+def class_counts(access: ProjectAccess, db: DB) -> ClassCounts:
+    """Items per current label and split, in the project's class order (members)."""
+    counts, unlabeled = service.class_counts(
+        db, project_id=access.project.id, classes=access.project.classes
+    )
+    return ClassCounts(
+        counts=[ClassCount(label=label, **n) for label, n in counts],
+        unlabeled=SplitCounts(**unlabeled),
+    )
 
 
 @router.get("/api/items/{item_id}")

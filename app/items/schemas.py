@@ -53,6 +53,29 @@ class ItemPage(BaseModel):
     next: str | None
 
 
+class SplitCounts(BaseModel):
+    """How many items of each split."""
+
+    pool: int
+    test: int
+
+
+class ClassCount(SplitCounts):
+    """How many items of each split carry ``label`` as their current label."""
+
+    label: str
+
+
+class ClassCounts(BaseModel):
+    """Items per current label and split, in the project's class order, and the unlabelled.
+
+    A label no longer among the classes (none can be today: classes only grow) follows them.
+    """
+
+    counts: list[ClassCount]
+    unlabeled: SplitCounts
+
+
 class ItemLabelRead(BaseModel):
     """One live label of an item's history; ``user`` is the author's username."""
 

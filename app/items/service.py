@@ -172,6 +172,28 @@ def list_items(
     return rows, None
 
 
+def class_counts(
+    db: Session, *, project_id: int, classes: list[str]
+) -> tuple[list[tuple[str, dict[str, int]]], dict[str, int]]:
+    """Items per current label and split in one grouped query: each class in the order given
+    (zero where none), then any other label, and the unlabelled items per split."""
+
+    def zero() -> dict[str, int]:
+        return {split.value: 0 for split in Split}
+
+    per_label: dict[str, dict[str, int]] = {name: zero() for name in classes}
+    unlabeled = zero()
+    rows = db.execute(
+        select(Item.label, Item.split, func.count())
+        .where(Item.project_id == project_id)
+        .group_by(Item.label, Item.split)
+    ).tuples()
+    for label, split, n in rows:
+        counts = unlabeled if label is None else per_label.setdefault(label, zero())
+        counts[split] = n
+    return list(per_label.items()), unlabeled
+
+
 def get_item(db: Session, *, item_id: int, user: User) -> tuple[Item, Access]:
     """An item the caller may see; 404 when it is missing or in a project they cannot see."""
     item = db.get(Item, item_id)

@@ -126,17 +126,3 @@ export function upload(path, formData, onProgress) {
     xhr.send(formData);
   });
 }
-
-/** Every page of a keyset-paged list (`{items, next}`), up to `max` rows. */
-export async function allPages(path, params = {}, max = 10000) {
-  const rows = [];
-  let after = null;
-  for (;;) {
-    const q = new URLSearchParams({ ...params, limit: "500" });
-    if (after) q.set("after", after);
-    const page = await get(`${path}?${q}`);
-    rows.push(...page.items);
-    if (!page.next || rows.length >= max) return { rows, complete: !page.next };
-    after = page.next;
-  }
-}

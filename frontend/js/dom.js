@@ -71,3 +71,13 @@ export function toast(message, { bad = false, ms = 4500 } = {}) {
 export function pct(x) {
   return typeof x === "number" && Number.isFinite(x) ? `${Math.round(x * 100)}%` : "—";
 }
+
+/** A card with its heading, labelled by it: one section of a page. */
+export function section(title, id, ...children) {
+  return h("section", { class: "card", id, "aria-labelledby": `${id}-title` }, h("h2", { id: `${id}-title` }, title), ...children);
+}
+
+/** Text for screen readers only: a header for a column of buttons, say. */
+export function visuallyHidden(text) {
+  return h("span", { class: "visually-hidden" }, text);
+}

@@ -5,7 +5,7 @@ import { fill, h, toast } from "./dom.js";
 import { renderAdmin } from "./views/admin.js";
 import { renderLabel } from "./views/label.js";
 import { renderLogin } from "./views/login.js";
-import { renderProject } from "./views/project.js";
+import { renderProject } from "./project/index.js";
 import { renderProjects } from "./views/projects.js";
 
 const main = document.getElementById("main");
@@ -42,8 +42,25 @@ function markNav(nav) {
   }
 }
 
+let routed = null; // the hash of the view on screen
+
+/** Focus an element of the page (the skip link's target), scrolled below the sticky bar. */
+function focusTarget(el) {
+  el.focus({ preventScroll: true });
+  el.scrollIntoView({ block: "start" });
+}
+
 async function route() {
-  const hash = location.hash || "#/projects";
+  // A hash that is no route ("#main": the skip link, or an anchor typed by hand) is a place in
+  // the page on screen, not a page to go to: focus it and put the route's hash back.
+  if (location.hash && !location.hash.startsWith("#/") && routed) {
+    const target = document.getElementById(decodeURIComponent(location.hash.slice(1)));
+    history.replaceState(null, "", routed);
+    if (target) focusTarget(target);
+    return;
+  }
+  const hash = location.hash.startsWith("#/") ? location.hash : "#/projects";
+  routed = hash;
   const match = ROUTES.map((r) => [r, hash.match(r.re)]).find(([, m]) => m);
   if (cleanup) {
     try {
@@ -109,6 +126,11 @@ onUnauthenticated(() => {
 });
 
 document.getElementById("sign-out").addEventListener("click", signOut);
+// The skip link moves focus to the content; it must not change the hash the router reads.
+document.querySelector(".skip-link").addEventListener("click", (e) => {
+  e.preventDefault();
+  focusTarget(main);
+});
 window.addEventListener("hashchange", route);
 
 async function boot() {

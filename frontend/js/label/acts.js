@@ -1,18 +1,20 @@
-// The labelling view's acts: label (a class, or each image's suggestion), skip and undo, and the
-// outbox that carries labels to the server, never lost and never doubled.
+// The labelling view's acts: label (a class, or each image's suggestion), skip and undo, handing
+// labels to the outbox that carries them to the server, never lost and never doubled.
+// Depends on: ../api.js, ../dom.js, ../outbox.js, ./queue.js, ./suggest.js. It never calls the
+// view or the keys: it says what changed through `notify(what, arg)` ("items" after an act, "flash"
+// with a class name), which ../views/label.js passes to the view. The outbox's answers come back
+// through `sent` and `rejected`, wired by ../views/label.js.
 
 import { ApiError, NetworkError, del, post } from "../api.js";
 import { toast } from "../dom.js";
-import { Outbox, newKey } from "../outbox.js";
+import { newKey } from "../outbox.js";
 import { GRID_SIZE } from "./queue.js";
 import { guessOf } from "./suggest.js";
 
 // Acts kept for undo.
 const MAX_ACTS = 200;
 
-export function createActs(page) {
-  const { pid, state } = page;
-
+export function createActs({ pid, state, outbox, queue, notify }) {
   // Acts not yet acknowledged, by key, whether or not they are still on the undo stack: an act
   // undone while its request was on the way is found here when the answer comes.
   const unacked = new Map();
@@ -22,35 +24,30 @@ export function createActs(page) {
     return act;
   }
 
-  const outbox = new Outbox({
-    user: page.user.username,
-    onSent: (entry, label, ms) => {
-      const act = findAct(entry.key);
-      window.dispatchEvent(new CustomEvent("svp:label-sent", { detail: { key: entry.key, ms } }));
-      // Once nothing is waiting, the server's count of the batch is exact: take it. (While labels
-      // are on their way the page counts them itself, and cannot tell whether the server's
-      // answer to a round request already included one that was in flight.)
-      if (outbox.pendingCount() === 0) page.queue.refreshRound().catch(() => {});
-      if (!act) return;
-      act.labelId = label.id;
-      if (act.undo) undoSent(act);
-    },
-    onRejected: (entry, err) => {
-      const act = findAct(entry.key);
-      toast(`The label “${entry.label}” was refused: ${err.message}`, { bad: true, ms: 8000 });
-      // A refused label from an earlier page: its item may be offered again.
-      if (!act) state.handled.delete(entry.item_id);
-      else if (!act.undo) {
-        state.handled.delete(entry.item_id);
-        page.queue.bumpDone(-1);
-      }
-    },
-    onState: ({ offline, pending }) => {
-      state.offline = offline;
-      state.pending = pending;
-      page.view.renderSync();
-    },
-  });
+  /** The outbox stored a label: note its id, and undo it if the user undid it on the way. */
+  function sent(entry, label, ms) {
+    const act = findAct(entry.key);
+    window.dispatchEvent(new CustomEvent("svp:label-sent", { detail: { key: entry.key, ms } }));
+    // Once nothing is waiting, the server's count of the batch is exact: take it. (While labels
+    // are on their way the page counts them itself, and cannot tell whether the server's
+    // answer to a round request already included one that was in flight.)
+    if (outbox.pendingCount() === 0) queue.refreshRound().catch(() => {});
+    if (!act) return;
+    act.labelId = label.id;
+    if (act.undo) undoSent(act);
+  }
+
+  /** The server refused a label for good: say why, and let its item be offered again. */
+  function rejected(entry, err) {
+    const act = findAct(entry.key);
+    toast(`The label “${entry.label}” was refused: ${err.message}`, { bad: true, ms: 8000 });
+    // A refused label from an earlier page: its item may be offered again.
+    if (!act) state.handled.delete(entry.item_id);
+    else if (!act.undo) {
+      state.handled.delete(entry.item_id);
+      queue.bumpDone(-1);
+    }
+  }
 
   /** The item on screen, or the grid's selection (the focused image when nothing is selected). */
   function targets() {
@@ -86,14 +83,14 @@ export function createActs(page) {
     const gone = new Set(group.items.map((a) => a.entry.item_id));
     state.queue = state.queue.filter((e) => !gone.has(e.item_id));
     for (const id of gone) state.selected.delete(id);
-    if (name) page.view.flash(name);
-    page.queue.bumpDone(group.items.length);
+    if (name) notify("flash", name);
+    queue.bumpDone(group.items.length);
     // The queue ran dry: say "loading" while the server is asked, never a premature "done".
     if (state.queue.length === 0) state.exhausted = false;
     // Show the next image first, then hand the labels to the outbox: the user never waits.
-    page.view.render();
+    notify("items");
     for (const act of group.items) outbox.add({ key: act.key, item_id: act.entry.item_id, label: act.label, project_id: pid });
-    page.queue.ensure();
+    queue.ensure();
   }
 
   function skip() {
@@ -110,8 +107,8 @@ export function createActs(page) {
     }
     state.queue = state.queue.filter((e) => !gone.has(e.item_id));
     if (state.queue.length === 0) state.exhausted = false;
-    page.view.render();
-    page.queue.ensure();
+    notify("items");
+    queue.ensure();
   }
 
   async function undoSent(act) {
@@ -151,10 +148,10 @@ export function createActs(page) {
     for (const entry of back) state.handled.delete(entry.item_id);
     state.queue = [...back, ...state.queue.filter((e) => !back.includes(e))];
     state.selected = new Set(state.mode === "grid" ? back.map((e) => e.item_id) : []);
-    page.queue.bumpDone(-back.length);
-    page.view.render();
+    queue.bumpDone(-back.length);
+    notify("items");
     toast(`Undone: ${group.items.map((a) => a.label).join(", ")}`, { ms: 1800 });
   }
 
-  return { outbox, applyClass, skip, undo };
+  return { applyClass, skip, undo, sent, rejected };
 }

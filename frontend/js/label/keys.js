@@ -1,29 +1,15 @@
-// The labelling view's keyboard: which key means which class, the class filter, and what every
-// other key does (undo, skip, grid moves). Keys act through the page's view and acts.
+// The labelling view's keyboard: the class filter, and what each key does (a class, accept the
+// suggestion, undo, skip, grid moves). Keys act only where they are meant to: never on a link,
+// button, select or input, where a key already means something (see keysActOn); the single-key
+// ones only while the user has them on.
+// Depends on: ./keymap.js, ./queue.js, and the view and acts it is given. Only
+// ../views/label.js calls it.
 
+import { KEYS, isTyping, keysActOn, shortcutsOn } from "./keymap.js";
 import { GRID_SIZE } from "./queue.js";
 
-export const KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"];
-
-export function isTyping(target) {
-  return target instanceof HTMLElement
-    && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
-}
-
-/**
- * Keys 1-9, 0 stand for the first ten classes; when the classes are themselves the digits
- * (say 0-9), each digit key means its own class instead, so "3" labels "3".
- */
-export function classKeys(classes) {
-  const digitNames = classes.length <= KEYS.length && classes.every((c) => KEYS.includes(c));
-  const keyOf = (i) => (digitNames ? classes[i] : i < KEYS.length ? KEYS[i] : null);
-  const classOfKey = (key) => (digitNames ? (classes.includes(key) ? key : null) : classes[KEYS.indexOf(key)] ?? null);
-  return { keyOf, classOfKey };
-}
-
 /** Listen to the keyboard for the page; returns what stops listening. */
-export function bindKeys(page) {
-  const { state, classes, view, acts } = page;
+export function bindKeys({ state, classes, keys, view, acts, main }) {
   const { filter, classButtons, gridBox } = view;
 
   function applyFilter() {
@@ -76,38 +62,55 @@ export function bindKeys(page) {
     return Math.max(1, n);
   }
 
+  function toggleFocused() {
+    const entry = state.queue[state.focus];
+    if (!entry) return;
+    if (state.selected.has(entry.item_id)) state.selected.delete(entry.item_id);
+    else state.selected.add(entry.item_id);
+    state.anchor = state.focus;
+    view.renderGrid();
+  }
+
+  /** The single-character shortcuts (WCAG 2.1.4: these are the ones that can be turned off). */
+  function onCharacter(e) {
+    const key = e.key;
+    const byKey = KEYS.includes(key) ? keys.classOfKey(key) : null;
+    if (byKey !== null) acts.applyClass(byKey);
+    else if (key === "s" || key === "S") acts.skip();
+    else if (key === "z" || key === "Z") acts.undo();
+    else if (key === "g" || key === "G") view.setMode(state.mode === "grid" ? "single" : "grid");
+    else if (key === "/" && classes.length > KEYS.length) filter.focus();
+    else return false;
+    return true;
+  }
+
   function onKey(e) {
+    if (e.defaultPrevented) return;
+    if (!keysActOn(e.target)) {
+      // Escape from a control in the view gives the keys back: focus returns to the page.
+      if (e.key === "Escape" && !isTyping(e.target) && main.contains(e.target)) main.focus();
+      return;
+    }
     if (e.ctrlKey || e.metaKey || e.altKey) {
-      if (state.mode === "grid" && (e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "a" && !isTyping(e.target)) {
+      if (state.mode === "grid" && (e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "a") {
         e.preventDefault();
         for (const entry of state.queue.slice(0, GRID_SIZE)) state.selected.add(entry.item_id);
         view.renderGrid();
       }
       return;
     }
-    if (isTyping(e.target)) return;
     if (e.repeat) return; // a held key must not label a run of images
     const key = e.key;
-    const byKey = KEYS.includes(key) ? page.keys.classOfKey(key) : null;
-    if (byKey !== null) {
-      e.preventDefault();
-      acts.applyClass(byKey);
-    } else if (key === "Enter") {
-      if (e.target instanceof HTMLButtonElement) return; // let a focused button do its own thing
+    if (key.length === 1 && key !== " ") {
+      if (shortcutsOn() && onCharacter(e)) e.preventDefault();
+      return;
+    }
+    if (key === "Enter") {
       e.preventDefault();
       acts.applyClass(null);
-    } else if (key === "s" || key === "S") {
-      e.preventDefault();
-      acts.skip();
-    } else if (key === "z" || key === "Z" || key === "Backspace") {
+    } else if (key === "Backspace") {
       e.preventDefault();
       acts.undo();
-    } else if (key === "g" || key === "G") {
-      e.preventDefault();
-      view.setMode(state.mode === "grid" ? "single" : "grid");
-    } else if (key === "/" && classes.length > KEYS.length) {
-      e.preventDefault();
-      filter.focus();
     } else if (state.mode === "grid" && key.startsWith("Arrow")) {
       e.preventDefault();
       const cols = gridColumns();
@@ -115,13 +118,7 @@ export function bindKeys(page) {
       moveFocus(delta, e.shiftKey);
     } else if (state.mode === "grid" && key === " ") {
       e.preventDefault();
-      const entry = state.queue[state.focus];
-      if (entry) {
-        if (state.selected.has(entry.item_id)) state.selected.delete(entry.item_id);
-        else state.selected.add(entry.item_id);
-        state.anchor = state.focus;
-        view.renderGrid();
-      }
+      toggleFocused();
     } else if (key === "Escape" && state.mode === "grid") {
       state.selected.clear();
       view.renderGrid();

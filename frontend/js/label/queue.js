@@ -1,8 +1,12 @@
 // The labelling view's queue: items leased from the server ahead of the one on screen, their
-// images fetched and decoded in advance, and the round whose batch they come from.
+// elements prepared in advance, and the round whose batch they come from with its progress.
+// Depends on: ../api.js, ../dom.js, ./item.js, and the outbox it is given (read only: labels on
+// their way). It never calls the view, the acts or the keys: it says what changed through
+// `notify(what)` ("sync", "round", "items", "empty"), which ../views/label.js passes to the view.
 
 import { ApiError, NetworkError, get, post } from "../api.js";
 import { toast } from "../dom.js";
+import { preload } from "./item.js";
 
 // Items leased ahead of the one on screen; their images are fetched and decoded in advance.
 export const SINGLE_AHEAD = 11;
@@ -11,31 +15,8 @@ export const GRID_SIZE = 24;
 const REFILL_GAP = 4;
 const MAX_LEASE = 100;
 
-/** Start fetching and decoding an entry's image (once); `entry.ready` settles when it is done. */
-export function preload(entry) {
-  if (entry.img) return entry;
-  const img = new Image();
-  img.alt = `Item ${entry.name || entry.item_id}`;
-  img.decoding = "async";
-  img.draggable = false;
-  img.dataset.itemId = String(entry.item_id);
-  img.src = entry.image_url;
-  entry.img = img;
-  entry.ready = img.decode().then(
-    () => {
-      // Small images are scaled up with hard pixel edges instead of a blur.
-      if (img.naturalWidth < 256 && img.naturalHeight < 256) img.classList.add("pixelated");
-      entry.decoded = true;
-    },
-    () => {
-      entry.broken = true;
-    },
-  );
-  return entry;
-}
-
-export function createQueue(page) {
-  const { pid, state } = page;
+export function createQueue({ pid, state, outbox, notify }) {
+  const unsent = () => outbox.entries().filter((e) => e.project_id === pid).length;
 
   function wanted() {
     return state.mode === "grid" ? GRID_SIZE + 8 : SINGLE_AHEAD + 1;
@@ -49,14 +30,13 @@ export function createQueue(page) {
         // The server answers the caller's own live leases first, then new ones up to n. Own
         // leases are the queue plus items labelled here whose labels are still on their way, so
         // asking for the target plus those tops the queue up to the target.
-        const unsent = page.acts.outbox.entries().filter((e) => e.project_id === pid).length;
-        const n = Math.min(MAX_LEASE, Math.max(wanted(), state.queue.length + 1) + unsent);
+        const n = Math.min(MAX_LEASE, Math.max(wanted(), state.queue.length + 1) + unsent());
         const got = await post(`/api/projects/${pid}/queue/next?n=${n}`);
         const have = new Set(state.queue.map((e) => e.item_id));
         let added = 0;
         for (const entry of got) {
           if (have.has(entry.item_id) || state.handled.has(entry.item_id) || state.skipped.has(entry.item_id)) continue;
-          if (page.acts.outbox.holds(entry.item_id)) continue;
+          if (outbox.holds(entry.item_id)) continue;
           state.queue.push(preload(entry));
           have.add(entry.item_id);
           added += 1;
@@ -67,7 +47,7 @@ export function createQueue(page) {
         if (state.stopped) return 0;
         if (err instanceof NetworkError) {
           state.offline = true;
-          page.view.renderSync();
+          notify("sync");
         } else if (!(err instanceof ApiError && err.status === 401)) {
           toast(`Could not fetch the next images: ${err.message}`, { bad: true });
         }
@@ -86,9 +66,9 @@ export function createQueue(page) {
       if (state.stopped) return;
       if (state.queue.length === 0) {
         await refreshRound().catch(() => {});
-        if (state.queue.length === 0) page.view.showEmpty();
+        if (state.queue.length === 0) notify("empty");
       } else if (!state.lastShown || state.mode === "grid") {
-        page.view.render();
+        notify("items");
       }
     }
   }
@@ -97,8 +77,7 @@ export function createQueue(page) {
     state.exhausted = false;
     await topUp();
     await refreshRound().catch(() => {});
-    if (state.queue.length) page.view.render();
-    else page.view.showEmpty();
+    notify(state.queue.length ? "items" : "empty");
   }
 
   // ---- the round and its progress ----
@@ -115,19 +94,18 @@ export function createQueue(page) {
     // A batch whose every item is labelled completes its round: that is "done", not "no round".
     state.round = rounds.find((r) => r.status === "labeling")
       || (state.latest && state.latest.status === "completed" ? state.latest : null);
-    page.view.renderRoundName();
     if (state.round) {
       state.total = state.round.batch_size;
       const labelled = state.round.status === "completed" ? state.total : state.round.labeled;
       // Acts still in the outbox are not on the server yet but are done as far as the user sees.
-      state.done = labelled + page.acts.outbox.entries().filter((e) => e.project_id === pid).length;
+      state.done = labelled + unsent();
     }
-    page.view.renderProgress();
+    notify("round");
   }
 
   function bumpDone(n) {
     if (state.done !== null) state.done = Math.max(0, state.done + n);
-    page.view.renderProgress();
+    notify("round");
   }
 
   return { wanted, topUp, ensure, checkAgain, refreshRound, bumpDone };

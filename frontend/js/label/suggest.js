@@ -2,6 +2,7 @@
 // hint. The linear proxy's probabilities are temperature-calibrated on held-out labels, so a
 // guess at PRESELECT_AT or above is right at least as often as not; a weaker one would put a
 // likely-wrong answer one keystroke from being accepted, so it needs a class key instead.
+// Depends on nothing.
 
 export const PRESELECT_AT = 0.5;
 

@@ -1,9 +1,13 @@
-// The labelling view's page: its layout, the image on stage or the grid, the class buttons with
-// the proxy's suggestion, progress and sync state, and what it says when there is nothing to do.
+// The labelling view's page: its layout, the item on stage or the grid, the class buttons with
+// the proxy's suggestion, the act buttons and the shortcuts switch, progress and sync state, and
+// what it says when there is nothing to do.
+// Depends on: ../dom.js, ./item.js, ./keymap.js, ./suggest.js, and the queue and acts it is given
+// (its buttons call them). Only ./keys.js and ../views/label.js call it.
 
 import { fill, h } from "../dom.js";
-import { KEYS } from "./keys.js";
-import { GRID_SIZE, SINGLE_AHEAD, preload } from "./queue.js";
+import { itemElement, itemName, preload } from "./item.js";
+import { KEYS, setShortcuts, shortcutsOn } from "./keymap.js";
+import { GRID_SIZE, SINGLE_AHEAD } from "./queue.js";
 import { guessOf } from "./suggest.js";
 
 /** Run `fn` once the current frame has been painted (rAF runs before paint; the message after). */
@@ -17,9 +21,21 @@ function afterPaint(fn) {
 
 const percent = (confidence) => `${Math.round(confidence * 100)}%`;
 
-export function createView(page, main) {
-  const { project, classes, state } = page;
-  const { keyOf } = page.keys;
+/**
+ * A button's click handler that, after a mouse click, gives focus back to the page: the keys act
+ * nowhere on a button, and a mouse user expects them to work after clicking one. A keyboard
+ * press (click with detail 0) keeps focus where the user put it.
+ */
+function clicked(fn) {
+  return (e) => {
+    if (e.detail > 0) e.currentTarget.blur();
+    fn(e);
+  };
+}
+
+export function createView({ main, project, state, keys, queue, acts }) {
+  const { classes } = project;
+  const { keyOf } = keys;
 
   // ---- layout ----
   const progressText = h("output", { id: "progress-text", "aria-live": "polite" }, "…");
@@ -44,8 +60,20 @@ export function createView(page, main) {
     class: "class-btn",
     "data-class": name,
     "aria-keyshortcuts": keyOf(i) ?? undefined,
-    onclick: () => page.acts.applyClass(name),
+    onclick: clicked(() => acts.applyClass(name)),
   }, h("kbd", { "aria-hidden": "true" }, keyOf(i) ?? "·"), h("span", { class: "name" }, name), h("span", { class: "conf" })));
+  const actButton = (act, text, key, fn) => h("button", {
+    type: "button", class: "btn btn-small", "data-act": act, "aria-keyshortcuts": key, onclick: clicked(fn),
+  }, text);
+  const actButtons = h("div", { class: "act-buttons", role: "group", "aria-label": "Acts" },
+    actButton("accept", "Accept suggestion", "Enter", () => acts.applyClass(null)),
+    actButton("skip", "Skip", "S", () => acts.skip()),
+    actButton("undo", "Undo", "Z", () => acts.undo()));
+  const shortcutsBox = h("input", { type: "checkbox", id: "single-key-shortcuts", checked: shortcutsOn() });
+  shortcutsBox.addEventListener("change", () => {
+    setShortcuts(shortcutsBox.checked);
+    keyHelp();
+  });
   const filter = h("input", {
     type: "search",
     id: "class-filter",
@@ -57,6 +85,8 @@ export function createView(page, main) {
   const classPanel = h("section", { class: "classes", "aria-label": "Classes" },
     classes.length > KEYS.length ? h("div", { class: "field" }, h("label", { for: "class-filter", class: "small" }, "Filter classes (press /)"), filter) : null,
     h("div", { class: "classes-list" }, classButtons),
+    actButtons,
+    h("label", { class: "check small", for: "single-key-shortcuts" }, shortcutsBox, "Single-key shortcuts"),
     keyHelpBox);
 
   main.append(head, h("div", { class: "label-body" }, viewBox, classPanel));
@@ -114,6 +144,11 @@ export function createView(page, main) {
 
   function keyHelp() {
     const k = (x) => h("kbd", null, x);
+    if (!shortcutsOn()) {
+      fill(keyHelpBox, "Single-key shortcuts are off: ", k("Enter"), " accepts the suggestion, ", k("⌫"), " undoes",
+        state.mode === "grid" ? [", arrows and ", k("Space"), " select"] : "", "; the buttons do the rest.");
+      return;
+    }
     fill(keyHelpBox, state.mode === "grid"
       ? [k("click"), " select · ", k("shift"), "+click range · ", k("Ctrl"), "+", k("A"), " all · ",
         k("1"), "–", k("0"), " label selected · ", k("Enter"), " accept suggestions · ", k("S"), " skip · ", k("Z"), " undo"]
@@ -143,11 +178,11 @@ export function createView(page, main) {
     const entry = state.queue[0];
     if (viewBox.firstChild !== stage) fill(viewBox, stage, caption);
     // The prefetched, decoded image element itself goes on stage: nothing to fetch or decode.
-    stage.replaceChildren(entry.img);
+    stage.replaceChildren(itemElement(entry));
     const guess = guessOf(entry);
     const conf = guess && guess.confidence !== null ? ` (${percent(guess.confidence)})` : "";
     fill(caption,
-      h("span", null, entry.name || `item ${entry.item_id}`),
+      h("span", null, itemName(entry)),
       h("span", { class: "suggestion-text" }, !guess ? "No suggestion"
         : guess.preselected ? ["Suggestion: ", h("b", null, guess.label), conf, " — Enter accepts"]
           : ["Unsure guess: ", h("b", null, guess.label), conf, " — press a class key"]));
@@ -164,18 +199,24 @@ export function createView(page, main) {
 
   function tileFor(entry, index) {
     const selected = state.selected.has(entry.item_id);
-    const s = entry.suggestion && entry.suggestion.label;
+    const guess = guessOf(entry);
+    const conf = guess && guess.confidence !== null ? percent(guess.confidence) : "";
+    // The name says what the tile shows: the suggestion with its confidence, and whether Enter
+    // would take it.
+    const said = !guess ? ", no suggestion"
+      : `, ${guess.preselected ? "suggested" : "unsure guess"}: ${guess.label}${conf ? ` ${conf}` : ""}`;
     const tile = h("div", {
       class: "tile",
       role: "option",
       tabindex: index === state.focus ? "0" : "-1",
       "aria-selected": String(selected),
       "data-item-id": entry.item_id,
-      "aria-label": `${entry.name || entry.item_id}${s ? `, suggested ${s}` : ""}`,
-    }, entry.img,
+      "aria-label": `${itemName(entry)}${said}`,
+    }, itemElement(entry),
+    // The caption's words appear in the name in the same order (WCAG 2.5.3, label in name).
     h("div", { class: "tile-caption" },
-      h("span", null, s || "—"),
-      h("span", null, s && typeof entry.suggestion.confidence === "number" ? percent(entry.suggestion.confidence) : "")));
+      h("span", null, guess ? guess.label : "no suggestion"), conf ? " " : null,
+      h("span", null, conf)));
     tile.addEventListener("click", (e) => onTileClick(e, index));
     tile.addEventListener("focus", () => { state.focus = index; });
     return tile;
@@ -223,7 +264,7 @@ export function createView(page, main) {
   function showEmpty() {
     state.lastShown = null;
     highlightSuggestion(null);
-    const checkAgain = () => page.queue.checkAgain();
+    const checkAgain = () => queue.checkAgain();
     let message;
     if (state.round) {
       const total = state.total ?? state.round.batch_size;
@@ -268,10 +309,10 @@ export function createView(page, main) {
     state.focus = 0;
     state.anchor = 0;
     render();
-    page.queue.ensure();
+    queue.ensure();
   }
-  singleBtn.addEventListener("click", () => setMode("single"));
-  gridBtn.addEventListener("click", () => setMode("grid"));
+  singleBtn.addEventListener("click", clicked(() => setMode("single")));
+  gridBtn.addEventListener("click", clicked(() => setMode("grid")));
 
   return {
     filter, classButtons, gridBox,

@@ -2,16 +2,12 @@
 // and the broker, and users with their roles.
 
 import { ApiError, get, patch, post } from "../api.js";
-import { fill, h, progressBar, statusPill, toast, when } from "../dom.js";
+import { fill, h, progressBar, section, statusPill, toast, visuallyHidden, when } from "../dom.js";
 
 const KINDS = ["import", "round", "coreset", "evaluate"];
 const STATUSES = ["queued", "running", "succeeded", "failed", "canceled"];
 const ROLES = ["annotator", "engineer", "admin"];
 const POLL_MS = 2000;
-
-function section(title, id, ...children) {
-  return h("section", { class: "card", id, "aria-labelledby": `${id}-title` }, h("h2", { id: `${id}-title` }, title), ...children);
-}
 
 export async function renderAdmin(main, ctx) {
   if (ctx.session.user.role !== "admin") {
@@ -180,7 +176,7 @@ export async function renderAdmin(main, ctx) {
       h("div", { class: "table-wrap" }, h("table", { id: "jobs" },
         h("thead", null, h("tr", null,
           h("th", { class: "num" }, "Job"), h("th", null, "Kind"), h("th", null, "Project"), h("th", null, "Status"),
-          h("th", null, "Stage"), h("th", null, "Progress"), h("th", null, "Worker"), h("th", null, "Times"), h("th", null, ""))),
+          h("th", null, "Stage"), h("th", null, "Progress"), h("th", null, "Worker"), h("th", null, "Times"), h("th", null, visuallyHidden("Actions")))),
         jobsBody)),
       jobsNote),
     section("Users and roles", "users-section",

@@ -1,15 +1,24 @@
-// The annotator's labelling view: the batch one image at a time or as a grid, keys for classes,
+// The annotator's labelling view: the batch one item at a time or as a grid, keys for classes,
 // the proxy's suggestion pre-selected, undo, skip, prefetching, and an outbox that survives
-// reloads. This module puts the page together; each concern has its own module in ../label/:
-// queue.js (leases, prefetching, the round's progress), acts.js (label, skip, undo, the outbox),
-// keys.js (the keyboard) and view.js (layout and rendering). They share one `page` object:
-// the project, the mutable `state`, and each other (`page.view`, `page.acts`, `page.queue`).
+// reloads. This module puts the page together; each concern has its own module in ../label/,
+// and their calls go one way only, lower to higher never:
+//
+//   item.js, suggest.js, keymap.js   what an item looks like, the suggestion, the key map
+//   queue.js   leases, prefetching, the round and its progress      (reads the outbox)
+//   acts.js    label, skip, undo, handing labels to the outbox       (calls the queue)
+//   view.js    layout and rendering; its buttons call acts and queue
+//   keys.js    the keyboard; calls acts and view
+//
+// The queue and the acts say what changed through `notify`, which this file passes on to the
+// view; the outbox's answers reach the acts through the handlers wired here.
 
 import { NetworkError, get } from "../api.js";
 import { createActs } from "../label/acts.js";
-import { bindKeys, classKeys } from "../label/keys.js";
+import { bindKeys } from "../label/keys.js";
+import { classKeys } from "../label/keymap.js";
 import { createQueue } from "../label/queue.js";
 import { createView } from "../label/view.js";
+import { Outbox } from "../outbox.js";
 
 const EMPTY_POLL_MS = 10000;
 const PROGRESS_POLL_MS = 15000;
@@ -39,13 +48,34 @@ export async function renderLabel(main, ctx, pidText) {
     stopped: false,
     lastShown: null,
   };
-  const page = { pid, user: ctx.session.user, project, classes: project.classes, state };
-  page.keys = classKeys(page.classes);
-  page.view = createView(page, main);
-  page.acts = createActs(page);
-  page.queue = createQueue(page);
-  const { view, acts, queue } = page;
-  const unbindKeys = bindKeys(page);
+  const keys = classKeys(project.classes);
+  // The view is made last, but nothing is notified before it exists (the first notice comes
+  // from a request started below).
+  let view = null;
+  const notify = (what, arg) => {
+    if (!view) return;
+    if (what === "sync") view.renderSync();
+    else if (what === "round") {
+      view.renderRoundName();
+      view.renderProgress();
+    } else if (what === "items") view.render();
+    else if (what === "empty") view.showEmpty();
+    else if (what === "flash") view.flash(arg);
+  };
+  const outbox = new Outbox({
+    user: ctx.session.user.username,
+    onSent: (...args) => acts.sent(...args),
+    onRejected: (...args) => acts.rejected(...args),
+    onState: ({ offline, pending }) => {
+      state.offline = offline;
+      state.pending = pending;
+      notify("sync");
+    },
+  });
+  const queue = createQueue({ pid, state, outbox, notify });
+  const acts = createActs({ pid, state, outbox, queue, notify });
+  view = createView({ main, project, state, keys, queue, acts });
+  const unbindKeys = bindKeys({ state, classes: project.classes, keys, view, acts, main });
   const timers = [];
 
   const onNetChange = () => {
@@ -63,8 +93,8 @@ export async function renderLabel(main, ctx, pidText) {
   // Labels left in the outbox by an earlier page go first, with their original keys. Their items
   // count as handled here: a queue answer read on the server just before such a label landed
   // can still hold the item after the outbox has let it go.
-  for (const e of acts.outbox.entries()) if (e.project_id === pid) state.handled.add(e.item_id);
-  acts.outbox.pump();
+  for (const e of outbox.entries()) if (e.project_id === pid) state.handled.add(e.item_id);
+  outbox.pump();
   await queue.refreshRound().catch((err) => {
     if (!(err instanceof NetworkError)) throw err;
   });
@@ -86,7 +116,7 @@ export async function renderLabel(main, ctx, pidText) {
 
   return () => {
     state.stopped = true;
-    acts.outbox.stop();
+    outbox.stop();
     for (const t of timers) clearInterval(t);
     unbindKeys();
     window.removeEventListener("online", onNetChange);
