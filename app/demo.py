@@ -3,12 +3,16 @@
 Migrates the database in the data dir, makes the demo users, starts the server and one worker
 (both as ``svplabel`` subprocesses on the embedded broker), and on the first run creates a
 project from scikit-learn's bundled digits, uploaded through the real import API and imported by
-the worker. Prints the address and the logins, and stops both processes on Ctrl-C or SIGTERM.
-Nothing here reaches the network beyond 127.0.0.1.
+the worker. The console shows what a person needs (the steps, the address and the logins, and
+errors); everything the processes log goes to ``demo.log`` in the data dir, which the banner
+names. Ctrl-C or SIGTERM stops the server, the worker and every process they started (a second
+one stops them at once). Nothing here reaches the network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import logging
 import os
@@ -18,6 +22,7 @@ import sys
 import time
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -39,6 +44,12 @@ POOL_SIZE = 1500
 IMAGE_SIZE = 64
 START_TIMEOUT_S = 90
 IMPORT_TIMEOUT_S = 300
+# How long the server and the worker may take to stop before they are killed: the worker
+# finishes the job in hand first (a warm shutdown).
+STOP_TIMEOUT_S = 20
+# Lines of the log shown on the console when a process fails at start.
+LOG_TAIL_LINES = 30
+LOG_NAME = "demo.log"
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,6 @@ def demo_refusal(settings: Settings, *, host: str) -> str | None:
 
 def run_demo(*, host: str = "127.0.0.1", port: int = 8000, allow_demo_logins: bool = False) -> int:
     """Run the demo until interrupted; the exit status."""
-    from app.migrate import upgrade
-
     settings = get_settings()
     refusal = demo_refusal(settings, host=host)
     if refusal and not allow_demo_logins:
@@ -91,36 +100,139 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8000, allow_demo_logins: bo
             file=sys.stderr,
         )
         return 2
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise here
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"data dir: {settings.data_dir}", flush=True)
-    upgrade()
-    ensure_users()
-    env = dict(os.environ, SVP_DATA_DIR=str(settings.data_dir), PYTHONUNBUFFERED="1")
-    env.pop("SVP_INLINE_JOBS", None)
-    procs: list[subprocess.Popen[bytes]] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         # SIGTERM ends the demo as Ctrl-C does: through the same clean-up.
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.data_dir / LOG_NAME
+    _log_to(log_path)
+    say(f"SVP Label demo: data in {settings.data_dir}, the full log in {log_path}")
+    say("migrating the database ...")
+    # Imported once logging goes to the file: Alembic logs as it loads its plugins.
+    from app.migrate import upgrade
+
+    upgrade()
+    ensure_users()
+    env = dict(os.environ, SVP_DATA_DIR=str(settings.data_dir), PYTHONUNBUFFERED="1")
+    env.pop("SVP_INLINE_JOBS", None)
+    children = Children(log_path)
+
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104
     try:
-        procs.append(_spawn(["worker"], env))
-        procs.append(_spawn(["serve", "--no-migrate", "--host", host, "--port", str(port)], env))
-        _wait_healthy(base, procs)
+        say(f"starting the server on {base} and a worker ...")
+        children.spawn("worker", ["worker"], env)
+        children.spawn(
+            "server", ["serve", "--no-migrate", "--host", host, "--port", str(port)], env
+        )
+        _wait_healthy(base, children)
         ensure_project(base)
-        _print_banner(base)
-        while all(p.poll() is None for p in procs):
+        _print_banner(base, log_path)
+        while (exited := children.exited()) is None:
             time.sleep(0.5)
-        print("a demo process exited; stopping", file=sys.stderr)
+        children.fail(f"the {exited} exited")
         return 1
     except KeyboardInterrupt:
-        print("\nstopping the server and the worker", flush=True)
+        say("\nstopping the server and the worker ...")
         return 0
     finally:
-        _stop_all(procs)
+        children.stop(STOP_TIMEOUT_S)
+
+
+def say(line: str) -> None:
+    """A line for the person at the console (the log file gets everything else)."""
+    print(line, flush=True)
+
+
+def _log_to(path: Path) -> None:
+    """Send this process's logging (Alembic's, httpx's) to the log file, not the console."""
+    with open(path, "a") as f:
+        f.write(f"\n---- svplabel demo started {time.strftime('%Y-%m-%d %H:%M:%S')} ----\n")
+    logging.basicConfig(
+        filename=path,
+        level=get_settings().log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise here
+
+
+class Children:
+    """The demo's server and worker: their output to the log file, each in a process group of
+    its own, so that stopping them reaches what they started too (a worker's pool processes)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        """Start ``svplabel <args>`` as the process called ``name``."""
+        with open(self.log_path, "ab") as log:
+            self.procs[name] = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "app.cli", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own group: a signal to the group reaches its children as well. Ctrl-C at
+                # the console reaches only the demo, which stops the groups in order.
+                start_new_session=True,
+                # Run between fork and exec, which is safe while no other thread runs: the demo
+                # starts none before its children.
+                preexec_fn=_end_with_parent,
+            )
+
+    def exited(self) -> str | None:
+        """The name of a process that has exited, or None while all run."""
+        return next((n for n, p in self.procs.items() if p.poll() is not None), None)
+
+    def fail(self, why: str) -> None:
+        """Say on the console why the demo stops, with the end of the log."""
+        with open(self.log_path, errors="replace") as f:
+            tail = f.readlines()[-LOG_TAIL_LINES:]
+        print(f"{why}; the end of {self.log_path}:\n{''.join(tail)}", file=sys.stderr, flush=True)
+
+    def stop(self, timeout: float) -> None:
+        """Ask every group to stop, wait up to ``timeout`` (cut short by another Ctrl-C or
+        SIGTERM), then kill whatever is left of each group."""
+        hurry = False
+
+        def _hurry(signum: int, _frame: FrameType | None) -> None:
+            nonlocal hurry
+            hurry = True
+
+        # A second signal must not abandon the clean-up halfway: it only ends the wait.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _hurry)
+        for p in self.procs.values():
+            _signal_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while not hurry and time.monotonic() < deadline and not self.exited_all():
+            time.sleep(0.1)
+        # The whole group, its leader gone or not: a child it left behind goes too.
+        for p in self.procs.values():
+            _signal_group(p, signal.SIGKILL)
+        for p in self.procs.values():
+            p.wait()
+
+    def exited_all(self) -> bool:
+        """Whether every process has exited."""
+        return all(p.poll() is not None for p in self.procs.values())
+
+
+def _signal_group(p: subprocess.Popen[bytes], sig: int) -> None:
+    # An empty group is gone already (macOS answers EPERM for a group of one zombie).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, sig)
+
+
+def _end_with_parent() -> None:
+    """In a child, before exec: die with the demo even if the demo is killed outright."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def ensure_users() -> None:
@@ -137,7 +249,7 @@ def ensure_project(base: str) -> None:
     try:
         projects = c.get("/api/projects").raise_for_status().json()
         if any(p["name"] == PROJECT_NAME for p in projects):
-            print(f"project {PROJECT_NAME!r} exists; reusing it", flush=True)
+            say(f"project {PROJECT_NAME!r} exists; reusing it")
             return
         project = (
             c.post(
@@ -170,15 +282,14 @@ def ensure_project(base: str) -> None:
             _upload(c, pid, "digits-pool.zip", pool, split="pool", labels=False),
             _upload(c, pid, "digits-test.zip", test, split="test", labels=True),
         ]
-        print("importing the digits on the worker ...", flush=True)
+        say(f"importing {len(CLASSES)} classes of digits on the worker (the first run only) ...")
         for job in jobs:
             done = _wait_job(c, job["id"])
             result = done.get("result") or {}
-            print(
+            say(
                 f"  job {done['id']} {done['status']}: {result.get('added', 0)} added, "
                 f"{result.get('duplicates', 0)} duplicates, "
-                f"{len(result.get('rejected', []))} rejected",
-                flush=True,
+                f"{len(result.get('rejected', []))} rejected"
             )
     finally:
         c.close()
@@ -247,15 +358,12 @@ def _login(base: str, username: str) -> httpx.Client:
     return c
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env)  # noqa: S603
-
-
-def _wait_healthy(base: str, procs: list[subprocess.Popen[bytes]]) -> None:
+def _wait_healthy(base: str, children: Children) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise SystemExit("the server or the worker exited at start; see the log above")
+        if (exited := children.exited()) is not None:
+            children.fail(f"the {exited} exited at start")
+            raise SystemExit(1)
         try:
             health = httpx.get(f"{base}/api/health", timeout=2)
             if health.status_code == 200 and health.json().get("workers"):
@@ -263,27 +371,16 @@ def _wait_healthy(base: str, procs: list[subprocess.Popen[bytes]]) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise SystemExit(f"the server did not answer at {base} within {START_TIMEOUT_S}s")
+    children.fail(f"the server did not answer at {base} within {START_TIMEOUT_S}s")
+    raise SystemExit(1)
 
 
-def _print_banner(base: str) -> None:
+def _print_banner(base: str, log_path: Path) -> None:
     logins = "\n".join(f"    {u.role:<10} {u.username} / {u.password}" for u in USERS)
-    print(
+    say(
         f"\nSVP Label demo is running at {base}/\n"
         f"  logins:\n{logins}\n"
         f"  API docs: {base}/docs\n"
-        "  Ctrl-C stops the server and the worker.\n",
-        flush=True,
+        f"  log: {log_path}\n"
+        "  Ctrl-C stops the server and the worker.\n"
     )
-
-
-def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)

@@ -29,8 +29,9 @@ class EmbeddingStore(RowStore):
         if not backbone or "/" in backbone or backbone.startswith("."):
             # The name is part of a folder name.
             raise ValueError(f"not a usable backbone name: {backbone!r}")
-        if image_size < 1 or dim < 1:
-            raise ValueError(f"image_size and dim must be positive, not {image_size} and {dim}")
+        # A text encoder's store has no input side: 0.
+        if image_size < 0 or dim < 1:
+            raise ValueError(f"need image_size >= 0 and dim >= 1, not {image_size} and {dim}")
         self.backbone = backbone
         self.image_size = image_size
         self.dim = dim

@@ -1,7 +1,7 @@
-"""Backbones on both sides: the server's list matches the engine's registry, a user's bad
-backbone (``SVP_BACKBONES``) fails alone with its reason (in the worker, in the start-up log and
-in ``/api/health`` for admins), and an embedding's input side is bounded by what the backbone uses.
-"""
+"""Users' backbones on both sides: a bad one (``SVP_BACKBONES``) fails alone with its reason (in
+the worker, in the start-up logs and in ``/api/health`` for admins), and an embedding's input
+side is bounded by what the backbone uses. tests/test_embeddings.py compares the server's
+built-in list with the engine's registry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.db import unit_of_work
-from app.embeddings.schemas import BUILTIN_BACKBONES
 from app.embeddings.service import start_embedding
 from app.items.models import Item
 from app.items.storage import ImageFiles
@@ -31,8 +31,8 @@ from app.main import create_app
 from app.projects.models import Project
 from app.settings import Settings, UserBackbones, get_settings
 from svp import backbones
-from svp.backbones import builtin_backbones
 from tests.factories import Factory
+from tests.procs import stack, wait_for
 from worker import embed, runners
 
 
@@ -94,19 +94,6 @@ def add_images(settings: Settings, project_id: int, n: int) -> None:
                     split="pool",
                 )
             )
-
-
-# --- the server's list and the engine's registry ----------------------------------------------
-
-
-def test_the_server_lists_every_engine_builtin_with_its_size_and_wheel() -> None:
-    engine = builtin_backbones()
-    assert set(BUILTIN_BACKBONES) == {n for n, (s, _) in engine.items() if s.modality == "image"}
-    for name, server in BUILTIN_BACKBONES.items():
-        spec, requires = engine[name]
-        assert server.image_size == spec.image_size, name
-        # lite0 is a dependency (always there); the others are listed only with their wheel.
-        assert requires in (None, server.wheel_module), name
 
 
 # --- a bad user backbone fails alone ----------------------------------------------------------
@@ -234,3 +221,29 @@ def test_the_worker_refuses_a_side_above_the_backbones_own(settings: Settings) -
     with pytest.raises(ValueError, match="embeds at 128 px"):
         embed.store("efficientnet_lite0", 1024)
     assert embed.store("efficientnet_lite0", 64).image_size == 64
+
+
+@pytest.mark.slow
+def test_real_server_and_worker_name_a_bad_backbone_at_start(
+    tmp_path: Path, database_url: str, broker_url: str
+) -> None:
+    bad = {"gone": {"arch": "resnet18", "weights": str(tmp_path / "missing.pt")}}
+    env = {"SVP_BACKBONES": json.dumps(bad)}
+    with stack(tmp_path, database_url=database_url, broker_url=broker_url, extra_env=env) as s:
+        server = s.serve()
+        worker = s.worker()
+        wait_for(
+            lambda: "event=backbones usable=" in worker.log(),
+            120,
+            f"the worker never reported its backbones:\n{s.logs()}",
+            worker,
+        )
+        assert "backbone=gone event=unusable" in worker.log()
+        # The built-ins stay usable: the worker lists lite0 among what it can load.
+        assert "usable=efficientnet_lite0" in worker.log()
+        assert "backbone gone is unusable" in server.log()
+        c = httpx.Client(base_url=s.url, timeout=30)
+        assert "backbones" not in c.get("/api/health").json()
+        r = c.post("/api/auth/login", json={"username": "admin", "password": "admin-password"})
+        assert r.status_code == 200, r.text
+        assert set(c.get("/api/health").json()["backbones"]) == {"gone"}

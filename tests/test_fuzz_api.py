@@ -130,8 +130,56 @@ def _zip_of_images(n: int) -> bytes:
     return buf.getvalue()
 
 
+def _text_worker_jobs(factory: Factory, texts: Any) -> list[int]:
+    """A text project's jobs as the worker leaves them (tests/test_e2e_text.py made these
+    shapes): a finished embedding, evaluations with the text targets and a fastText core-set,
+    and failed ones whose retry runs the worker's text paths inline."""
+    linear = {"arch": "linear", "backbone": "glove_6b_50d", "image_size": 0}
+    vdcnn = {"arch": "vdcnn", "epochs": 1, "batch_size": 8, "lr": None, "image_size": 32}
+    fasttext = {"arch": "fasttext", "dim": 100, "epochs": 5, "lr": None, "word_ngrams": 2}
+    jobs = [
+        factory.job(
+            texts,
+            kind="embed",
+            status="succeeded",
+            params={"backbone": "glove_6b_50d", "image_size": 0},
+            result={"backbone": "glove_6b_50d", "image_size": 0, "total": 6, "images": 6},
+        ),
+        factory.job(
+            texts,
+            kind="evaluate",
+            status="succeeded",
+            params={"target": linear, "seed": 1},
+            result={"target": "linear", "labels": 21, "test_items": 15, "accuracy": 1.0},
+        ),
+        factory.job(
+            texts,
+            kind="coreset",
+            status="succeeded",
+            params={"fraction": 0.5, "strategy": "margin", "proxy": fasttext, "seed": 3},
+            result={"items": [], "fraction": 0.5, "strategy": "margin", "proxy": fasttext},
+        ),
+        factory.job(
+            texts,
+            kind="evaluate",
+            status="failed",
+            error="fuzz world",
+            params={"target": {**vdcnn, "backbone": "minilm_l6"}, "seed": 2},
+        ),
+        factory.job(
+            texts,
+            kind="coreset",
+            status="failed",
+            error="fuzz world",
+            params={"fraction": 0.5, "strategy": "kcenter", "proxy": fasttext, "seed": 4},
+        ),
+    ]
+    return [job.id for job in jobs]
+
+
 def build_world(factory: Factory, principal: str) -> World:
-    """A project with imported images, a round in labelling with a label, jobs and a token."""
+    """A project with imported images, a round in labelling with a label, jobs and a token; and
+    a text project with imported texts and a round of its own (DESIGN 4c)."""
     admin = factory.user("admin")
     annotator = factory.user("annotator")
     engineer = factory.user("engineer")
@@ -150,6 +198,24 @@ def build_world(factory: Factory, principal: str) -> World:
 
         items = list(db.scalars(select(Item).where(Item.project_id == project.id)))
     rnd = factory.round_with_selection(project, items[:4])
+    texts = factory.project(
+        engineer, members={annotator: "annotator"}, kind="text", classes=["pos", "neg"]
+    )
+    rows = "text,label\n" + "".join(
+        f"review {i} =1+{i},{'pos' if i % 2 else ''}\n" for i in range(6)
+    )
+    r = c.post(
+        f"/api/projects/{texts.id}/items",
+        files={"file": ("pool.csv", rows.encode(), "text/csv")},
+        data={"split": "pool"},
+    )
+    assert r.status_code == 202, r.text
+    text_job = factory.wait_job(r.json()["id"])
+    assert text_job.status == "succeeded", text_job.error
+    with unit_of_work(write=False) as db:
+        text_items = list(db.scalars(select(Item).where(Item.project_id == texts.id)))
+    text_round = factory.round_with_selection(texts, text_items[:3])
+    text_jobs = _text_worker_jobs(factory, texts)
     failed = factory.job(project, kind="import", status="failed", error="fuzz world")
     ann = factory.client(annotator)
     r = ann.post(f"/api/projects/{project.id}/queue/next", params={"n": 2})
@@ -167,11 +233,11 @@ def build_world(factory: Factory, principal: str) -> World:
     world = World(
         principal=principal,
         ids={
-            "project_id": [project.id],
-            "item_id": [i.id for i in items],
-            "round_id": [rnd.id],
+            "project_id": [project.id, texts.id],
+            "item_id": [i.id for i in items + text_items],
+            "round_id": [rnd.id, text_round.id],
             "label_id": labels,
-            "job_id": [import_job.id, failed.id],
+            "job_id": [import_job.id, failed.id, text_job.id, *text_jobs],
             "user_id": [admin.id, annotator.id, engineer.id],
         },
         memberships=memberships,

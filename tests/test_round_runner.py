@@ -372,7 +372,7 @@ def test_the_api_knows_the_engines_models_strategies_and_backbones() -> None:
     assert set(ROUND_STRATEGIES) == {s.value for s in Strategy} - {"forgetting"}
     assert set(CORESET_STRATEGIES) == {s.value for s in Strategy}
     # The server lists a built-in backbone where its wheel is installed, as the engine does.
-    assert set(known_backbones()) == set(backbone_names())
+    assert set(known_backbones()) == set(backbone_names("image"))
     for name, size in known_backbones().items():
         assert size == get_spec(name).image_size
 

@@ -288,7 +288,7 @@ def test_the_wrong_kind_of_file_imports_nothing_and_says_why(factory: Factory) -
     assert result["rejected"] == [
         {
             "name": "a.csv",
-            "reason": "a text file: this is an image project; texts go in a project of kind 'text'",
+            "reason": "not an image but a text file: texts go in a project of kind 'text'",
         }
     ]
     assert text_rows(text.id) == []

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app.db import unit_of_work
 from app.embeddings.schemas import BUILTIN_BACKBONES, backbone_modality
 from app.items.models import Item
+from app.items.service import item_texts, texts_by_hash
 from app.jobs import dispatch
 from app.jobs.models import Job
 from app.labeling.models import Label
@@ -237,6 +238,20 @@ def test_text_items_in_pages_alone_in_selections_and_in_the_queue(factory: Facto
         (long_item.id, LONG, 560, None),
         (short.id, "short one", 9, None),
     ]
+
+
+def test_a_worker_reads_texts_by_id_or_by_content_hash(factory: Factory) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng, kind="text", classes=["pos", "neg"])
+    items = factory.text_items(project, ["first", LONG])
+    (image,) = factory.items(factory.project(eng), 1)
+    with unit_of_work(write=False) as db:
+        by_id = item_texts(db, item_ids=[items[1].id, items[0].id, image.id, 10**6])
+        assert by_id == {items[0].id: "first", items[1].id: LONG}
+        hashes = [items[1].content_hash, image.content_hash]
+        assert texts_by_hash(db, project_id=project.id, hashes=hashes) == {
+            items[1].content_hash: LONG
+        }
 
 
 def test_image_items_keep_their_shape(factory: Factory) -> None:

@@ -22,8 +22,10 @@ def run_coreset(ctx: JobContext) -> dict[str, Any]:
     pool = read_pool(ctx.project_id, candidates=False)
     if len(pool.labeled) < 2:
         raise ValueError("a core-set needs at least 2 labelled pool items")
-    if spec.linear and strategy == "forgetting":
-        raise ValueError("forgetting events need a proxy trained from scratch, not linear")
+    if spec.embeds and strategy == "forgetting":
+        raise ValueError(
+            f"forgetting events need a proxy trained here epoch by epoch, not {spec.arch}"
+        )
     inputs, fitted = fit_on_labels(
         ctx, pool, spec, seed=seed, track_forgetting=strategy == "forgetting"
     )

@@ -1,4 +1,8 @@
-"""Embedding a project's images with a frozen backbone, the work shared by every free worker.
+"""Embedding a project's items with a frozen backbone, the work shared by every free worker.
+
+Images are decoded from the image store; texts (a text project, a text encoder) are read from
+their rows in the database by content hash, never uploaded again. Both go through the same
+chunks, help requests and content-keyed store (a text store's input side is 0: it has none).
 
 A job that needs embeddings (an ``embed`` job, or a round whose proxy is ``linear``) plans the
 missing images as chunks in the database (``app.embeddings.service``), sends one help request per
@@ -29,17 +33,18 @@ from sqlalchemy import select
 from app.db import unit_of_work, utcnow
 from app.embeddings import service as embeddings
 from app.items.models import Item
+from app.items.service import texts_by_hash
 from app.items.storage import image_path
 from app.jobs.broker import EMBED_HELP_TASK_NAME, send_task
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.jobs.runtime import JobCanceled, JobContext
 from app.settings import BackboneSetting, get_settings
 from svp.backbones import (
-    Backbone,
+    Embedder,
     backbone_names,
     builtin_backbones,
     get_spec,
-    load_backbone,
+    load_embedder,
     register_torchvision_backbone,
 )
 from svp.data import decode_image
@@ -115,10 +120,20 @@ def _usable(name: str) -> None:
         raise BackboneUnusable(f"backbone {name!r} cannot be used: {reason}")
 
 
+def is_text(name: str) -> bool:
+    """Whether a registered backbone embeds texts (its store's input side is 0)."""
+    return get_spec(name).modality == "text"
+
+
 def check_image_size(name: str, image_size: int) -> None:
     """Refuse an input side above the backbone's own: ``embed`` squashes every image to that
     side anyway, so a larger decode only costs memory (a 1,024 px chunk of 512 images is 1.6 GB
-    of pixels) and time, which a chunk's takeover after a stall would then repeat."""
+    of pixels) and time, which a chunk's takeover after a stall would then repeat. A text
+    encoder has no side: 0, the only one its store is kept under."""
+    if is_text(name):
+        if image_size != 0:
+            raise ValueError(f"backbone {name!r} embeds texts: it has no image_size (0)")
+        return
     own = get_spec(name).image_size
     if not 8 <= image_size <= own:
         raise ValueError(
@@ -126,10 +141,11 @@ def check_image_size(name: str, image_size: int) -> None:
         )
 
 
-def backbone(name: str) -> Backbone:
-    """A loaded backbone by name (the weights are read once per process and device)."""
+def backbone(name: str) -> Embedder:
+    """A loaded backbone (image or text) by name; the weights are read once per process and
+    device."""
     _usable(name)
-    return load_backbone(name, device=training.device())
+    return load_embedder(name, device=training.device())
 
 
 @lru_cache(maxsize=8)
@@ -148,7 +164,30 @@ def store(name: str, image_size: int) -> EmbeddingStore:
     return found
 
 
-def embed_files(model: Backbone, keys: Sequence[str], image_size: int) -> torch.Tensor:
+def embed_texts(model: Embedder, keys: Sequence[str], project_id: int) -> torch.Tensor:
+    """Read the texts with these content hashes from the project's rows and embed them."""
+    with unit_of_work(write=False) as db:
+        texts = texts_by_hash(db, project_id=project_id, hashes=list(keys))
+    gone = [k for k in keys if k not in texts]
+    if gone:
+        # Deleted since the chunk was planned: the job cannot give every key a vector.
+        raise LookupError(f"{len(gone)} texts of project {project_id} are gone (e.g. {gone[0]})")
+    threads = get_settings().torch_threads or None
+    return model.embed([texts[k] for k in keys], num_threads=threads)
+
+
+def embed_keys(
+    model: Embedder, keys: Sequence[str], image_size: int, project_id: int | None
+) -> torch.Tensor:
+    """Embed the items with these content hashes: texts from their rows, images from files."""
+    if model.spec.modality == "text":
+        if project_id is None:
+            raise ValueError("texts are read from a project's rows: the job names no project")
+        return embed_texts(model, keys, project_id)
+    return embed_files(model, keys, image_size)
+
+
+def embed_files(model: Embedder, keys: Sequence[str], image_size: int) -> torch.Tensor:
     """Decode the images with these content hashes at ``image_size`` and embed them."""
     images_dir = get_settings().images_dir
 
@@ -175,6 +214,7 @@ def work_chunks(
     model = backbone(name)
     target = store(name, image_size)
     stale = timedelta(seconds=get_settings().worker_dead_after_seconds)
+    project_id = _job_project(job_id) if model.spec.modality == "text" else None
     done = 0
     while wanted is None or wanted():
         with unit_of_work() as db:
@@ -186,13 +226,20 @@ def work_chunks(
         chunk_id, keys = claimed
         missing = target.missing(keys)
         if missing:
-            target.add(missing, embed_files(model, missing, image_size))
+            target.add(missing, embed_keys(model, missing, image_size, project_id))
         with unit_of_work() as db:
             embeddings.finish_chunk(db, chunk_id=chunk_id)
         done += 1
         if on_chunk is not None:
             on_chunk()
     return done
+
+
+def _job_project(job_id: int) -> int | None:
+    """The project a job belongs to: the rows a text chunk's keys are read from."""
+    with unit_of_work(write=False) as db:
+        job = db.get(Job, job_id)
+        return None if job is None else job.project_id
 
 
 def _wanted(job_id: int) -> bool:
@@ -295,7 +342,7 @@ def ensure_embeddings(
     target.refresh()
     still = target.missing(keys)
     if still:
-        raise RuntimeError(f"{len(still)} images have no embedding after every chunk was done")
+        raise RuntimeError(f"{len(still)} items have no embedding after every chunk was done")
     if report is not None:
         report.images = len(missing)
         report.seconds = time.perf_counter() - started
@@ -305,7 +352,8 @@ def ensure_embeddings(
 
 
 def run_embed(ctx: JobContext) -> dict[str, Any]:
-    """The ``embed`` job: every image of the project that the store lacks, fanned out."""
+    """The ``embed`` job: every item (image or text) of the project that the store lacks, fanned
+    out."""
     assert ctx.project_id is not None
     name, image_size = str(ctx.params["backbone"]), int(ctx.params["image_size"])
     with unit_of_work(write=False) as db:

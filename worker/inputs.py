@@ -4,6 +4,12 @@ The three runners (``worker/rounds.py``, ``worker/coresets.py``, ``worker/evalua
 one path: read the pool (``read_pool``), turn it into the engine's inputs (``load_inputs``: uint8
 pixels for a proxy trained from scratch, a backbone's embeddings for a ``linear`` one or a
 clustering strategy), and fit a model on the labelled rows (``fit``).
+
+Text projects (DESIGN 4c) take the same path: a ``linear`` proxy or target reads a text
+encoder's embeddings; ``fasttext`` is trained on the labelled texts and its probabilities are
+joined to the encoder's embeddings as one input row per item (``ProbColumns``), so every
+strategy, the suggestions and the test accuracy work on it as on any model; ``vdcnn`` targets
+train on character codes (``svp.vdcnn.encode_texts``). Texts are read from their rows.
 """
 
 from __future__ import annotations
@@ -15,25 +21,33 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from sqlalchemy import select
-from torch import nn
+from torch import Tensor, nn
 
 from app.db import unit_of_work
 from app.embeddings.schemas import known_backbones
 from app.items.models import Item, Split
+from app.items.service import item_texts
 from app.items.storage import image_path
 from app.jobs.runtime import JobContext
-from app.projects.models import Project
+from app.projects.models import Project, ProjectKind
 from app.rounds import service as rounds
 from app.settings import get_settings
 from svp.data import ImageStore
+from svp.fasttext_proxy import FastTextConfig, fit_fasttext
 from svp.heads import fit_linear_head
+from svp.vdcnn import PAPER_MAX_LENGTH, encode_texts, fit_text_target, vdcnn_config
 from worker import training
 from worker.embed import EmbeddingReport, ensure_embeddings
 
 # Images decoded per progress report while the cache fills: a report is one tiny transaction.
 LOAD_CHUNK = 2048
+# Item ids per query when texts are read by id (SQLite's bound-parameter limit is far above).
+TEXT_CHUNK = 500
+# The smallest log-probability fastText's rows are given (a class it never saw has 0).
+LOG_FLOOR = 1e-12
 
 
 class PoolRow(NamedTuple):
@@ -49,6 +63,7 @@ class Pool:
     """What a runner reads from the database."""
 
     classes: list[str]
+    kind: str = ProjectKind.image
     candidates: list[PoolRow] = field(default_factory=list)  # unlabelled, not in an open batch
     labeled: list[PoolRow] = field(default_factory=list)
     test: list[PoolRow] = field(default_factory=list)
@@ -57,6 +72,10 @@ class Pool:
     def keys(self) -> list[str]:
         """Content hashes in input order: candidates, labelled, test."""
         return [r.key for r in (*self.candidates, *self.labeled, *self.test)]
+
+    def rows(self) -> list[PoolRow]:
+        """Every row in input order: candidates, labelled, test."""
+        return [*self.candidates, *self.labeled, *self.test]
 
 
 @dataclass(frozen=True)
@@ -69,23 +88,79 @@ class TrainSpec:
     epochs: int = 1
     batch_size: int = 128
     lr: float | None = None
+    # fastText only: word vectors' dimension and the longest word n-gram.
+    dim: int | None = None
+    word_ngrams: int | None = None
 
     @classmethod
     def from_proxy(cls, proxy: dict[str, Any]) -> TrainSpec:
         """From a round's stored ``proxy`` (app.rounds.service.resolve_proxy's output)."""
+        size = proxy.get("image_size")
         return cls(
             arch=str(proxy["arch"]),
-            image_size=int(proxy.get("image_size") or 32),
+            # 0 is a text encoder's side (it has none), not a missing one.
+            image_size=32 if size is None else int(size),
             backbone=proxy.get("backbone"),
             epochs=int(proxy.get("epochs") or 1),
             batch_size=int(proxy.get("batch_size") or 128),
             lr=proxy.get("lr"),
+            dim=proxy.get("dim"),
+            word_ngrams=proxy.get("word_ngrams"),
         )
 
     @property
     def linear(self) -> bool:
         """Whether this is a head on a frozen backbone's embeddings."""
         return self.arch == "linear"
+
+    @property
+    def fasttext(self) -> bool:
+        """Whether this is the fastText text proxy (trained on words, joined to embeddings)."""
+        return self.arch == "fasttext"
+
+    @property
+    def vdcnn(self) -> bool:
+        """Whether this is a character-level text target (``vdcnn``, ``vdcnn17``, ``vdcnn29``)."""
+        return self.arch.startswith("vdcnn")
+
+    @property
+    def embeds(self) -> bool:
+        """Whether its inputs are a backbone's embeddings (so clustering needs no other)."""
+        return self.linear or self.fasttext
+
+    def fasttext_config(self, seed: int) -> FastTextConfig:
+        """fastText's settings from this proxy's, the engine's defaults for what it leaves out."""
+        given: dict[str, Any] = {"epochs": self.epochs, "seed": seed}
+        if self.dim is not None:
+            given["dim"] = int(self.dim)
+        if self.word_ngrams is not None:
+            given["word_ngrams"] = int(self.word_ngrams)
+        if self.lr is not None:
+            given["lr"] = float(self.lr)
+        return FastTextConfig(**given)
+
+
+class ProbColumns(nn.Module):
+    """A model over precomputed rows ``[embedding | log-probabilities]``: it returns the log-
+    probabilities as logits and the embedding as features, so a proxy that is not a torch
+    module over a tensor pool (fastText) goes through ``svp.select``/``evaluate`` unchanged:
+    uncertainty reads its probabilities, k-centre and the clustered strategies the embeddings."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        # predict() looks at the first parameter for its memory layout; this one is never used.
+        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (the stored log-probabilities) and features (the embedding) of the rows."""
+        return x[:, self.features :], x[:, : self.features]
+
+
+def join_probs(embeddings: Tensor, probs: np.ndarray) -> Tensor:
+    """Rows ``[embedding | log-probabilities]`` for ``ProbColumns``."""
+    logp = torch.from_numpy(np.log(np.clip(probs, LOG_FLOOR, None))).float()
+    return torch.cat([embeddings.float(), logp], dim=1)
 
 
 @dataclass
@@ -96,6 +171,8 @@ class Fitted:
     forgetting: torch.Tensor | None
     seconds: float
     calibration: dict[str, Any] | None = None
+    # What the round's metrics add about the proxy (fastText: the backend that trained).
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def read_pool(project_id: int, *, candidates: bool) -> Pool:
@@ -106,7 +183,7 @@ def read_pool(project_id: int, *, candidates: bool) -> Pool:
             raise LookupError(f"project {project_id} no longer exists")
         classes = list(project.classes)
         index = {c: i for i, c in enumerate(classes)}
-        pool = Pool(classes=classes)
+        pool = Pool(classes=classes, kind=project.kind)
         open_batches = rounds.open_batch_items(project_id)
         rows = db.execute(
             select(Item.id, Item.content_hash, Item.split, Item.label, Item.id.in_(open_batches))
@@ -161,20 +238,47 @@ def load_embeddings(
     """The backbone's embeddings of the keys, embedding what is missing first (fanned out)."""
     if spec.backbone is None:
         raise ValueError("this proxy names no backbone to embed with")
-    # A from-scratch proxy with a clustering strategy embeds at the backbone's own side.
+    # A from-scratch proxy with a clustering strategy embeds at the backbone's own side (a
+    # text encoder's is 0).
     size = spec.image_size if spec.linear else known_backbones()[spec.backbone]
     store = ensure_embeddings(ctx, keys, spec.backbone, size, report=report)
     return store.load(list(keys)) if keys else torch.empty(0, 0)
 
 
+def load_texts(rows: Sequence[PoolRow]) -> list[str]:
+    """The whole text of each row's item, in order, read from the database by item id."""
+    texts: dict[int, str] = {}
+    ids = [r.item_id for r in rows]
+    for start in range(0, len(ids), TEXT_CHUNK):
+        with unit_of_work(write=False) as db:
+            texts.update(item_texts(db, item_ids=ids[start : start + TEXT_CHUNK]))
+    gone = [i for i in ids if i not in texts]
+    if gone:
+        raise LookupError(f"{len(gone)} text items are gone (e.g. item {gone[0]})")
+    return [texts[i] for i in ids]
+
+
+def load_codes(ctx: JobContext, rows: Sequence[PoolRow]) -> torch.Tensor:
+    """VDCNN's character codes of the rows' texts: uint8, as long as the longest text up to the
+    paper's 1,014 characters (short texts need no 1,014 columns of padding)."""
+    ctx.progress("loading", 0.0)
+    texts = load_texts(rows)
+    longest = max((len(t) for t in texts), default=1)
+    codes = encode_texts(texts, max_length=min(PAPER_MAX_LENGTH, max(longest, 1)))
+    ctx.progress("loading", 1.0)
+    return codes
+
+
 def load_inputs(
     ctx: JobContext, pool: Pool, spec: TrainSpec, report: EmbeddingReport | None = None
 ) -> torch.Tensor:
-    """The engine's input rows for candidates, labelled and test items, in that order."""
-    keys = pool.keys()
-    if spec.linear:
-        return load_embeddings(ctx, keys, spec, report)
-    return load_pixels(ctx, keys, spec.image_size)
+    """The engine's input rows for candidates, labelled and test items, in that order (the
+    embeddings alone for ``fasttext``: ``fit_pool`` joins its probabilities)."""
+    if spec.embeds:
+        return load_embeddings(ctx, pool.keys(), spec, report)
+    if spec.vdcnn:
+        return load_codes(ctx, pool.rows())
+    return load_pixels(ctx, pool.keys(), spec.image_size)
 
 
 def label_tensor(rows: Sequence[PoolRow]) -> torch.Tensor:
@@ -203,6 +307,24 @@ def fit(
     """Fit the proxy (or target) on the labelled rows: a calibrated head, or a net from scratch."""
     started = time.perf_counter()
     ctx.progress("training", 0.0)
+    if spec.vdcnn:
+        config = vdcnn_config(
+            spec.epochs,
+            seed=seed,
+            batch_size=spec.batch_size,
+            device=str(training.device()),
+            **({} if spec.lr is None else {"lr": spec.lr}),
+        )
+        report = _epoch_reporter(ctx, "training", spec.epochs)
+        text_fit = fit_text_target(
+            spec.arch,
+            y,
+            num_classes,
+            config,
+            codes=x,
+            progress=lambda epoch, *_: report(epoch),
+        )
+        return Fitted(text_fit.model, None, time.perf_counter() - started)
     if spec.linear:
         head = fit_linear_head(x, y, num_classes, seed=seed)
         ctx.progress("training", 1.0)
@@ -228,19 +350,59 @@ def fit(
     return Fitted(trained.model, trained.forgetting, time.perf_counter() - started)
 
 
-def fit_on_labels(
-    ctx: JobContext, pool: Pool, spec: TrainSpec, *, seed: int, track_forgetting: bool = False
+def fit_fasttext_rows(
+    ctx: JobContext, pool: Pool, spec: TrainSpec, embeddings: torch.Tensor, *, seed: int
 ) -> tuple[torch.Tensor, Fitted]:
-    """Inputs of a pool read without candidates (labelled rows, then test) and a model fitted."""
-    assert not pool.candidates, "the labelled rows must come first"
-    inputs = load_inputs(ctx, pool, spec)
+    """fastText trained from scratch on the labelled texts, its probabilities for every row
+    joined to the rows' embeddings; the joined rows and a ``ProbColumns`` model over them."""
+    started = time.perf_counter()
+    ctx.progress("training", 0.0)
+    texts = load_texts(pool.rows())
+    n_cand, n_lab = len(pool.candidates), len(pool.labeled)
+    proxy = fit_fasttext(
+        texts[n_cand : n_cand + n_lab],
+        [r.label for r in pool.labeled],
+        len(pool.classes),
+        spec.fasttext_config(seed),
+    )
+    ctx.progress("training", 1.0)
+    seconds = time.perf_counter() - started
+    ctx.progress("scoring", 0.0)
+    rows = join_probs(embeddings, proxy.predict_proba(texts))
+    model = ProbColumns(embeddings.shape[1])
+    return rows, Fitted(model, None, seconds, details={"proxy_backend": proxy.backend})
+
+
+def fit_pool(
+    ctx: JobContext,
+    pool: Pool,
+    spec: TrainSpec,
+    *,
+    seed: int,
+    track_forgetting: bool = False,
+    report: EmbeddingReport | None = None,
+) -> tuple[torch.Tensor, Fitted]:
+    """Inputs of every row of a pool (candidates, labelled, test) and a model fitted on the
+    labelled ones; a model's rows for a fastText proxy (``fit_fasttext_rows``)."""
+    inputs = load_inputs(ctx, pool, spec, report)
+    if spec.fasttext:
+        return fit_fasttext_rows(ctx, pool, spec, inputs, seed=seed)
+    n_cand = len(pool.candidates)
     fitted = fit(
         ctx,
         spec,
-        inputs[: len(pool.labeled)],
+        inputs[n_cand : n_cand + len(pool.labeled)],
         label_tensor(pool.labeled),
         num_classes=len(pool.classes),
         seed=seed,
         track_forgetting=track_forgetting,
     )
     return inputs, fitted
+
+
+def fit_on_labels(
+    ctx: JobContext, pool: Pool, spec: TrainSpec, *, seed: int, track_forgetting: bool = False
+) -> tuple[torch.Tensor, Fitted]:
+    """Inputs of a pool read without candidates (labelled rows, then test) and a model fitted."""
+    assert not pool.candidates, "the labelled rows must come first"
+    return fit_pool(ctx, pool, spec, seed=seed, track_forgetting=track_forgetting)

@@ -32,10 +32,9 @@ from worker.embed import EmbeddingReport
 from worker.inputs import (
     Pool,
     TrainSpec,
-    fit,
+    fit_pool,
     label_tensor,
     load_embeddings,
-    load_inputs,
     load_pixels,
     read_pool,
 )
@@ -108,7 +107,7 @@ def _cold_strategy(plan: RoundPlan) -> str:
     """The first batch's strategy: the setting, with ``auto`` resolved by the inputs at hand."""
     if plan.cold_start != "auto":
         return plan.cold_start
-    clusters = plan.spec.linear or plan.strategy in EMBEDDING_STRATEGIES
+    clusters = plan.spec.embeds or plan.strategy in EMBEDDING_STRATEGIES
     return "typiclust" if clusters and plan.spec.backbone else "random"
 
 
@@ -124,8 +123,10 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
     n_cand, n_lab = len(pool.candidates), len(pool.labeled)
     cold = _cold_strategy(plan) if n_lab == 0 else None
     embedded = EmbeddingReport()
-    # Clustering on a from-scratch proxy's first batch needs a backbone's embeddings too.
-    if cold == "typiclust" or (cold == "kcenter" and spec.linear):
+    fitted = None
+    # Clustering on a from-scratch proxy's first batch needs a backbone's embeddings too; texts
+    # are only ever clustered on their encoder's embeddings.
+    if cold == "typiclust" or (cold == "kcenter" and (spec.embeds or pool.kind == "text")):
         inputs = load_embeddings(ctx, pool.keys(), spec, embedded)
     elif cold == "kcenter":
         inputs = load_pixels(ctx, [r.key for r in pool.candidates], spec.image_size)
@@ -133,8 +134,11 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
         # A random first batch reads no image at all: one placeholder column per candidate.
         inputs = torch.zeros(n_cand, 1)
     else:
-        inputs = load_inputs(ctx, pool, spec, embedded)
-    timings["seconds_loading"] = time.perf_counter() - started - embedded.seconds
+        # The proxy's fitting is timed on its own below (seconds_training).
+        inputs, fitted = fit_pool(ctx, pool, spec, seed=plan.seed, report=embedded)
+    timings["seconds_loading"] = (
+        time.perf_counter() - started - embedded.seconds - (fitted.seconds if fitted else 0.0)
+    )
     timings["seconds_embedding"] = embedded.seconds
 
     metrics: dict[str, Any] = {
@@ -144,7 +148,7 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
         "test_labeled": len(pool.test),
         "seed": plan.seed,
         "arch": spec.arch,
-        "backbone": spec.backbone if spec.linear else None,
+        "backbone": spec.backbone if spec.embeds else None,
         "epochs": None if spec.linear else spec.epochs,
         "strategy": plan.strategy,
         "device": str(training.device()),
@@ -160,16 +164,10 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
         result = svp.cold_start(inputs[:n_cand], k, cold, seed=plan.seed)
         timings["seconds_selecting"] = time.perf_counter() - started
     else:
-        fitted = fit(
-            ctx,
-            spec,
-            inputs[n_cand : n_cand + n_lab],
-            label_tensor(pool.labeled),
-            num_classes=len(pool.classes),
-            seed=plan.seed,
-        )
+        assert fitted is not None
         timings["seconds_training"] = fitted.seconds
         metrics["calibration"] = fitted.calibration
+        metrics.update(fitted.details)
         ctx.progress("scoring", 0.0)
         # Candidates first, then the labelled set: k-centre starts its cover from the labelled
         # items, and the mask keeps every one of them out of the batch.

@@ -31,10 +31,16 @@ def start_coreset(
     if int(fraction * labeled) < 1:
         raise Invalid(f"fraction {fraction} of {labeled} labelled items chooses nothing")
     resolved = resolve_proxy(project_settings(project), proxy, kind=project.kind)
-    if resolved["arch"] == "linear" and strategy == "forgetting":
+    if resolved["arch"] in ("linear", "fasttext") and strategy == "forgetting":
+        # fastText trains inside its library: no epoch-by-epoch predictions to count them from.
         raise Invalid(
-            "forgetting events are counted while a proxy trains from scratch; "
-            "name one (e.g. proxy.arch tiny_cnn) or choose another strategy"
+            "forgetting events are counted while a proxy trains from scratch here, epoch by "
+            f"epoch, not with {resolved['arch']}; "
+            + (
+                "choose another strategy on a text project"
+                if project.kind == "text"
+                else "name one (e.g. proxy.arch tiny_cnn) or choose another strategy"
+            )
         )
     return create_job(
         db,

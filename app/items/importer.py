@@ -4,7 +4,7 @@ Runs in a worker (or the server's stopgap pool) from the job's params alone. Eac
 read as entries (``entries.py``; a zip's files by ``archive.py``), each entry decoded and checked
 here. Items are committed in short batches together with a checkpoint in the job's row, so a
 re-run after a crash resumes where the last batch ended and counts exactly what a single run
-would have counted.
+would have counted (``import_job.py``, shared with a text project's import, ``text_import.py``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -29,8 +29,10 @@ from app.db import unit_of_work, utcnow
 from app.embeddings.service import embed_new_images
 from app.items import archive
 from app.items.entries import Entry, Rejected, single_file
-from app.items.models import Item, Split
+from app.items.import_job import Batch, ImportBase, Tally
+from app.items.models import Item
 from app.items.storage import ImageFiles, discard
+from app.items.text_import import TextImportRun
 from app.items.text_reader import wrong_kind_reason
 from app.jobs.models import Job
 from app.jobs.runtime import JobContext
@@ -43,10 +45,6 @@ log = logging.getLogger(__name__)
 # Rows per transaction: short enough that SQLite's write lock is held for milliseconds while
 # annotators are submitting labels, long enough that 50,000 items take ~125 commits.
 BATCH_SIZE = 400
-# Progress is written at most this often (fraction of the work), besides once per batch.
-PROGRESS_STEP = 0.02
-# The result lists this many rejected files by name; the count covers them all.
-MAX_REJECTED_LISTED = 1000
 # A batch closes early past this many image bytes, bounding what waits in memory for the disk.
 MAX_BATCH_BYTES = 64 << 20
 
@@ -61,53 +59,6 @@ MEDIA_TYPES = {
 # Core tables for the bulk inserts (declarative classes always map a Table).
 ITEMS = cast(Table, Item.__table__)
 LABELS = cast(Table, Label.__table__)
-
-
-@dataclass
-class Tally:
-    """What the import has done so far; stored in the job's row as the checkpoint and result."""
-
-    total: int = 0
-    processed: int = 0
-    added: int = 0
-    duplicates: int = 0
-    labeled: int = 0
-    rejected: list[dict[str, str]] = field(default_factory=list)
-    rejected_count: int = 0
-
-    def reject(self, name: str, reason: str) -> None:
-        """Count a refused file, and list it while the list is short enough to read."""
-        self.rejected_count += 1
-        if len(self.rejected) < MAX_REJECTED_LISTED:
-            # A NUL (an archive entry's name) cannot be stored in the result's JSON.
-            self.rejected.append({"name": name.replace("\x00", "\ufffd"), "reason": reason})
-
-    def as_result(self) -> dict[str, Any]:
-        """The job's result: the contract's ``{added, duplicates, rejected}`` and counts."""
-        return {
-            "added": self.added,
-            "duplicates": self.duplicates,
-            "rejected": list(self.rejected),
-            "rejected_count": self.rejected_count,
-            "labeled": self.labeled,
-            "processed": self.processed,
-            "total": self.total,
-        }
-
-    @classmethod
-    def from_result(cls, result: dict[str, Any] | None) -> Tally:
-        """Resume from a checkpoint (an empty tally when there is none)."""
-        if not result:
-            return cls()
-        return cls(
-            total=int(result.get("total", 0)),
-            processed=int(result.get("processed", 0)),
-            added=int(result.get("added", 0)),
-            duplicates=int(result.get("duplicates", 0)),
-            labeled=int(result.get("labeled", 0)),
-            rejected=list(result.get("rejected", [])),
-            rejected_count=int(result.get("rejected_count", 0)),
-        )
 
 
 @dataclass
@@ -131,8 +82,9 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
         project = db.get(Project, ctx.project_id) if ctx.project_id is not None else None
         if job is None or project is None:
             raise LookupError(f"job {ctx.job_id} or its project is gone")
-        text_project = project.kind == ProjectKind.text
-        run = ImportRun(
+        # A text project reads text records where an image project decodes image files.
+        kind = TextImportRun if project.kind == ProjectKind.text else ImportRun
+        run = kind(
             ctx,
             project_id=project.id,
             classes=set(project.classes),
@@ -153,13 +105,7 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
         (_inside(settings.uploads_dir, f["path"]), str(f["name"])) for f in ctx.params["files"]
     ]
     started = time.perf_counter()
-    if text_project:
-        # Imported here: text_import builds on this module (its run is an ImportRun).
-        from app.items.text_import import TextImportRun
-
-        result = TextImportRun.from_run(run).run(files)
-    else:
-        result = run.run(files)
+    result = run.run(files)
     log.info(
         "import job %s: %s added, %s duplicates, %s rejected of %s in %.1fs",
         ctx.job_id,
@@ -177,49 +123,22 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
     return result
 
 
-@dataclass
-class _Batch:
-    """Entries up to ``upto`` (a position in the upload) and what they came to, uncommitted."""
-
-    accepted: list[Any] = field(default_factory=list)  # Accepted, or text_import's AcceptedText
-    duplicates: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    upto: int = 0
-    entries: int = 0
-    bytes: int = 0
-
-
-class ImportRun:
-    """One run of an import job over its files, from its checkpoint to the end.
+class ImportRun(ImportBase):
+    """One run of an import job over image files, from its checkpoint to the end.
 
     Two stages overlap: this thread reads and decodes batch N+1 while a writer thread stores the
     files of batch N (file creation is kernel time and frees the GIL); batch N's rows commit once
     its files are on disk, so a visible item always has its file.
     """
 
-    def __init__(
-        self,
-        ctx: JobContext,
-        *,
-        project_id: int,
-        classes: set[str],
-        uploader: int | None,
-        tally: Tally,
-    ) -> None:
+    def prepare(self) -> None:
+        """The pixel and size limits and the image store."""
         settings = get_settings()
-        self.ctx = ctx
-        self.project_id = project_id
-        self.classes = classes
-        self.uploader = uploader
-        self.tally = tally
-        self.split = Split(ctx.params.get("split", Split.pool))
-        self.from_folders = bool(ctx.params.get("labels_from_folders", False))
         self.max_pixels = settings.max_image_pixels
         # No image within the pixel limit needs more than 8 bytes a pixel, plus headers.
         self.entry_limit = self.max_pixels * 8 + (1 << 20)
         self.store = ImageFiles(settings.images_dir)
         self.seen: set[str] = set()
-        self.reported = -1.0
 
     def run(self, files: list[tuple[Path, str]]) -> dict[str, Any]:
         """Import every entry after the checkpoint, committing batch by batch."""
@@ -229,8 +148,8 @@ class ImportRun:
         self.tally.total = sum(_count_entries(path, name) for path, name in files)
         resume_after = self.tally.processed
         position = 0
-        batch = _Batch()
-        in_flight: tuple[_Batch, Future[None]] | None = None
+        batch = Batch()
+        in_flight: tuple[Batch, Future[None]] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svp-import-io") as io_pool:
             for path, name in files:
                 for entry in _entries(path, name, entry_limit=self.entry_limit):
@@ -243,14 +162,14 @@ class ImportRun:
                         if in_flight is not None:
                             self._commit(*in_flight)
                         in_flight = (batch, io_pool.submit(self._write, batch))
-                        batch = _Batch()
+                        batch = Batch()
             if in_flight is not None:
                 self._commit(*in_flight)
             batch.upto = max(batch.upto, position)
             self._commit(batch, io_pool.submit(self._write, batch))
         return self.tally.as_result()
 
-    def _examine_into(self, batch: _Batch, entry: Entry) -> None:
+    def _examine_into(self, batch: Batch, entry: Entry) -> None:
         batch.entries += 1
         try:
             data = entry.content()
@@ -272,35 +191,12 @@ class ImportRun:
         batch.accepted.append(accepted)
         batch.bytes += len(data)
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: Batch) -> None:
         for accepted in batch.accepted:
             self.store.put(accepted.content_hash, accepted.data)
             accepted.data = b""  # the bytes are on disk; let them go
 
-    def _commit(self, batch: _Batch, written: Future[None] | None) -> None:
-        if written is not None:
-            written.result()  # re-raises a failed write: better no job than an item without file
-        tally = self.tally
-        with unit_of_work() as db:
-            added, labeled = self._insert(db, batch.accepted)
-            # Not added: already in the project (an earlier upload, or a concurrent one).
-            tally.duplicates += batch.duplicates + len(batch.accepted) - added
-            tally.added += added
-            tally.labeled += labeled
-            for name, reason in batch.rejected:
-                tally.reject(name, reason)
-            tally.processed = batch.upto
-            # The checkpoint commits with the rows it describes: a re-run resumes exactly here.
-            db.execute(
-                update(Job).where(Job.id == self.ctx.job_id).values(result=tally.as_result())
-            )
-        fraction = tally.processed / tally.total if tally.total else 1.0
-        if fraction - self.reported >= PROGRESS_STEP or fraction >= 1.0:
-            self.ctx.progress("importing", fraction)  # also where a cancel request stops it
-            self.reported = fraction
-
     def _insert(self, db: Session, accepted: list[Any]) -> tuple[int, int]:
-        """Insert a batch's new items (and their labels): (items added, labels added)."""
         return _insert_items(
             db, accepted, project_id=self.project_id, split=self.split, uploader=self.uploader
         )

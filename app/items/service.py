@@ -217,6 +217,19 @@ def item_texts(db: Session, *, item_ids: list[int]) -> dict[int, str]:
     return {item_id: text for item_id, text in rows.tuples() if text is not None}
 
 
+def texts_by_hash(db: Session, *, project_id: int, hashes: list[str]) -> dict[str, str]:
+    """The whole text behind each content hash of a project's text items: what an embedding
+    job, whose chunks carry content hashes, embeds. Hashes not found are left out."""
+    if not hashes:
+        return {}
+    rows = db.execute(
+        select(Item.content_hash, Item.text).where(
+            Item.project_id == project_id, Item.content_hash.in_(hashes), Item.text.is_not(None)
+        )
+    )
+    return {digest: text for digest, text in rows.tuples() if text is not None}
+
+
 def item_labels(db: Session, *, item_id: int) -> list[tuple[Label, str | None]]:
     """An item's live labels, newest first, with their authors' usernames."""
     rows = db.execute(

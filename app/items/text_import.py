@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.items.importer import ImportRun, _Batch
+from app.items.import_job import Batch, ImportBase
 from app.items.models import TEXT_MEDIA_TYPE
 from app.items.text_reader import TextReader
 from app.labeling.models import LabelSource
@@ -120,27 +120,16 @@ def insert_texts(
     return len(new), len(labelled)
 
 
-class TextImportRun(ImportRun):
+class TextImportRun(ImportBase):
     """One run of an import job into a text project, from its checkpoint to the end."""
 
-    reader: TextReader
-
-    @classmethod
-    def from_run(cls, run: ImportRun) -> TextImportRun:
-        """The text run of the job ``run`` was set up for (its context, project and tally)."""
-        text_run = cls(
-            run.ctx,
-            project_id=run.project_id,
-            classes=run.classes,
-            uploader=run.uploader,
-            tally=run.tally,
-        )
-        text_run.reader = TextReader(
-            classes=run.classes,
+    def prepare(self) -> None:
+        """The reader of text records, for the project's classes and the text limit."""
+        self.reader = TextReader(
+            classes=self.classes,
             max_chars=get_settings().max_text_chars,
-            from_folders=run.from_folders,
+            from_folders=self.from_folders,
         )
-        return text_run
 
     def _insert(self, db: Session, accepted: list[Any]) -> tuple[int, int]:
         return insert_texts(
@@ -152,7 +141,7 @@ class TextImportRun(ImportRun):
         self.tally.total = self.reader.survey(files)
         resume_after = self.tally.processed
         position = 0
-        batch, chars, seen = _Batch(), 0, set[str]()
+        batch, chars, seen = Batch(), 0, set[str]()
         for record in self.reader.records(files):
             position += 1
             if position <= resume_after:
@@ -173,7 +162,7 @@ class TextImportRun(ImportRun):
                     chars += len(record.text)
             if batch.entries >= TEXT_BATCH_ROWS or chars >= TEXT_BATCH_CHARS:
                 self._commit(batch, None)
-                batch, chars, seen = _Batch(), 0, set()
+                batch, chars, seen = Batch(), 0, set()
         batch.upto = max(batch.upto, position)
         self._commit(batch, None)
         return self.tally.as_result()

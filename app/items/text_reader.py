@@ -72,7 +72,7 @@ def kind_mismatch(kind: str, names: list[str]) -> str | None:
 def wrong_kind_reason(name: str) -> str | None:
     """Why an image project refuses a file by its name (a text file), or None."""
     if name.lower().endswith(TEXT_SUFFIXES):
-        return "a text file: this is an image project; texts go in a project of kind 'text'"
+        return "not an image but a text file: texts go in a project of kind 'text'"
     return None
 
 
