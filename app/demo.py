@@ -37,7 +37,7 @@ from app.auth.models import Role, User
 from app.auth.service import create_user
 from app.db import unit_of_work
 from app.demo_texts import CLASSES as TEXT_CLASSES
-from app.demo_texts import support_csvs
+from app.demo_texts import POOL_PER_CLASS, TEST_PER_CLASS, support_csvs
 from app.settings import Settings, get_settings
 
 PROJECT_NAME = "Digits (demo)"
@@ -55,6 +55,8 @@ STOP_TIMEOUT_S = 20
 # Lines of the log shown on the console when a process fails at start.
 LOG_TAIL_LINES = 30
 LOG_NAME = "demo.log"
+# While the first run imports, what the worker does is said at most this often.
+PROGRESS_EVERY_S = 15
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,7 @@ class DemoProject:
     """A project the demo makes on its first run: what to create and what to upload."""
 
     create: dict[str, Any]
-    # For the console: "10 classes of digits".
+    # For the console, after "importing": what, how many to label and how many to test on.
     what: str
     uploads: Callable[[], list[Upload]]
 
@@ -308,7 +310,7 @@ DEMO_PROJECTS = (
                 "batch_size": 20,
             },
         },
-        what=f"{len(CLASSES)} classes of digits",
+        what=f"the digits on the worker, {POOL_SIZE} to label and the rest labelled for testing",
         uploads=_digit_uploads,
     ),
     DemoProject(
@@ -328,7 +330,8 @@ DEMO_PROJECTS = (
                 "batch_size": 20,
             },
         },
-        what=f"{len(TEXT_CLASSES)} classes of support messages",
+        what=f"the support messages on the worker, {len(TEXT_CLASSES) * POOL_PER_CLASS} to label "
+        f"and {len(TEXT_CLASSES) * TEST_PER_CLASS} labelled for testing",
         uploads=_text_uploads,
     ),
 )
@@ -355,7 +358,7 @@ def _make_project(c: httpx.Client, demo: DemoProject) -> None:
         f"/api/projects/{pid}/members", json={"username": "annotator", "role": "annotator"}
     ).raise_for_status()
     jobs = [_upload(c, pid, u) for u in demo.uploads()]
-    say(f"importing {demo.what} on the worker (the first run only) ...")
+    say(f"importing {demo.what} (the first run only) ...")
     for job in jobs:
         done = _wait_job(c, job["id"])
         result = done.get("result") or {}
@@ -410,10 +413,24 @@ def _upload(c: httpx.Client, pid: int, upload: Upload) -> dict[str, Any]:
 
 def _wait_job(c: httpx.Client, job_id: int) -> dict[str, Any]:
     deadline = time.monotonic() + IMPORT_TIMEOUT_S
+    said, next_report = "", time.monotonic() + PROGRESS_EVERY_S
     while True:
         job: dict[str, Any] = c.get(f"/api/jobs/{job_id}").raise_for_status().json()
         if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
             return job
+        if time.monotonic() >= next_report:
+            # What the worker is busy with: this job, or one before it (the pool's embedding).
+            running = c.get(
+                "/api/jobs", params={"project_id": job["project_id"], "status": "running"}
+            ).json()
+            line = ", ".join(
+                f"{j['kind']} job {j['id']} {j['stage'] or 'running'} {j['progress']:.0%}"
+                for j in running
+            )
+            if line and line != said:
+                say(f"  the worker: {line}")
+                said = line
+            next_report = time.monotonic() + PROGRESS_EVERY_S
         time.sleep(0.5)
 
 

@@ -20,10 +20,12 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+
+R = TypeVar("R", bound=NamedTuple)
 
 # ``:name`` but not the ``::type`` cast of PostgreSQL, nor a colon inside a word.
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
@@ -89,12 +91,32 @@ class Raw:
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
         """Every row the statement returns (none for a statement without a result)."""
+        return self._execute(sql, params, None)
+
+    def fetch(self, sql: str, params: Mapping[str, Any] | None, into: type[R]) -> list[R]:
+        """Every row, each as ``into``, whose fields are the statement's column names in order."""
+        return self._execute(sql, params, into)
+
+    def fetch_one(self, sql: str, params: Mapping[str, Any] | None, into: type[R]) -> R | None:
+        """The first row as ``into`` (see ``fetch``), or None."""
+        found = self._execute(sql, params, into)
+        return found[0] if found else None
+
+    def _execute(
+        self, sql: str, params: Mapping[str, Any] | None, into: type[Any] | None
+    ) -> list[Any]:
         bound = {k: self._bind(v) for k, v in (params or {}).items()}
         dialect = self._connection.dialect
         cursor = self._dbapi.cursor()
         try:
             cursor.execute(_pyformat(sql) if self.postgres else sql, bound)
-            return list(cursor.fetchall()) if cursor.description is not None else []
+            if cursor.description is None:
+                return []
+            found = cursor.fetchall()
+            if into is None:
+                return list(found)
+            _check_names(sql, into, tuple(c[0] for c in cursor.description))
+            return [into._make(row) for row in found]
         except dialect.loaded_dbapi.Error as exc:
             # As SQLAlchemy's own execution does: the driver's error wrapped in SQLAlchemy's
             # class for it (the app maps OperationalError to 503, IntegrityError to 409), and a
@@ -117,3 +139,19 @@ class Raw:
         """The first row the statement returns, or None."""
         found = self.rows(sql, params)
         return found[0] if found else None
+
+
+# Statements whose columns were checked against their row type once in this process.
+_checked: set[tuple[str, type[Any]]] = set()
+
+
+def _check_names(sql: str, into: type[Any], names: tuple[str, ...]) -> None:
+    """A row type reads its statement by name: a column added, dropped or moved fails loudly.
+
+    Checked once per statement and type, so the hot path pays a set look-up, not a dict per row.
+    """
+    if (sql, into) in _checked:
+        return
+    if names != into._fields:
+        raise TypeError(f"{into.__name__} has fields {into._fields}, the statement gives {names}")
+    _checked.add((sql, into))

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.svp_common import DEFAULT_DATA, add_common_args, environment, subset, table, write_json
 from svp import Strategy, evaluate, fit_linear_head, select
 from svp.fasttext_proxy import FastTextConfig, fit_fasttext
-from svp.strategies import top_k, uncertainty_scores
+from svp.ranking import top_k
+from svp.strategies import uncertainty_scores
 from svp.vdcnn import TextFit, create_text_target, encode_texts, train_vdcnn, vdcnn_config
 
 TEXT_DATA = DEFAULT_DATA.parent / "text" / "20newsgroups"
@@ -83,11 +84,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01, help="the target's SGD learning rate")
     p.add_argument(
         "--linear-encoder",
-        default="",
-        help="also select with the linear proxy on this text encoder (minilm_l6, glove_6b_50d);"
-        " needs svp.text_encoders",
+        default="auto",
+        help="also select with the linear proxy on this text encoder (minilm_l6, glove_6b_50d;"
+        " auto: glove_6b_50d with --quick, minilm_l6 without; none: skip); needs"
+        " svp.text_encoders",
     )
     args = p.parse_args()
+    if args.linear_encoder == "auto":
+        # GloVe means cost next to nothing; MiniLM is the product's default encoder.
+        args.linear_encoder = "glove_6b_50d" if args.quick else "minilm_l6"
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():
         if getattr(args, key) is None:
@@ -120,7 +125,7 @@ def pick(
 
 def load_encoder(name: str) -> Any:
     """The named text encoder, or None (with the reason printed) where it is not here."""
-    if not name:
+    if name in ("", "none"):
         return None
     from svp import backbone_names, load_embedder
 

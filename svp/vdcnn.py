@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from svp.config import TrainConfig
+from svp.device import pick_device, torch_threads
 from svp.heads import fit_linear_head
 from svp.train import (
     ProgressFn,
@@ -33,13 +34,6 @@ from svp.train import (
     _denormals_flushed,
     seed_everything,
 )
-
-try:
-    # The engine split moves the device and thread-count helpers to svp.device (h-engine).
-    from svp.device import pick_device, torch_threads  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # pragma: no cover - before that split lands
-    from svp.train import _threads as torch_threads  # type: ignore[attr-defined, no-redef, unused-ignore]
-    from svp.train import pick_device  # type: ignore[attr-defined, no-redef, unused-ignore]
 
 # The paper's alphabet; with padding (0), unknown (1) and space (2) it makes 69 tokens.
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/|_#$%^&*~`+=<>()[]{}"

@@ -21,6 +21,8 @@ from app.db import unit_of_work
 from app.items.models import TEXT_MEDIA_TYPE, Item
 from app.jobs.dispatch import wait_for_inline_jobs
 from app.jobs.models import Job
+from app.labeling import service as labeling
+from app.labeling.models import Label
 from app.main import create_app
 from app.projects.models import Member, Project
 from app.rounds.models import Round, Selection
@@ -183,6 +185,20 @@ class Factory:
             )
             db.flush()
             return rnd
+
+    def label_history(self, *labels: Label) -> str | None:
+        """Label rows written as given (undone ones, chosen times), then their item's current
+        label settled by the one step that keeps ``Item.label`` and ``Selection.labeled`` in
+        step with the history (``app.labeling.service.settle_item``); that label.
+
+        For a history no request could write in one test (times far apart, an author who is
+        gone); a label the app may write goes through ``POST /api/labels``.
+        """
+        (item_id,) = {label.item_id for label in labels}
+        with unit_of_work() as db:
+            db.add_all(labels)
+            db.flush()
+            return labeling.settle_item(db, item_id=item_id)
 
     def job(self, project: Project | None = None, kind: str = "import", **fields: Any) -> Job:
         """A job row inserted directly (nothing is sent), e.g. ``status="failed"``."""

@@ -87,7 +87,7 @@ def test_the_demo_sets_up_both_projects_and_the_text_round_runs(tmp_path: Path) 
             assert time.monotonic() < deadline, "".join(console)
             time.sleep(0.5)
         text = "".join(console)
-        assert "importing 4 classes of support messages" in text
+        assert "importing the support messages on the worker, 400 to label and 100" in text
         assert "400 added, 0 duplicates, 0 rejected" in text
         eng = _demo_client(base, "engineer")
         projects = {p["name"]: p for p in eng.get("/api/projects").raise_for_status().json()}

@@ -59,27 +59,18 @@ def _labelled_project(factory: Factory) -> tuple[Project, User, User, list[Item]
         )
     # The annotator relabels b.png as dog; a later label of theirs was undone and must not count.
     when = utcnow() + timedelta(seconds=5)
-    with unit_of_work() as db:
-        db.add(
-            Label(
-                item_id=items[1].id,
-                project_id=project.id,
-                user_id=ann.id,
-                label="dog",
-                created_at=when,
-            )
-        )
-        db.add(
-            Label(
-                item_id=items[1].id,
-                project_id=project.id,
-                user_id=eng.id,
-                label="cat",
-                created_at=when + timedelta(seconds=1),
-                undone_at=when + timedelta(seconds=2),
-            )
-        )
-        db.get(Item, items[1].id).label = "dog"  # type: ignore[union-attr]
+    relabel = Label(
+        item_id=items[1].id, project_id=project.id, user_id=ann.id, label="dog", created_at=when
+    )
+    undone = Label(
+        item_id=items[1].id,
+        project_id=project.id,
+        user_id=eng.id,
+        label="cat",
+        created_at=when + timedelta(seconds=1),
+        undone_at=when + timedelta(seconds=2),
+    )
+    assert factory.label_history(relabel, undone) == "dog"
     return project, eng, ann, items, when
 
 

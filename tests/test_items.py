@@ -119,26 +119,19 @@ def test_item_with_its_label_history(factory: Factory) -> None:
     project = factory.project(eng, members={ann: "annotator"})
     (item,) = factory.items(project, 1)
     now = utcnow()
-    with unit_of_work() as db:
-        first = Label(item_id=item.id, project_id=project.id, user_id=ann.id, label="cat")
-        undone = Label(
-            item_id=item.id,
-            project_id=project.id,
-            user_id=ann.id,
-            label="bird",
-            undone_at=now,
-        )
-        second = Label(
-            item_id=item.id,
-            project_id=project.id,
-            user_id=eng.id,
-            label="dog",
-            created_at=now + timedelta(seconds=1),
-        )
-        db.add_all([first, undone, second])
-        db.flush()
-        db.get(Item, item.id).label = "dog"  # type: ignore[union-attr]
-        ids = (first.id, second.id)
+    first = Label(item_id=item.id, project_id=project.id, user_id=ann.id, label="cat")
+    undone = Label(
+        item_id=item.id, project_id=project.id, user_id=ann.id, label="bird", undone_at=now
+    )
+    second = Label(
+        item_id=item.id,
+        project_id=project.id,
+        user_id=eng.id,
+        label="dog",
+        created_at=now + timedelta(seconds=1),
+    )
+    assert factory.label_history(first, undone, second) == "dog"
+    ids = (first.id, second.id)
     r = factory.client(ann).get(f"/api/items/{item.id}")
     assert r.status_code == 200
     body = r.json()

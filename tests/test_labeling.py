@@ -12,13 +12,13 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from app import flows
 from app.auth.models import User
 from app.db import make_engine, unit_of_work, utcnow
 from app.items.models import Item
 from app.labeling import service as labeling
 from app.labeling.models import Label, Lease
 from app.projects.models import Member, Project
+from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus
 from tests.conftest import BACKEND, POSTGRES_URL
 from tests.factories import PASSWORD, Factory
@@ -143,6 +143,44 @@ def test_expired_lease_returns_the_item_to_the_queue(factory: Factory) -> None:
         assert lease is not None
         assert lease.user_id == ann2.id
         assert lease.expires_at > utcnow()
+
+
+def test_a_lease_that_ran_out_returns_the_item_to_its_holder_too(factory: Factory) -> None:
+    # A solo annotator who looked away past their lease: the item is back in everyone's queue,
+    # theirs included, at once (only a skip keeps an item from its skipper for a while).
+    project, items, _, ann1, _ = _setup(factory, n_items=2)
+    c = factory.client(ann1)
+    assert _ids(_next(c, project.id)) == [items[0].id, items[1].id]
+    now = utcnow()
+    with unit_of_work() as db:
+        db.execute(
+            update(Lease)
+            .where(Lease.item_id == items[1].id)
+            .values(created_at=now - timedelta(minutes=11), expires_at=now - timedelta(minutes=1))
+        )
+    assert _ids(_next(c, project.id)) == [items[0].id, items[1].id]
+    with unit_of_work(write=False) as db:
+        lease = db.scalar(select(Lease).where(Lease.item_id == items[1].id))
+        assert lease is not None
+        assert (lease.user_id, lease.expires_at > utcnow()) == (ann1.id, True)
+
+
+def test_removing_or_disabling_an_annotator_frees_their_items_at_once(factory: Factory) -> None:
+    project, items, eng, ann1, ann2 = _setup(factory, n_items=4)
+    assert _ids(_next(factory.client(ann1), project.id, n=2)) == [items[0].id, items[1].id]
+    assert _ids(_next(factory.client(ann2), project.id, n=2)) == [items[2].id, items[3].id]
+    e = factory.client(eng)
+    assert _next(e, project.id) == []
+    # Removed from the project: what they held is everyone's again, not in a lease's time.
+    assert e.delete(f"/api/projects/{project.id}/members/{ann1.id}").status_code == 204
+    assert _ids(_next(e, project.id)) == [items[0].id, items[1].id]
+    admin = factory.client(factory.user("admin"))
+    r = admin.patch(f"/api/users/{ann2.id}", json={"active": False})
+    assert r.status_code == 200, r.text
+    assert _ids(_next(e, project.id)) == [i.id for i in items]
+    with unit_of_work(write=False) as db:
+        holders = set(db.scalars(select(Lease.user_id)))
+    assert holders == {eng.id}
 
 
 def test_skip_gives_the_item_to_others_not_back_to_the_skipper(factory: Factory) -> None:
@@ -505,7 +543,7 @@ def test_items_labelled_while_the_proxy_trained_are_saved_labelled(factory: Fact
     )
     assert r.status_code == 201, r.text
     with unit_of_work() as db:
-        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+        assert rounds.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
     assert _round_status(rnd.id) == RoundStatus.labeling
     c = factory.client(ann1)
     assert c.get(f"/api/rounds/{rnd.id}").json()["labeled"] == 1
@@ -525,7 +563,7 @@ def test_a_batch_labelled_before_it_was_saved_completes_its_round_at_once(
         r = c.post("/api/labels", json={"item_id": it.id, "label": "bird", "key": f"b{i}"})
         assert r.status_code == 201, r.text
     with unit_of_work() as db:
-        assert flows.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
+        assert rounds.save_batch(db, round_id=rnd.id, entries=_entries(items[:2]), metrics={})
     assert _round_status(rnd.id) == RoundStatus.completed
     got = c.get(f"/api/rounds/{rnd.id}").json()
     assert got["labeled"] == 2
@@ -540,11 +578,11 @@ def test_only_the_lease_commits_without_waiting_for_the_disk(factory: Factory) -
     factory.round_with_selection(project, items)
     setting = "SELECT current_setting('synchronous_commit')"
     with unit_of_work() as db:
-        assert len(labeling.next_batch(db, project_id=project.id, user=eng, n=1)) == 1
+        assert len(labeling.next_batch(db, project_id=project.id, user=eng, n=1).entries) == 1
         assert db.scalar(text(setting)) == "off"  # leases: soft state
     # The pooled connection is back to the server's default for whatever runs next: a label.
     for k in range(3):
         with unit_of_work() as db:
             assert db.scalar(text(setting)) == "on"
-            flows.label_item(db, user=eng, item_id=items[0].id, label="cat", key=f"k{k}")
+            labeling.store_label(db, user=eng, item_id=items[0].id, label="cat", key=f"k{k}")
             assert db.scalar(text(setting)) == "on"

@@ -8,17 +8,23 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
 
 from app import db as app_db
-from app import flows
+from app.auth.models import User
 from app.db import unit_of_work
 from app.items.models import Item
+from app.labeling import service as labeling
 from app.labeling.models import Label
+from app.projects.models import Project
+from app.rounds import service as rounds
 from app.rounds.models import Round, RoundStatus, Selection
 from app.settings import get_settings
 from tests.conftest import BACKEND
@@ -297,9 +303,6 @@ def test_the_last_items_labelled_at_once_complete_their_round(factory: Factory) 
             assert done.finished_at is not None
 
 
-@pytest.mark.skipif(
-    BACKEND != "postgres", reason="SQLite completes a round in the label's own transaction"
-)
 def test_a_round_whose_completion_never_ran_completes_at_the_next_empty_queue(
     factory: Factory,
 ) -> None:
@@ -317,46 +320,122 @@ def test_a_round_whose_completion_never_ran_completes_at_the_next_empty_queue(
         assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.completed
 
 
-@pytest.mark.skipif(
-    BACKEND != "postgres", reason="SQLite completes a round in the label's own transaction"
-)
 def test_an_undo_while_its_round_completes_reopens_the_round(factory: Factory) -> None:
+    last = _label_last_without_completion(factory)
+
+    def complete(db: Session) -> None:
+        assert rounds.complete_round(db, round_id=last.round.id)
+
+    seen = _while_held(
+        complete, lambda: last.client.delete(f"/api/labels/{last.label_id}").status_code
+    )
+    # The undo waits for the completion's round lock instead of missing the round it completes.
+    assert seen == [-1, 204]
+    with unit_of_work(write=False) as db:
+        status = db.scalar(select(Round.status).where(Round.id == last.round.id))
+        assert status == RoundStatus.labeling
+        assert db.scalar(select(Item.label).where(Item.id == last.item_id)) is None
+
+
+class LastLabel(NamedTuple):
+    """A round whose last label has committed but whose completion has not run."""
+
+    round: Round
+    engineer: User
+    client: Any
+    label_id: int
+    item_id: int
+
+
+def _label_last_without_completion(factory: Factory) -> LastLabel:
+    """A round of two items whose last label has committed but whose completion has not run,
+    and one pool item outside it; labelled by an engineer through their client."""
     eng = factory.user("engineer")
     project = factory.project(eng)
-    first, last = factory.items(project, 2)
+    first, last, _ = factory.items(project, 3)
     rnd = factory.round_with_selection(project, [first, last])
     c = factory.client(eng)
     r = c.post("/api/labels", json={"item_id": first.id, "label": "cat", "key": "first"})
     assert r.status_code == 201, r.text
-    # The last label's transaction, committed; its round's completion not yet run.
     with unit_of_work() as db:
-        read, created, maybe_done = flows.label_item(
+        read, created, maybe_done = labeling.store_label(
             db, user=eng, item_id=last.id, label="cat", key="last"
         )
     assert (created, maybe_done) == (True, [rnd.id])
-    completing, release = threading.Event(), threading.Event()
+    return LastLabel(rnd, eng, c, read.id, last.id)
 
-    def complete() -> None:
+
+def _while_held(hold: Callable[[Session], None], act: Callable[[], int]) -> list[int]:
+    """``act`` (a request) started while ``hold``'s transaction is open; its status codes: none
+    while the transaction stays open half a second, one once it has committed."""
+    holding, release = threading.Event(), threading.Event()
+
+    def run_hold() -> None:
         with unit_of_work() as db:
-            assert flows.complete_if_done(db, round_id=rnd.id)
-            completing.set()
-            release.wait(30)  # the completion commits when this block ends
+            hold(db)
+            holding.set()
+            release.wait(30)  # commits when this block ends
 
-    undone: list[int] = []
-    completion = threading.Thread(target=complete)
-    completion.start()
-    assert completing.wait(30)
-    undo = threading.Thread(
-        target=lambda: undone.append(c.delete(f"/api/labels/{read.id}").status_code)
-    )
-    undo.start()
+    held = threading.Thread(target=run_hold)
+    held.start()
+    assert holding.wait(30)
+    codes: list[int] = []
+    acting = threading.Thread(target=lambda: codes.append(act()))
+    acting.start()
     time.sleep(0.5)
-    # The undo waits for the completion's round lock instead of missing the round it completes.
-    assert undone == []
+    waited = list(codes)
     release.set()
-    completion.join(30)
-    undo.join(30)
-    assert undone == [204]
+    held.join(30)
+    acting.join(30)
+    return [*waited, -1, *codes]
+
+
+def test_a_cancel_racing_its_rounds_completion_never_overwrites_completed(
+    factory: Factory,
+) -> None:
+    last = _label_last_without_completion(factory)
+    rnd = last.round
+
+    def complete(db: Session) -> None:
+        assert rounds.complete_round(db, round_id=rnd.id)
+
+    seen = _while_held(
+        complete, lambda: last.client.post(f"/api/rounds/{rnd.id}/cancel").status_code
+    )
+    # The cancel waits for the completion's lock, then finds the round completed.
+    assert seen == [-1, 409]
     with unit_of_work(write=False) as db:
-        assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.labeling
-        assert db.scalar(select(Item.label).where(Item.id == last.id)) is None
+        assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.completed
+
+
+def test_an_undo_racing_a_new_round_never_leaves_two_rounds_labelling(factory: Factory) -> None:
+    last = _label_last_without_completion(factory)
+    rnd, eng = last.round, last.engineer
+    with unit_of_work() as db:
+        assert rounds.complete_round(db, round_id=rnd.id)
+    new_round: list[int] = []
+
+    def start(db: Session) -> None:
+        project = db.get(Project, rnd.project_id)
+        assert project is not None
+        started = rounds.start_round(
+            db,
+            project=project,
+            strategy="random",
+            batch_size=1,
+            proxy=None,
+            seed=1,
+            created_by=eng.id,
+        )
+        new_round.append(started.id)
+
+    seen = _while_held(
+        start, lambda: last.client.delete(f"/api/labels/{last.label_id}").status_code
+    )
+    # The undo waits for the round start (the project's lock), then sees the newer round and
+    # leaves the older batch closed: its item goes back to the pool, not to a second queue.
+    assert seen == [-1, 204]
+    with unit_of_work(write=False) as db:
+        assert db.scalar(select(Round.status).where(Round.id == rnd.id)) == RoundStatus.completed
+        (started,) = new_round
+        assert db.get(Round, started) is not None

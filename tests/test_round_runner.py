@@ -274,7 +274,7 @@ def test_cancel_stops_training_at_the_next_epoch(
             if len(epochs_seen) == 2:
                 # An engineer presses cancel while the second epoch ends.
                 with unit_of_work() as db:
-                    flows.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
+                    flows.cancel_round(db, round_id=rid)
         original(self, stage, fraction)
 
     monkeypatch.setattr(JobContext, "progress", progress)
@@ -301,7 +301,7 @@ def test_a_failure_fails_the_round_with_the_reason(world: dict[str, Any]) -> Non
 def test_a_canceled_round_is_not_run(world: dict[str, Any]) -> None:
     rid, jid = start(world["project"].id, "random", 4)
     with unit_of_work() as db:
-        flows.cancel_round(db, rnd=rounds.load_round(db, round_id=rid))
+        flows.cancel_round(db, round_id=rid)
     assert run_job(jid) == "canceled"
     assert load(rid)[2] == []
 

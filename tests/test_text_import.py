@@ -14,15 +14,16 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.auth.models import User
 from app.db import unit_of_work
-from app.items import text_import
+from app.items import import_job, text_import
 from app.items.models import TEXT_MEDIA_TYPE, Item
 from app.labeling.models import Label
 from app.projects.models import Project
 from app.settings import Settings, get_settings
+from tests.conftest import BACKEND
 from tests.factories import Factory, png_bytes
 from tests.test_import import upload, zip_bytes
 
@@ -323,6 +324,25 @@ def test_a_line_longer_than_any_text_is_skipped_unread(
     assert [t for _, t, _, _ in text_rows(project.id)] == ["first", "last", "j"]
     assert [r["name"] for r in result["rejected"]] == ["big.csv:3", "big.jsonl:1"]
     assert all(r["reason"].startswith("a line longer than 65736") for r in result["rejected"])
+
+
+def test_a_large_import_refreshes_the_planners_statistics(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if BACKEND != "postgres":
+        pytest.skip("statistics for the planner are PostgreSQL's (SQLite's stay as they were)")
+    monkeypatch.setattr(import_job, "ANALYZE_AFTER_ROWS", 3)
+    project, eng = text_project(factory)
+    c = factory.client(eng)
+
+    def planned_rows() -> float:
+        with unit_of_work(write=False) as db:
+            return float(db.scalar(text("SELECT reltuples FROM pg_class WHERE relname = 'items'")))
+
+    imported(factory, c, project, [("two.csv", b"text\na\nb\n")])
+    assert planned_rows() <= 0  # below the threshold: never analysed since the truncate
+    imported(factory, c, project, [("three.csv", b"text\nc\nd\ne\n")])
+    assert planned_rows() == 5
 
 
 def _rss_kib() -> int:

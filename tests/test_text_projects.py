@@ -145,7 +145,7 @@ def test_names_of_the_other_kind_are_422_with_the_reason(
     assert r.json()["proxy"] == {
         "arch": "fasttext",
         "dim": 64,
-        "epochs": 10,
+        "epochs": 50,
         "lr": 0.5,
         "word_ngrams": 3,
         "backbone": "minilm_l6",

@@ -3,7 +3,7 @@
 ``run_round(ctx) -> dict`` is run by ``app.jobs.runtime.run_job`` in a worker. It reads ids and
 labels in short transactions, does the torch work outside any transaction (through
 ``worker/inputs.py``), and writes results in one; every round write goes through
-``app.rounds.service`` (the batch through ``app.flows.save_batch``, which completes it when it is
+``app.rounds.service`` (the batch through its ``save_batch``, which completes it when it is
 labelled already). It is idempotent: a redelivered round reloads its row first, and one that
 already has its batch returns at once.
 """
@@ -19,7 +19,6 @@ import torch
 from sqlalchemy.orm import Session
 
 import svp
-from app import flows
 from app.db import unit_of_work
 from app.jobs.runtime import JobCanceled, JobContext, pause_point
 from app.projects.models import Project
@@ -198,7 +197,7 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
     timings["seconds_saving"] = time.perf_counter() - started
     metrics.update({key: round(value, 4) for key, value in timings.items()})
     with unit_of_work() as db:
-        if not flows.save_batch(db, round_id=plan.round_id, entries=entries, metrics=metrics):
+        if not rounds.save_batch(db, round_id=plan.round_id, entries=entries, metrics=metrics):
             raise JobCanceled(f"round {plan.round_id} was canceled before its batch was saved")
         pause_point("round:save-batch")
     log.info("round %s: %s selected by %s; %s", plan.round_id, len(entries), plan.strategy, metrics)

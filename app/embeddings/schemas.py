@@ -73,6 +73,13 @@ def known_backbones() -> dict[str, int]:
     return known
 
 
+def backbone_modality(name: str) -> Modality:
+    """What a backbone embeds: a built-in one says; a user's own (``SVP_BACKBONES``, a
+    torchvision architecture, never under a built-in's name) embeds images."""
+    builtin = BUILTIN_BACKBONES.get(name)
+    return builtin.modality if builtin is not None else "image"
+
+
 def embedding_size(backbone: str, image_size: int | None) -> int:
     """The side a backbone embeds at: its own by default, never more (422 otherwise).
 
@@ -90,15 +97,6 @@ def embedding_size(backbone: str, image_size: int | None) -> int:
             f" {own} px (ask for {own} or less)"
         )
     return image_size or own
-
-
-def backbone_modality(name: str) -> Modality:
-    """What a backbone embeds: a built-in one says; a user's own (``SVP_BACKBONES``, a
-    torchvision architecture) embeds images."""
-    builtin = BUILTIN_BACKBONES.get(name)
-    if builtin is None or name in get_settings().backbones.usable:
-        return "image"
-    return builtin.modality
 
 
 def check_backbone(value: str) -> str:

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, literal_column, select
 
 from app.auth.models import User
 from app.db import unit_of_work
@@ -26,6 +26,7 @@ from app.exports.schemas import EXPORT_FIELDS, TEXT_EXPORT_FIELDS, ExportFormat
 from app.items.models import Item
 from app.items.storage import image_path
 from app.labeling.models import Label
+from app.labeling.sql import current_label
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ def labeled_batches(
         columns.append(Item.text)
     while True:
         with unit_of_work(write=False) as db:
+            # Each item's current label by the rule the label path keeps Item.label by.
+            current: ColumnElement[int] = literal_column(current_label("items.id", "id"))
             items = db.execute(
-                select(*columns)
+                select(*columns, current.label("label_id"))
                 .where(Item.project_id == project_id, Item.label.is_not(None), Item.id > after)
                 .order_by(Item.id)
                 .limit(batch_size)
@@ -85,16 +88,13 @@ def labeled_batches(
             if not items:
                 return
             ids = [row.id for row in items]
-            newest: dict[int, tuple[str | None, datetime]] = {}
-            labels = db.execute(
-                select(Label.item_id, Label.created_at, User.username)
+            authors = db.execute(
+                select(Label.id, Label.created_at, User.username)
                 .outerjoin(User, User.id == Label.user_id)
-                .where(Label.item_id.in_(ids), Label.undone_at.is_(None))
-                .order_by(Label.item_id, Label.id.desc())
+                .where(Label.id.in_([row.label_id for row in items if row.label_id is not None]))
             )
-            for item_id, created_at, username in labels.tuples():
-                # Newest first per item: the first row seen is the current label's.
-                newest.setdefault(item_id, (username, created_at))
+            by_label = {label_id: (name, at) for label_id, at, name in authors.tuples()}
+            newest = {row.id: by_label[row.label_id] for row in items if row.label_id in by_label}
         yield [
             ExportRow(
                 item_id=row.id,

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work
@@ -21,6 +21,11 @@ from app.items.models import Split
 from app.jobs.models import Job
 from app.jobs.runtime import JobContext
 
+# An import that added at least this many items refreshes PostgreSQL's statistics of the items
+# table at its end. Measured: after 1,000,000 texts went in, autovacuum had not yet analysed the
+# table, the planner still expected ~900 rows of the project, and a page of 500 items took 4-5 s
+# (a bitmap scan of every row, then a sort); after ANALYZE (1.2 s, once) it takes 0.3 ms.
+ANALYZE_AFTER_ROWS = 10_000
 # Progress is written at most this often (fraction of the work), besides once per batch.
 PROGRESS_STEP = 0.02
 # The result lists this many rejected files by name; the count covers them all.
@@ -137,3 +142,13 @@ class ImportBase:
         if fraction - self.reported >= PROGRESS_STEP or fraction >= 1.0:
             self.ctx.progress("importing", fraction)  # also where a cancel request stops it
             self.reported = fraction
+
+
+def refresh_statistics(*, added: int) -> None:
+    """After a large import on PostgreSQL, ANALYZE the items table so that the next page, queue
+    or round query is planned for the rows it now holds (SQLite keeps no such statistics)."""
+    if added < ANALYZE_AFTER_ROWS:
+        return
+    with unit_of_work() as db:
+        if db.get_bind().dialect.name == "postgresql":
+            db.execute(text("ANALYZE items"))

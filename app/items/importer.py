@@ -29,7 +29,7 @@ from app.db import unit_of_work, utcnow
 from app.embeddings.service import embed_new_images
 from app.items import archive
 from app.items.entries import Entry, Rejected, single_file
-from app.items.import_job import Batch, ImportBase, Tally
+from app.items.import_job import Batch, ImportBase, Tally, refresh_statistics
 from app.items.models import Item
 from app.items.storage import ImageFiles, discard
 from app.items.text_import import TextImportRun
@@ -115,6 +115,7 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
         result["total"],
         time.perf_counter() - started,
     )
+    refresh_statistics(added=result["added"])
     # Only now: a crash before this line re-runs from the checkpoint with the files still there.
     discard(upload_dir)
     if result["added"]:

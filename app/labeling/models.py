@@ -53,4 +53,5 @@ class Lease(Base):
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     expires_at: Mapped[datetime] = mapped_column()
+    # When its holder first took the item; a skip sets it to ``expires_at`` (see skip).
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy.orm import Session
 
 from app import flows
 from app.auth.deps import DB, CurrentUser, LoopUser
@@ -18,22 +16,26 @@ from app.http import error_responses
 from app.labeling import service
 from app.labeling.schemas import LabelCreate, LabelRead, QueueEntry, QueueSkip
 from app.projects.deps import ProjectAccess
-from app.settings import get_settings
+from app.rounds import service as rounds
 
 router = APIRouter(tags=["labeling"])
 log = logging.getLogger(__name__)
 
 
-async def _complete_rounds_after(step: Callable[[Session], bool]) -> None:
-    """A round's completion, run after the request's own unit of work has committed.
+async def _complete_rounds(round_ids: list[int]) -> None:
+    """Complete the rounds a unit of work may have finished, once it has committed.
 
-    What it does not manage (the database gone meanwhile) is logged, not answered: the label
-    stands, and the next ``queue/next`` that finds nothing to lease completes the round.
+    Each in a transaction of its own, after the request's: the completion's probe waits for
+    labels in flight, this request's included, and a lease's transaction commits without
+    waiting for the disk. What it does not manage (the database gone meanwhile) is logged, not
+    answered: the label stands, and the next ``queue/next`` that finds nothing to lease
+    completes the round.
     """
-    try:
-        await run_in_unit_of_work(step, write=True)
-    except Exception:
-        log.exception("completing a round after a label failed; queue/next will retry it")
+    for round_id in round_ids:
+        try:
+            await run_in_unit_of_work(partial(rounds.complete_round, round_id=round_id), write=True)
+        except Exception:
+            log.exception("completing round %s failed; queue/next will retry it", round_id)
 
 
 # The hot routes are async and hand their whole unit of work to one thread (see
@@ -47,17 +49,11 @@ async def queue_next(
     n: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> list[QueueEntry]:
     """Lease up to ``n`` items of the current batch, the caller's own leases first."""
-    entries = await run_in_unit_of_work(
+    queued = await run_in_unit_of_work(
         lambda db: service.next_batch(db, project_id=project_id, user=user, n=n), write=True
     )
-    if not entries and not get_settings().is_sqlite:
-        # Nothing left to lease: a round whose last label committed but whose completion did
-        # not run (its server died between the two) completes now. In a transaction of its
-        # own, after the lease's: its probe waits on rows that transaction may hold.
-        await _complete_rounds_after(
-            lambda db: flows.complete_current_round(db, project_id=project_id)
-        )
-    return entries
+    await _complete_rounds(queued.maybe_done)
+    return queued.entries
 
 
 @router.post(
@@ -80,19 +76,16 @@ def queue_skip(body: QueueSkip, access: ProjectAccess, user: CurrentUser, db: DB
 )
 async def create_label(body: LabelCreate, user: LoopUser, response: Response) -> LabelRead:
     """Store a label: 201 when new, 200 with the first label when the key is replayed."""
-    label, created, maybe_done = await run_in_unit_of_work(
-        lambda db: flows.label_item(
+    labelled = await run_in_unit_of_work(
+        lambda db: service.store_label(
             db, user=user, item_id=body.item_id, label=body.label, key=body.key
         ),
         write=True,
     )
-    for round_id in maybe_done:
-        # After the label's commit, so the completion's probe waits for nothing this request
-        # holds (see flows.complete_if_done).
-        await _complete_rounds_after(partial(flows.complete_if_done, round_id=round_id))
-    if not created:
+    await _complete_rounds(labelled.maybe_done)
+    if not labelled.created:
         response.status_code = status.HTTP_200_OK
-    return label
+    return labelled.label
 
 
 @router.delete("/api/labels/{label_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app import metrics
-from app.auth.models import Role, User
+from app.auth.models import User
 from app.db import utcnow
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item, Split
 from app.items.schemas import image_url
+from app.labeling import sql
 from app.labeling.models import Label, Lease
 from app.labeling.schemas import LabelRead, QueueEntry
 from app.projects.models import MemberRole
-from app.projects.service import Access, get_access, settings_of
+from app.projects.service import (
+    Access,
+    effective_role,
+    get_access,
+    lock_project,
+    settings_of,
+)
 from app.rawsql import Raw, read_json
+from app.rounds import sql as rounds_sql
+from app.rounds.models import Round
 from app.rounds.schemas import Suggestion
 
 # A lease race lost to another annotator is retried this many times before answering with
@@ -27,147 +35,68 @@ from app.rounds.schemas import Suggestion
 LEASE_ATTEMPTS = 4
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    item_id: int
-    name: str
-    rank: int
-    score: float
-    suggested_label: str | None
-    suggested_prob: float | None
-    text: str | None  # a text item's whole text (DESIGN 4c); null for an image
-    text_chars: int | None
+class Queued(NamedTuple):
+    """Entries leased to the caller; ``maybe_done``: a round to complete after the commit.
+
+    An empty queue whose batch has no open item left is a round whose last label committed but
+    whose completion never ran (its server died between the two): it completes then.
+    """
+
+    entries: list[QueueEntry]
+    maybe_done: list[int]
 
 
-# The batch entries a caller may lease, in two parts. Their live leases on unlabelled items of
-# the round come back first (a reload loses nothing); then open items nobody holds: no lease,
-# one from an older round, or one that ran out, except that a caller's own lease that ended (a
-# skip sets it to end now) stays out of their own queue for a lease period, so a skipped item
-# is not handed straight back. The open part walks ix_selections_round_labeled_rank in rank
-# order and stops after :n hits, so it reads about n plus the items others hold right now,
-# whatever the pool or batch size ("labeled, rank" pins that index: with the unique
-# (round_id, rank) index the planner would filter its way past every labelled item).
-_ENTRY = (
-    "s.item_id, i.name, s.rank, s.score, s.suggested_label, s.suggested_prob, i.text, i.text_chars"
-)
-# Columns of _ENTRY: a row's first _FIELDS values make a _Candidate; then ``fresh`` (and ``won``).
-_FIELDS = 8
-_OWN_SQL = f"""
-    SELECT {_ENTRY}, 0 AS fresh FROM leases l
-    JOIN selections s ON s.item_id = l.item_id AND s.round_id = :round_id
-    JOIN items i ON i.id = s.item_id
-    WHERE l.round_id = :round_id AND l.user_id = :user_id AND l.expires_at >= :now
-      AND i.label IS NULL AND s.item_id NOT IN (SELECT item_id FROM tried)
-    ORDER BY s.rank LIMIT :n"""  # noqa: S608 - constants of this module, never input
-_OPEN_SQL = f"""
-    SELECT {_ENTRY}, 1 AS fresh FROM selections s
-    JOIN items i ON i.id = s.item_id
-    LEFT JOIN leases l ON l.item_id = s.item_id
-    WHERE s.round_id = :round_id AND s.labeled = false AND i.label IS NULL
-      AND (l.id IS NULL OR l.round_id <> :round_id
-           OR (l.expires_at < :now AND (l.user_id <> :user_id OR l.expires_at < :grace)))
-      AND s.item_id NOT IN (SELECT item_id FROM tried)
-    ORDER BY s.labeled, s.rank LIMIT :n"""  # noqa: S608 - constants of this module, never input
-# Insert or take over leases; the unique leases.item_id decides a race atomically: on
-# PostgreSQL a second writer waits for the first, re-checks the WHERE on the committed row and
-# gets nothing back, instead of an IntegrityError that would abort the transaction. Renewing
-# one's own lease and taking over an expired one are the same statement; a renewal keeps when
-# the holder first took the item, a takeover starts afresh.
-_UPSERT_SQL = """
-    INSERT INTO leases (item_id, round_id, user_id, expires_at, created_at)
-    SELECT item_id, :round_id, :user_id, :until, :now FROM cand WHERE true
-    ON CONFLICT (item_id) DO UPDATE SET
-        round_id = excluded.round_id,
-        expires_at = excluded.expires_at,
-        created_at = CASE WHEN leases.user_id = excluded.user_id
-                          THEN leases.created_at ELSE excluded.created_at END,
-        user_id = excluded.user_id
-    WHERE leases.user_id = :user_id OR leases.expires_at < :now OR leases.round_id <> :round_id
-    RETURNING item_id"""
-# PostgreSQL: choose and lease in one round trip. The open items' selection rows are locked
-# with SKIP LOCKED, so a concurrent caller passes over them instead of waiting or taking the
-# same ones; every candidate comes back, flagged with whether its lease was won.
-_LEASE_PG = f"""
-    WITH tried(item_id) AS (SELECT unnest(CAST(:tried AS integer[]))),
-    own AS ({_OWN_SQL}),
-    open_items AS ({_OPEN_SQL} FOR UPDATE OF s SKIP LOCKED),
-    cand AS (
-        SELECT * FROM (SELECT * FROM own UNION ALL SELECT * FROM open_items) AS c
-        ORDER BY fresh, rank LIMIT :n
-    ),
-    won AS ({_UPSERT_SQL})
-    SELECT cand.*, cand.item_id IN (SELECT item_id FROM won) AS won FROM cand
-    """  # noqa: S608 - constants of this module, never input
-# SQLite: writers are serialised (BEGIN IMMEDIATE), so nothing wins a race between this read
-# and the upsert below, and no row locks exist to take.
-_CANDIDATES_SQLITE = f"""
-    WITH tried(item_id) AS (SELECT value FROM json_each(:tried))
-    SELECT * FROM (SELECT * FROM ({_OWN_SQL}) UNION ALL SELECT * FROM ({_OPEN_SQL}))
-    ORDER BY fresh, rank LIMIT :n
-    """  # noqa: S608 - constants of this module, never input
-# RETURNING needs SQLite 3.35.
-_UPSERT_SQLITE = "WITH cand(item_id) AS (SELECT value FROM json_each(:ids)) " + _UPSERT_SQL  # noqa: S608
-# The caller's role in the project (none for a non-member) and its newest round in labelling.
-# PostgreSQL's first column sets the transaction's commit mode: a lease is soft state, so its
-# commit need not wait for the WAL to reach the disk (this transaction only, in the same round
-# trip). A crash may forget the last few milliseconds of leases; their items go back to the
-# queue, and a label still checks who holds its item. Labels keep synchronous commit: a 201 is
-# on disk. SQLite's first column is a placeholder.
-_QUEUE_CONTEXT_SQL = """
-    SELECT {first}, p.settings, m.role,
-        (SELECT r.id FROM rounds r WHERE r.project_id = p.id AND r.status = 'labeling'
-         ORDER BY r.number DESC LIMIT 1) AS round_id
-    FROM projects p LEFT JOIN members m ON m.project_id = p.id AND m.user_id = :user_id
-    WHERE p.id = :project_id"""
-_QUEUE_CONTEXT = {
-    True: _QUEUE_CONTEXT_SQL.format(first="set_config('synchronous_commit', 'off', true)"),
-    False: _QUEUE_CONTEXT_SQL.format(first="NULL"),
-}
-
-
-def _lease_sqlite(raw: Raw, *, params: dict[str, Any]) -> list[tuple[_Candidate, bool]]:
-    """Choose and lease on SQLite: candidates, then their upsert; those won, with freshness."""
-    rows = raw.rows(_CANDIDATES_SQLITE, params | {"tried": []})
+def _lease_sqlite(raw: Raw, *, params: dict[str, Any]) -> list[sql.Candidate]:
+    """Choose and lease on SQLite: candidates, then their upsert; the candidates won."""
+    rows = raw.fetch(sql.CANDIDATES_SQLITE, params | {"tried": []}, sql.Candidate)
     if not rows:
         return []
     upsert = {k: params[k] for k in ("round_id", "user_id", "now", "until")}
-    won = {row[0] for row in raw.rows(_UPSERT_SQLITE, upsert | {"ids": [r[0] for r in rows]})}
-    return [(_Candidate(*row[:_FIELDS]), bool(row[_FIELDS])) for row in rows if row[0] in won]
-
-
-def _lease_postgres(raw: Raw, *, params: dict[str, Any], n: int) -> list[_Candidate]:
-    """Choose and lease on PostgreSQL, retrying a race lost to another caller."""
-    chosen: list[_Candidate] = []
-    tried: list[int] = []
-    for _ in range(LEASE_ATTEMPTS):
-        rows = raw.rows(_LEASE_PG, params | {"n": n - len(chosen), "tried": tried})
-        new = [(_Candidate(*row[:_FIELDS]), bool(row[_FIELDS])) for row in rows if row[_FIELDS + 1]]
-        chosen.extend(c for c, _ in new)
-        metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in new))
-        # Each retry sees the winner's committed lease, so one retry nearly always does.
-        if len(new) == len(rows) or len(chosen) >= n:
-            break
-        tried.extend(row[0] for row in rows)
+    ids = [r.item_id for r in rows]
+    won = {r.item_id for r in raw.fetch(sql.UPSERT_SQLITE, upsert | {"ids": ids}, sql.ItemId)}
+    chosen = [r for r in rows if r.item_id in won]
+    metrics.ITEMS_LEASED.inc(sum(c.fresh for c in chosen))
     return chosen
 
 
-def next_batch(db: Session, *, project_id: int, user: User, n: int) -> list[QueueEntry]:
+def _lease_postgres(raw: Raw, *, params: dict[str, Any], n: int) -> list[sql.Candidate]:
+    """Choose and lease on PostgreSQL, retrying a race lost to another caller."""
+    chosen: list[sql.Candidate] = []
+    tried: list[int] = []
+    for _ in range(LEASE_ATTEMPTS):
+        rows = raw.fetch(
+            sql.LEASE_PG, params | {"n": n - len(chosen), "tried": tried}, sql.Candidate
+        )
+        new = [row for row in rows if row.won]
+        chosen.extend(new)
+        metrics.ITEMS_LEASED.inc(sum(c.fresh for c in new))
+        # Each retry sees the winner's committed lease, so one retry nearly always does.
+        if len(new) == len(rows) or len(chosen) >= n:
+            break
+        tried.extend(row.item_id for row in rows)
+    return chosen
+
+
+def next_batch(db: Session, *, project_id: int, user: User, n: int) -> Queued:
     """Lease up to ``n`` items of the current batch to the caller, their own leases first.
 
     404 for a project the caller is not a member of (admins are members of every project).
     """
     raw = Raw(db)
-    found = raw.first(_QUEUE_CONTEXT[raw.postgres], {"project_id": project_id, "user_id": user.id})
-    if found is None or (user.role != Role.admin and found[2] is None):
+    found = raw.fetch_one(
+        sql.QUEUE_CONTEXT[raw.postgres],
+        {"project_id": project_id, "user_id": user.id, **sql.PARAMS},
+        sql.QueueContext,
+    )
+    if found is None or effective_role(user, found.role) is None:
         raise NotFound("no such project")
-    _, stored_settings, _, round_id = found
-    if round_id is None:
-        return []
-    lease_seconds = settings_of(project_id, read_json(stored_settings)).lease_seconds
+    if found.round_id is None:
+        return Queued([], [])
+    lease_seconds = settings_of(project_id, read_json(found.settings)).lease_seconds
     now = utcnow()
     until = now + timedelta(seconds=lease_seconds)
     params: dict[str, Any] = {
-        "round_id": round_id,
+        "round_id": found.round_id,
         "user_id": user.id,
         "now": now,
         "grace": now - timedelta(seconds=lease_seconds),
@@ -176,11 +105,16 @@ def next_batch(db: Session, *, project_id: int, user: User, n: int) -> list[Queu
     if raw.postgres:
         chosen = _lease_postgres(raw, params=params, n=n)
     else:
-        won = _lease_sqlite(raw, params=params | {"n": n})
-        chosen = [c for c, _ in won]
-        metrics.ITEMS_LEASED.inc(sum(fresh for _, fresh in won))
+        chosen = _lease_sqlite(raw, params=params | {"n": n})
+    if not chosen:
+        # A plain read: the completion re-checks, exactly, in a transaction of its own (this
+        # one commits its leases without waiting for the disk, see sql.QUEUE_CONTEXT).
+        done = (
+            raw.fetch_one(sql.FIRST_OPEN, {"round_id": found.round_id}, rounds_sql.OpenItem) is None
+        )
+        return Queued([], [found.round_id] if done else [])
     chosen.sort(key=lambda c: c.rank)
-    return [
+    entries = [
         QueueEntry(
             item_id=c.item_id,
             name=c.name,
@@ -194,6 +128,7 @@ def next_batch(db: Session, *, project_id: int, user: User, n: int) -> list[Queu
         )
         for c in chosen
     ]
+    return Queued(entries, [])
 
 
 def _project_item(db: Session, *, item_id: int, project_id: int, user: User) -> Access:
@@ -208,7 +143,9 @@ def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
     """Give the caller's lease on an item back to the queue.
 
     The lease row is kept, ending now, rather than deleted: others may take the item at once,
-    while the caller's own queue passes over it for a lease period (see ``_open_items``).
+    while the caller's own queue passes over it for a lease period (the open part of the
+    queue, in ``app.labeling.sql``). It also begins now: a lease that ended where it began is
+    a skip, told apart from one that ran out, whose item its holder may take again at once.
     Raises Conflict when the caller holds no live lease on the item.
     """
     _project_item(db, item_id=item_id, project_id=access.project.id, user=user)
@@ -220,65 +157,39 @@ def skip(db: Session, *, access: Access, user: User, item_id: int) -> None:
     )
     if lease is None:
         raise Conflict("you hold no lease on this item")
-    lease.expires_at = now
+    lease.created_at = lease.expires_at = now
     db.flush()
 
 
-@dataclass(frozen=True)
-class _LabelContext:
-    """What deciding on a label needs, read in one statement."""
-
-    project_id: int
-    split: str
-    classes: list[str]
-    settings: dict[str, Any] | None
-    role: str | None  # the caller's membership role; None when not a member
-    held_by_other: bool  # another user holds a live lease on the item
-    in_open_batch: bool  # a batch being labelled in the item's project holds it
-    labelled_by_other: bool  # the item's current label was given by another user
-    replay: bool  # a label is stored under this key already
+def drop_leases(db: Session, *, user_id: int, project_id: int | None = None) -> None:
+    """End a user's leases at once (in one project, or everywhere): their items go back to
+    the queue for everyone, rather than waiting out a lease nobody will label under."""
+    query = delete(Lease).where(Lease.user_id == user_id)
+    if project_id is not None:
+        query = query.where(
+            Lease.round_id.in_(select(Round.id).where(Round.project_id == project_id))
+        )
+    db.execute(query)
 
 
-# The item with its project, the caller's membership and the facts the annotator rules read,
-# in one round trip. On PostgreSQL the item's row is locked here: it orders a label and an undo
-# of the same item, and every later statement of this transaction sees what committed before
-# the lock was granted (see ``_settle_label``).
-_LABEL_CONTEXT_SQL = """
-    SELECT i.project_id, i.split, p.classes, p.settings, m.role,
-        EXISTS (SELECT 1 FROM leases l WHERE l.item_id = i.id AND l.user_id <> :user_id
-                AND l.expires_at >= :now) AS held_by_other,
-        EXISTS (SELECT 1 FROM selections s JOIN rounds r ON r.id = s.round_id
-                WHERE s.item_id = i.id AND r.project_id = i.project_id
-                AND r.status = 'labeling') AS in_open_batch,
-        (i.label IS NOT NULL AND (SELECT c.user_id FROM labels c
-                WHERE c.item_id = i.id AND c.undone_at IS NULL
-                ORDER BY c.id DESC LIMIT 1) <> :user_id) AS labelled_by_other,
-        EXISTS (SELECT 1 FROM labels k WHERE k.key = :key) AS replay
-    FROM items i JOIN projects p ON p.id = i.project_id
-    LEFT JOIN members m ON m.project_id = i.project_id AND m.user_id = :user_id
-    WHERE i.id = :item_id"""
-_LABEL_CONTEXT = {True: _LABEL_CONTEXT_SQL + " FOR UPDATE OF i", False: _LABEL_CONTEXT_SQL}
-
-
-def _label_context(raw: Raw, *, user: User, item_id: int, key: str) -> _LabelContext:
+def _label_context(raw: Raw, *, user: User, item_id: int, key: str) -> sql.LabelContext:
     """The context of a label on an item; 404 for an item the caller cannot see."""
-    row = raw.first(
-        _LABEL_CONTEXT[raw.postgres],
-        {"item_id": item_id, "user_id": user.id, "key": key, "now": utcnow()},
+    row = raw.fetch_one(
+        sql.LABEL_CONTEXT[raw.postgres],
+        {"item_id": item_id, "user_id": user.id, "key": key, "now": utcnow(), **sql.PARAMS},
+        sql.LabelContext,
     )
-    role = "admin" if user.role == Role.admin else (row[4] if row is not None else None)
+    role = effective_role(user, row.role) if row is not None else None
     if row is None or role is None:
         raise NotFound("no such item in this project")
-    return _LabelContext(
-        project_id=row[0],
-        split=row[1],
-        classes=list(read_json(row[2])),
-        settings=read_json(row[3]),
+    return row._replace(
+        classes=list(read_json(row.classes)),
+        settings=read_json(row.settings),
         role=role,
-        held_by_other=bool(row[5]),
-        in_open_batch=bool(row[6]),
-        labelled_by_other=bool(row[7]),
-        replay=bool(row[8]),
+        held_by_other=bool(row.held_by_other),
+        in_open_batch=bool(row.in_open_batch),
+        labelled_by_other=bool(row.labelled_by_other),
+        replay=bool(row.replay),
     )
 
 
@@ -305,7 +216,7 @@ def replayed_label(db: Session, *, key: str, user: User) -> LabelRead | None:
 
 def check_label(
     db: Session, raw: Raw, *, user: User, item_id: int, label: str, key: str
-) -> tuple[_LabelContext, LabelRead | None]:
+) -> tuple[sql.LabelContext, LabelRead | None]:
     """May the caller label this item so: its context if so, with the first label of a replay.
 
     Engineers of the project (and admins) label any of its items; annotators what
@@ -334,7 +245,7 @@ def check_label(
     return ctx, None
 
 
-def check_annotator_may_label(ctx: _LabelContext) -> None:
+def check_annotator_may_label(ctx: sql.LabelContext) -> None:
     """What an annotator may label (DESIGN 5), or the error that says why not.
 
     - never an item of the test split (403): the proxy's and the target's accuracy are
@@ -363,11 +274,86 @@ def check_annotator_may_label(ctx: _LabelContext) -> None:
         raise Conflict("another annotator labelled this item meanwhile; ask queue/next for another")
 
 
-def undo_label(db: Session, *, user: User, label_id: int) -> tuple[int, str | None] | None:
+class Labelled(NamedTuple):
+    """A label's answer: the label, whether it is new, and rounds to complete after the commit."""
+
+    label: LabelRead
+    created: bool
+    maybe_done: list[int]
+
+
+def store_label(db: Session, *, user: User, item_id: int, label: str, key: str) -> Labelled:
+    """Store a label and mark the batches that hold the item.
+
+    The hot path of the service: two statements and the commit on PostgreSQL (the context
+    with the item's lock; the write with its probe for an untouched open item), on the
+    driver's cursor. The rounds whose batch it may have finished come back, for
+    ``app.rounds.service.complete_round`` once this has committed.
+    """
+    raw = Raw(db)
+    ctx, replayed = check_label(db, raw, user=user, item_id=item_id, label=label, key=key)
+    if replayed is not None:
+        return Labelled(replayed, False, [])
+    now = utcnow()
+    params = {
+        "item_id": item_id,
+        "project_id": ctx.project_id,
+        "user_id": user.id,
+        "label": label,
+        "key": key,
+        "now": now,
+        **sql.PARAMS,
+    }
+    label_id, maybe_done = (
+        _store_postgres(raw, params) if raw.postgres else _store_sqlite(raw, params)
+    )
+    if label_id is None:
+        # A concurrent request with the same key won the unique index (PostgreSQL waited for
+        # it to commit): this one answers with the winner's label.
+        existing = replayed_label(db, key=key, user=user)
+        if existing is None:
+            raise Conflict("this key is being used by another request; try again")
+        return Labelled(existing, False, [])
+    metrics.LABELS_SUBMITTED.inc()
+    read = LabelRead(id=label_id, item_id=item_id, label=label, user=user.username, created_at=now)
+    return Labelled(read, True, maybe_done)
+
+
+def _store_postgres(raw: Raw, params: dict[str, Any]) -> tuple[int | None, list[int]]:
+    stored = raw.fetch_one(sql.STORE_LABEL_PG, params, sql.Stored)
+    if stored is None or stored.label_id is None:
+        return None, []
+    return stored.label_id, sorted(stored.round_ids)
+
+
+def _store_sqlite(raw: Raw, params: dict[str, Any]) -> tuple[int | None, list[int]]:
+    inserted = raw.fetch_one(sql.INSERT_LABEL_SQLITE, params, sql.LabelId)
+    if inserted is None:
+        return None, []
+    raw.rows(sql.SET_LABEL_SQLITE, params)
+    marked = {r.round_id for r in raw.fetch(sql.MARK_SQLITE, params, sql.RoundId)}
+    raw.rows(sql.RELEASE_SQLITE, params)
+    done = [
+        round_id
+        for round_id in sorted(marked)
+        if raw.fetch_one(sql.DONE_SQLITE, params | {"round_id": round_id}, sql.RoundId)
+    ]
+    return inserted.id, done
+
+
+class Undone(NamedTuple):
+    """The item whose label an undo just marked undone, and its project."""
+
+    item_id: int
+    project_id: int
+
+
+def undo_label(db: Session, *, user: User, label_id: int) -> Undone | None:
     """Undo a label: its author, an engineer of the project or an admin may; idempotent.
 
-    Returns the item's id and its label now when this call undid the label (None when it was
-    undone before).
+    Returns the item when this call undid the label (None when it was undone before); the
+    item keeps its old label until ``settle_item``, once the caller has taken the locks that
+    must come before its selection rows change.
     """
     row = db.get(Label, label_id)
     if row is None:
@@ -377,28 +363,30 @@ def undo_label(db: Session, *, user: User, label_id: int) -> tuple[int, str | No
         raise PermissionDenied("only its author or an engineer of the project may undo a label")
     if row.undone_at is not None:
         return None
-    if db.get_bind().dialect.name == "postgresql":
-        # The item's lock before the label's change, as a new label takes it (see above).
-        db.execute(select(Item.id).where(Item.id == row.item_id).with_for_update())
+    # The project's lock first, as round starts and completions take it (an undo may reopen a
+    # round: ``app.projects.service.lock_project``), then the item's, as a new label takes it
+    # (``sql.LABEL_CONTEXT``): it orders a label and an undo of the same item.
+    lock_project(db, project_id=row.project_id)
+    db.execute(select(Item.id).where(Item.id == row.item_id).with_for_update())
     row.undone_at = utcnow()
     db.flush()
-    return row.item_id, _settle_label(db, item_id=row.item_id)
+    return Undone(item_id=row.item_id, project_id=row.project_id)
 
 
-_SETTLE_SQL = text(
-    "UPDATE items SET label = (SELECT l.label FROM labels l WHERE l.item_id = :item_id "
-    "AND l.undone_at IS NULL ORDER BY l.id DESC LIMIT 1) WHERE id = :item_id RETURNING label"
-)
+def settle_item(db: Session, *, item_id: int) -> str | None:
+    """Set the item's current label to its newest live one, and its selection rows to match.
 
-
-def _settle_label(db: Session, *, item_id: int) -> str | None:
-    """Set the item's current label to its newest live one; the label it has now.
-
-    The caller holds the item's row lock (PostgreSQL; SQLite's write transaction already
-    serialises), taken before it wrote: that orders a label and an undo of the same item.
-    Without it, an undo that read the labels just before a new label committed wrote its stale
-    answer over the new label's (the browser test's undo-then-relabel lost its label this way,
-    on PostgreSQL). This statement starts after the lock was granted, so on READ COMMITTED it
-    sees every label or undo that held the lock before. ix_labels_item_id_id serves the read.
+    With the label store's statements, the one writer of ``Item.label`` and
+    ``Selection.labeled``; the caller holds the item's lock (see ``sql.SETTLE``). Returns the
+    item's label now.
     """
-    return db.execute(_SETTLE_SQL, {"item_id": item_id}).scalar()
+    raw = Raw(db)
+    settled = raw.fetch_one(sql.SETTLE, {"item_id": item_id}, sql.Settled)
+    label = settled.label if settled is not None else None
+    raw.rows(sql.SETTLE_SELECTIONS, {"item_id": item_id, "labeled": label is not None})
+    return label
+
+
+def mark_batch(db: Session, *, round_id: int) -> None:
+    """Mark the items of a batch just written that were labelled meanwhile as labelled."""
+    Raw(db).rows(sql.MARK_BATCH, {"round_id": round_id})

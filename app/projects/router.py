@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from sqlalchemy.orm import Session
 
+from app import flows
 from app.auth.deps import DB, CurrentUser, EngineerUser
 from app.fields import PathId
 from app.http import error_responses
@@ -91,5 +92,5 @@ def list_members(access: EngineerAccess, db: DB) -> list[MemberRead]:
 
 @router.delete("/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 def remove_member(user_id: PathId, access: EngineerAccess, db: DB) -> None:
-    """Take a user out of the project."""
-    service.remove_member(db, access=access, user_id=user_id)
+    """Take a user out of the project; the items they held go back to the queue."""
+    flows.remove_member(db, access=access, user_id=user_id)

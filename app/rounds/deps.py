@@ -12,17 +12,17 @@ from fastapi import Depends
 from app.auth.deps import DB, CurrentUser
 from app.fields import PathId
 from app.projects.service import Access
-from app.rounds.service import get_round
+from app.rounds.service import round_project_access
 
 
 def round_access(round_id: PathId, user: CurrentUser, db: DB) -> Access:
     """The project of the path's round, for any member of it."""
-    return get_round(db, round_id=round_id, user=user)
+    return round_project_access(db, round_id=round_id, user=user)
 
 
 def round_engineer_access(round_id: PathId, user: CurrentUser, db: DB) -> Access:
     """The project of the path's round, for its engineers and admins."""
-    return get_round(db, round_id=round_id, user=user, engineer=True)
+    return round_project_access(db, round_id=round_id, user=user, engineer=True)
 
 
 RoundAccess = Annotated[Access, Depends(round_access)]

@@ -75,6 +75,6 @@ class Selection(Base):
     score: Mapped[float] = mapped_column(Float)
     suggested_label: Mapped[str | None] = mapped_column(String(200), default=None)
     suggested_prob: Mapped[float | None] = mapped_column(Float, default=None)
-    # Whether the item has a live label, kept in step with Item.label by app.flows (label and
-    # undo); a batch is written from unlabelled items, so it starts False.
+    # Whether the item has a live label, kept in step with Item.label by the statements of
+    # app.labeling.sql alone (label, undo, a batch saved after some of its items were labelled).
     labeled: Mapped[bool] = mapped_column(default=False, server_default=false())

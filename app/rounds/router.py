@@ -82,7 +82,7 @@ def get_selection(round_id: PathId, _: RoundAccess, db: DB) -> list[SelectionEnt
 @router.post("/rounds/{round_id}/cancel", responses=error_responses(409))
 def cancel_round(round_id: PathId, _: RoundEngineerAccess, db: DB) -> RoundRead:
     """Cancel a round (engineers); a running one stops at its next epoch; 409 once finished."""
-    flows.cancel_round(db, rnd=service.load_round(db, round_id=round_id))
+    flows.cancel_round(db, round_id=round_id)
     return _one(db, round_id)
 
 
@@ -90,7 +90,7 @@ def _check_events_access(request: Request, round_id: int) -> None:
     # Its own short read transaction: the request's session would otherwise stay open (and on
     # PostgreSQL hold a pooled connection) for as long as the client listens.
     with unit_of_work(write=False) as db:
-        service.get_round(db, round_id=round_id, user=current_user(request, db))
+        service.round_project_access(db, round_id=round_id, user=current_user(request, db))
 
 
 def _state(request: Request, round_id: int, *, reauth: bool) -> service.RoundState | None:
@@ -98,7 +98,7 @@ def _state(request: Request, round_id: int, *, reauth: bool) -> service.RoundSta
     with unit_of_work(write=False) as db:
         if reauth:
             try:
-                service.get_round(db, round_id=round_id, user=current_user(request, db))
+                service.round_project_access(db, round_id=round_id, user=current_user(request, db))
             except DomainError:
                 return None
         return service.round_state(db, round_id=round_id)

@@ -1,7 +1,11 @@
-"""Rounds: start, read, cancel, and the database steps a round's runner takes.
+"""Rounds: start, read, cancel, complete, reopen, and the database steps a round's runner takes.
 
-The runner itself (worker/rounds.py) does the torch work; every write it makes to rounds and
-selections goes through the functions here, so the rules of a round's life live in one file.
+The runner itself (worker/rounds.py) does the torch work. Every write to a round's status goes
+through the functions here, so the rules of a round's life live in one file; a round completes
+through ``complete_round`` alone, whoever asks (a label, an empty queue, the runner's saved
+batch, a new round superseding an open batch). The one exception to "every write to selections
+is here" is whether an item of a batch is labelled: ``app.labeling.service`` keeps that in step
+with the item's label.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, true, update
+from sqlalchemy import delete, exists, func, insert, select, text, true
 from sqlalchemy.orm import Session
 
 from app.auth.models import User
@@ -19,13 +23,17 @@ from app.embeddings.schemas import embedding_size
 from app.errors import Conflict, Invalid, NotFound
 from app.items.models import TEXT_PREVIEW_CHARS, Item, Split
 from app.items.schemas import image_url
+from app.jobs.dispatch import contained
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
 from app.jobs.service import create_job, draw_seed
+from app.labeling import service as labeling
 from app.labeling.models import Lease
 from app.projects import kinds
 from app.projects.models import Project, ProjectKind
 from app.projects.schemas import ProjectSettings
-from app.projects.service import Access, get_access, project_settings
+from app.projects.service import Access, get_access, lock_project, project_settings
+from app.rawsql import Raw
+from app.rounds import sql
 from app.rounds.models import ACTIVE_ROUND_STATUSES, Round, RoundStatus, Selection
 from app.rounds.schemas import ProxyConfig, RoundRead, SelectionEntry, Suggestion
 
@@ -66,7 +74,7 @@ def resolve_proxy(
         return {
             "arch": arch,
             "dim": given.dim or settings.fasttext_dim,
-            "epochs": given.epochs or settings.proxy_epochs,
+            "epochs": given.epochs or settings.fasttext_epochs,
             "lr": given.lr if given.lr is not None else settings.proxy_lr,
             "word_ngrams": given.word_ngrams or settings.fasttext_word_ngrams,
             # Clustering strategies (typiclust, auto) and their cold starts use embeddings.
@@ -83,22 +91,28 @@ def resolve_proxy(
     }
 
 
-def _lock_project(db: Session, project_id: int) -> None:
-    """Serialise round starts of one project: a row lock on PostgreSQL.
-
-    SQLite needs none: a write request's transaction began with BEGIN IMMEDIATE, so writers
-    already run one at a time (the ``FOR UPDATE`` is not rendered there).
-    """
-    db.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+def in_open_batch(*, negate: bool = False) -> Any:
+    """A filter on ``Item``: the item is (``negate``: is not) in the batch of a round of its
+    project being labelled; the same fact the label context reads (``app.rounds.sql``)."""
+    fact = sql.in_open_batch("items.id", "items.project_id")
+    return text(f"NOT {fact}" if negate else fact).bindparams(**sql.STATUS)
 
 
 def open_batch_items(project_id: int) -> Any:
     """A subquery: item ids in the batch of a round of the project that is still labelling."""
     return (
-        select(Selection.item_id)
-        .join(Round, Round.id == Selection.round_id)
-        .where(Round.project_id == project_id, Round.status == RoundStatus.labeling)
+        select(Item.id)
+        .where(Item.project_id == project_id, in_open_batch())
+        .correlate(None)
+        .scalar_subquery()
     )
+
+
+def labelling_round_id(db: Session, *, project_id: int) -> int | None:
+    """The project's newest round in labelling (the queue's), as ``queue/next`` finds it."""
+    query = text("SELECT " + sql.newest_labelling_round(":project_id"))
+    found: int | None = db.scalar(query.bindparams(project_id=project_id, **sql.STATUS))
+    return found
 
 
 def count_candidates(db: Session, *, project_id: int) -> int:
@@ -111,7 +125,7 @@ def count_candidates(db: Session, *, project_id: int) -> int:
                 Item.project_id == project_id,
                 Item.split == Split.pool,
                 Item.label.is_(None),
-                Item.id.not_in(open_batch_items(project_id)),
+                in_open_batch(negate=True),
             )
         )
         or 0
@@ -134,7 +148,7 @@ def start_round(
     A round still being labelled blocks a new one (its open items would be stranded), unless
     ``supersede`` closes that batch first: its open items go back to the pool.
     """
-    _lock_project(db, project.id)
+    lock_project(db, project_id=project.id)
     follow_jobs(db, project_id=project.id)
     active = db.scalar(
         select(Round.number).where(
@@ -143,20 +157,20 @@ def start_round(
     )
     if active is not None:
         raise Conflict(f"round {active} of this project is still queued or running")
-    labeling = list(
+    labelling = list(
         db.scalars(
             select(Round).where(
                 Round.project_id == project.id, Round.status == RoundStatus.labeling
             )
         )
     )
-    if labeling and not supersede:
+    if labelling and not supersede:
         raise Conflict(
-            f"round {labeling[0].number} of this project is still being labelled; "
+            f"round {labelling[0].number} of this project is still being labelled; "
             'finish its batch, cancel it, or send {"supersede": true} to close it'
         )
-    for open_round in labeling:
-        _close_batch(db, rnd=open_round)
+    for open_round in labelling:
+        complete_round(db, round_id=open_round.id, supersede=True)
     if batch_size < 1:
         raise Invalid("batch_size must be at least 1")
     candidates = count_candidates(db, project_id=project.id)
@@ -195,14 +209,128 @@ def start_round(
     return rnd
 
 
-def _close_batch(db: Session, *, rnd: Round) -> None:
-    """End a labelling round early: its labelled items stay, the rest return to the pool."""
-    db.execute(delete(Lease).where(Lease.round_id == rnd.id))
+def batch_done(db: Session, *, round_id: int, wait_for_labels: bool = False) -> bool:
+    """Whether every item of the round's batch has a label (one index probe).
+
+    ``wait_for_labels`` (PostgreSQL): the probe locks the open row it finds FOR SHARE, so it
+    waits for a label in flight on that item and re-reads the row as committed.
+    """
+    raw = Raw(db)
+    probe = sql.first_open(":round_id") + (
+        " FOR SHARE OF s" if wait_for_labels and raw.postgres else ""
+    )
+    return raw.fetch_one(probe, {"round_id": round_id}, sql.OpenItem) is None
+
+
+def complete_round(db: Session, *, round_id: int, supersede: bool = False) -> bool:
+    """Complete a round in labelling whose batch is done, or, superseding, whatever is open.
+
+    The one way a round becomes ``completed``: after a label's commit (the rounds it may have
+    finished), at an empty queue (a completion that never ran), when the runner saves a batch
+    labelled meanwhile, and when a new round supersedes the open batch (its leases dropped,
+    its open items back to the pool, ``metrics.superseded``). True if it completed the round.
+
+    Exact whatever runs at the same time: the project's row lock, then the round's, make
+    completers take turns (in the order round starts and undos take them), and the probe waits
+    for every label in flight on an open item (FOR SHARE without SKIP LOCKED), then re-reads
+    that row as committed. A batch fully labelled may start the next round (``auto_next_round``).
+    """
+    rnd = lock_round(db, round_id=round_id)
+    if rnd is None or rnd.status != RoundStatus.labeling:
+        return False
+    if supersede:
+        db.execute(delete(Lease).where(Lease.round_id == rnd.id))
+        # Closed before every item had a label: the learning curve and suggestion accuracy say so.
+        rnd.metrics = {**rnd.metrics, "superseded": True}
+    elif not batch_done(db, round_id=round_id, wait_for_labels=True):
+        return False
     rnd.status = RoundStatus.completed
-    # Closed before every item had a label: the learning curve and suggestion accuracy say so.
-    rnd.metrics = {**rnd.metrics, "superseded": True}
     rnd.finished_at = utcnow()
+    db.flush()
+    log.info("round %s of project %s completed", rnd.number, rnd.project_id)
     record_suggestion_accuracy(db, rnd=rnd)
+    if not supersede:
+        _start_next_if_asked(db, rnd=rnd)
+    return True
+
+
+def lock_round(db: Session, *, round_id: int) -> Round | None:
+    """The round, its project's row locked first and then its own (PostgreSQL), read as
+    committed once the locks are granted: what changes a round's status decides on this."""
+    project_id = db.scalar(select(Round.project_id).where(Round.id == round_id))
+    if project_id is None:
+        return None
+    lock_project(db, project_id=project_id)
+    return db.scalar(select(Round).where(Round.id == round_id).with_for_update())
+
+
+def _start_next_if_asked(db: Session, *, rnd: Round) -> None:
+    """With the project's ``auto_next_round`` on, start the next round after ``rnd``.
+
+    Same strategy, batch size and proxy; its job is sent only after this transaction commits.
+    """
+    # Nothing here may fail the completion: stored settings that no longer validate, or a next
+    # round that cannot start, are logged and the round still completes. The savepoint undoes
+    # any half-written round, and its job is not sent.
+    try:
+        with contained(db), db.begin_nested():
+            project = db.get(Project, rnd.project_id)
+            if project is not None and project_settings(project).auto_next_round:
+                start_next_round(db, finished=rnd)
+    except Exception:
+        log.exception(
+            "round %s of project %s: the automatic next round failed; the round stays completed",
+            rnd.number,
+            rnd.project_id,
+        )
+
+
+def hold_rounds_of_item(db: Session, *, project_id: int, item_id: int) -> list[Round]:
+    """Before an undo reopens an item: the rounds whose batch holds it, locked until the end.
+
+    The project's row first, as a round start takes it: an undo and a new round of the same
+    project take turns, so the undo sees the new round (and reopens nothing older), or the new
+    round sees the reopened one (and refuses, or supersedes it). Then the rounds in labelling
+    or completed that hold the item: a round whose completion is running right now is still in
+    labelling in this statement's snapshot; the lock waits for that completion, and the row
+    comes back as it committed. Taken before the undo reopens the item's selection rows, which
+    that completion's probe waits on: the other order could deadlock with it.
+    """
+    lock_project(db, project_id=project_id)
+    return list(
+        db.scalars(
+            select(Round)
+            .join(Selection, Selection.round_id == Round.id)
+            .where(
+                Selection.item_id == item_id,
+                Round.status.in_([RoundStatus.labeling, RoundStatus.completed]),
+            )
+            .order_by(Round.id)
+            .with_for_update(of=Round)
+        )
+    )
+
+
+def reopen_rounds(db: Session, *, held: list[Round]) -> None:
+    """After an undo left an item of their batches unlabelled: reopen the completed ones.
+
+    Only a completed round that is still the project's newest goes back to labelling: once a
+    later round exists, the older batch stays closed and the item returns to the pool.
+    """
+    for rnd in held:
+        if rnd.status != RoundStatus.completed:
+            continue
+        newest = db.scalar(
+            select(Round.id)
+            .where(Round.project_id == rnd.project_id)
+            .order_by(Round.number.desc())
+            .limit(1)
+        )
+        if newest == rnd.id:
+            rnd.status = RoundStatus.labeling
+            rnd.finished_at = None
+            db.flush()
+            log.info("round %s of project %s reopened by an undo", rnd.number, rnd.project_id)
 
 
 def start_next_round(db: Session, *, finished: Round) -> Round | None:
@@ -297,7 +425,9 @@ def requeue(db: Session, *, job_id: int) -> None:
     rnd.finished_at = None
 
 
-def get_round(db: Session, *, round_id: int, user: User, engineer: bool = False) -> Access:
+def round_project_access(
+    db: Session, *, round_id: int, user: User, engineer: bool = False
+) -> Access:
     """The round's project access, or 404 when the caller cannot see the round."""
     project_id = db.scalar(select(Round.project_id).where(Round.id == round_id))
     if project_id is None:
@@ -306,14 +436,6 @@ def get_round(db: Session, *, round_id: int, user: User, engineer: bool = False)
         return get_access(db, project_id=project_id, user=user, engineer=engineer)
     except NotFound:
         raise NotFound("no such round") from None
-
-
-def load_round(db: Session, *, round_id: int) -> Round:
-    """A round by id (404 when missing)."""
-    rnd = db.get(Round, round_id)
-    if rnd is None:
-        raise NotFound("no such round")
-    return rnd
 
 
 def read_round(rnd: Round, job: Job | None, *, labeled: int) -> RoundRead:
@@ -344,7 +466,7 @@ def round_reads(
 ) -> list[RoundRead]:
     """Rounds with their jobs in one query: one round by id, or a project's, newest first."""
     # Items of the batch with a live label: an index-only count on
-    # ix_selections_round_labeled_rank, kept in step with labels by app.flows.
+    # ix_selections_round_labeled_rank, kept in step with labels by app.labeling.sql.
     labeled = (
         select(func.count())
         .where(Selection.round_id == Round.id, Selection.labeled == true())
@@ -448,19 +570,22 @@ def begin_running(db: Session, *, round_id: int) -> Round | None:
     return rnd
 
 
-def save_selection(
+def save_batch(
     db: Session,
     *,
     round_id: int,
     entries: list[dict[str, Any]],
     metrics: dict[str, Any],
 ) -> bool:
-    """Write the batch (replacing any earlier one) and move the round to labelling.
+    """The runner's last step: write the batch and move the round to labelling.
 
-    ``entries``: ``{item_id, rank, score, suggested_label, suggested_prob}`` each. Returns False
-    and writes nothing when the round was canceled meanwhile.
+    ``entries``: ``{item_id, rank, score, suggested_label, suggested_prob}`` each. Items
+    labelled while the proxy trained are saved as labelled; a batch that is all such items
+    completes its round at once instead of waiting for labels that will never come. Returns
+    False and writes nothing when the round was canceled meanwhile.
     """
-    rnd = db.get(Round, round_id)
+    # The project's lock, then the round's, before the items': the order every completer takes.
+    rnd = lock_round(db, round_id=round_id)
     if rnd is None or rnd.status != RoundStatus.running:
         return False
     item_ids = [e["item_id"] for e in entries]
@@ -479,18 +604,12 @@ def save_selection(
     db.execute(delete(Selection).where(Selection.round_id == round_id))
     if entries:
         db.execute(insert(Selection), [{"round_id": round_id, **e} for e in entries])
-        db.execute(
-            update(Selection)
-            .where(
-                Selection.round_id == round_id,
-                Selection.item_id.in_(select(Item.id).where(Item.label.is_not(None))),
-            )
-            .values(labeled=True)
-        )
+        labeling.mark_batch(db, round_id=round_id)
     rnd.metrics = metrics
     rnd.status = RoundStatus.labeling
     rnd.error = None
     db.flush()
+    complete_round(db, round_id=round_id)
     return True
 
 

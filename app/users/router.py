@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
+from app import flows
 from app.auth.deps import DB, AdminUser
 from app.fields import PathId
 from app.http import error_responses
@@ -30,8 +31,9 @@ def update_user(
     user_id: PathId, body: UserUpdate, admin: AdminUser, request: Request, db: DB
 ) -> UserDetail:
     """Change a user's role, activity or password; a new password or disabling revokes the
-    user's sessions and tokens (an admin changing their own password keeps this session)."""
+    user's sessions and tokens (an admin changing their own password keeps this session), and
+    disabling ends the user's leases."""
     keep = getattr(request.state, "session_id", None) if admin.id == user_id else None
     return UserDetail.model_validate(
-        service.update_user(db, user_id=user_id, data=body, keep_session_id=keep)
+        flows.update_user(db, user_id=user_id, data=body, keep_session_id=keep)
     )
