@@ -96,7 +96,8 @@ class TrainResult:
     forgetting: Tensor | None = None
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Indices 0..n-1 shuffled into batches of batch_size (a lone last one folded in)."""
     perm = torch.randperm(n, generator=generator)
     out = list(perm.split(batch_size))
     # BatchNorm cannot train on a batch of one: fold a lone straggler into the previous batch.
@@ -124,7 +125,7 @@ def _prepared(
 
 
 @contextmanager
-def _denormals_flushed() -> Iterator[None]:
+def denormals_flushed() -> Iterator[None]:
     """Flush denormal floats to zero while training, and only then.
 
     Near-zero losses make denormal gradients, which run orders of magnitude slower on x86 CPUs.
@@ -155,7 +156,7 @@ def train(
     if n == 0 or labels.shape != (n,):
         raise ValueError(f"need one label per image and at least one image (got {n})")
     seed_everything(config.seed)
-    with _denormals_flushed():
+    with denormals_flushed():
         net = _prepared(model, images, config, num_classes=num_classes)
         device = pick_device(config.device)
         gen = torch.Generator().manual_seed(config.seed)
@@ -182,7 +183,7 @@ def train(
                 net.train()
                 total_loss = torch.zeros((), device=device)
                 total_correct = torch.zeros((), dtype=torch.int64, device=device)
-                for idx in _batches(n, config.batch_size, gen):
+                for idx in shuffled_batches(n, config.batch_size, gen):
                     idx_d = idx.to(device)
                     x = images_d[idx_d]
                     if config.augment:

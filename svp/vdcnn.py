@@ -30,9 +30,9 @@ from svp.train import (
     ProgressFn,
     TrainingCancelled,
     TrainStats,
-    _batches,
-    _denormals_flushed,
+    denormals_flushed,
     seed_everything,
+    shuffled_batches,
 )
 
 # The paper's alphabet; with padding (0), unknown (1) and space (2) it makes 69 tokens.
@@ -204,7 +204,7 @@ def train_vdcnn(
             raise ValueError("num_classes is required when building a model by name")
         model = create_text_target(model, num_classes)
     net: VDCNN = model
-    with _denormals_flushed(), torch_threads(config.num_threads):
+    with denormals_flushed(), torch_threads(config.num_threads):
         device = pick_device(config.device)
         gen = torch.Generator().manual_seed(config.seed)
         net = net.to(device)
@@ -226,7 +226,7 @@ def train_vdcnn(
             net.train()
             total_loss = torch.zeros((), device=device)
             total_correct = torch.zeros((), dtype=torch.int64, device=device)
-            for idx in _batches(n, config.batch_size, gen):
+            for idx in shuffled_batches(n, config.batch_size, gen):
                 idx_d = idx.to(device)
                 y = labels_d[idx_d]
                 logits, _ = net(codes_d[idx_d])
