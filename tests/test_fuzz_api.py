@@ -133,7 +133,7 @@ def _zip_of_images(n: int) -> bytes:
 def _text_worker_jobs(factory: Factory, texts: Any) -> list[int]:
     """A text project's jobs as the worker leaves them (tests/test_e2e_text.py made these
     shapes): a finished embedding, evaluations with the text targets and a fastText core-set,
-    and failed ones whose retry runs the worker's text paths inline."""
+    and failed ones with text parameters for the retry and cancel routes."""
     linear = {"arch": "linear", "backbone": "glove_6b_50d", "image_size": 0}
     vdcnn = {"arch": "vdcnn", "epochs": 1, "batch_size": 8, "lr": None, "image_size": 32}
     fasttext = {"arch": "fasttext", "dim": 100, "epochs": 5, "lr": None, "word_ngrams": 2}
