@@ -278,7 +278,8 @@ def test_engineer_makes_a_text_project_and_uploads_a_csv(
     page.get_by_role("button", name="Upload").click()
     report = page.locator("#import-report")
     report.wait_for(timeout=90_000)
-    assert "Added 7, duplicates 0, rejected 2." in report.inner_text()
+    # Their labels came from the CSV's label column, not from folder names.
+    assert "Added 7, duplicates 0, rejected 2. 7 came with their labels." in report.inner_text()
     assert page.locator("#rejected tbody tr").count() == 2
     assert page.locator("[data-count='items'] b").inner_text() == "7"
     screenshot(page, "text-project-import")

@@ -9,7 +9,7 @@ import { fill, h, progressBar, statusPill } from "../dom.js";
 const JOB_DONE = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function importReport(job) {
+function importReport(job, kind) {
   if (job.status !== "succeeded") {
     return h("div", { class: "notice bad", id: "import-report", role: "alert" }, `The import ${job.status}: ${job.error || "no reason given"}`);
   }
@@ -20,7 +20,7 @@ function importReport(job) {
   return h("div", { id: "import-report", class: "stack" },
     h("p", { class: rejectedCount ? "notice warn" : "notice ok" },
       `Added ${r.added}, duplicates ${r.duplicates}, rejected ${rejectedCount}.`,
-      r.labeled ? ` ${r.labeled} labelled from folder names.` : ""),
+      r.labeled ? ` ${r.labeled} ${kind === "text" ? "came with their labels" : "labelled from folder names"}.` : ""),
     rejectedCount > rejected.length ? h("p", { class: "small muted" }, `Showing the first ${rejected.length} rejected files.`) : null,
     rejected.length
       ? h("div", { class: "table-wrap" }, h("table", { id: "rejected" },
@@ -112,7 +112,7 @@ export function createUpload({ pid, life, onImported, kind = "image" }) {
       }
     }
     if (life.stopped) return;
-    uploadState.append(importReport(job));
+    uploadState.append(importReport(job, kind));
     onImported();
   }
 
