@@ -274,6 +274,9 @@ def test_engineer_makes_a_text_project_and_uploads_a_csv(
         "fasttext",
         "linear",
     ]
+    # fastText's epochs are its own setting (many cheap passes), not the image proxies'.
+    page.get_by_label("Proxy").select_option("fasttext")
+    assert page.get_by_label("Epochs").input_value() == "50"
     picker.set_input_files(str(csv))
     page.get_by_role("button", name="Upload").click()
     report = page.locator("#import-report")

@@ -47,8 +47,13 @@ export async function createRounds({ pid, settings, kind = "image", life, onRoun
   const proxy = h("select", { id: "round-proxy" }, proxyNames.filter(fitsKind(kind)).map((p) => h("option", { value: p, selected: p === settings.default_proxy },
     p === "linear" ? `linear on ${settings.backbone || "a backbone"}` : p)));
   const epochs = h("input", { type: "number", id: "round-epochs", min: "1", max: "500", value: String(settings.proxy_epochs), required: true });
-  // A linear head trains in seconds on frozen embeddings: it has no epochs to set.
-  const syncEpochs = () => { epochs.disabled = proxy.value === "linear"; };
+  // A linear head trains in seconds on frozen embeddings: it has no epochs to set. fastText has
+  // its own default (many cheap passes), from the project's settings.
+  const syncEpochs = () => {
+    epochs.disabled = proxy.value === "linear";
+    const own = proxy.value === "fasttext" ? settings.fasttext_epochs : settings.proxy_epochs;
+    if (own) epochs.value = String(own);
+  };
   proxy.addEventListener("change", syncEpochs);
   syncEpochs();
   const supersede = h("input", { type: "checkbox", id: "round-supersede" });
