@@ -7,6 +7,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 
@@ -19,11 +20,18 @@ from app.settings import get_settings
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.metrics import multiprocess_dir
     from app.migrate import upgrade
 
     if not args.no_migrate:
         upgrade()
     trusted = get_settings().trusted_proxies.strip()
+    with multiprocess_dir(args.workers):
+        _run_uvicorn(uvicorn, args, trusted)
+    return 0
+
+
+def _run_uvicorn(uvicorn: Any, args: argparse.Namespace, trusted: str) -> None:
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -36,7 +44,6 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
     )
-    return 0
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import JSON, DateTime, Engine, create_engine, event, make_url
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -81,6 +81,7 @@ class Base(DeclarativeBase):
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
     if url.startswith("sqlite"):
+        ensure_sqlite_dir(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -133,13 +134,22 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """Make the folder of a SQLite database file, parents included, if it does not exist.
+
+    Here, where every engine is made (the server's, the migrations', the CLI's), rather than
+    in one caller: a first ``svplabel serve`` migrated before anything made the data dir and
+    exited with "unable to open database file" (issue 17 #7).
+    """
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+
+
 @lru_cache
 def get_engine() -> Engine:
     """The process-wide engine for the configured database."""
-    settings = get_settings()
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return make_engine(settings.database_url)
+    return make_engine(get_settings().database_url)
 
 
 @lru_cache
@@ -163,6 +173,37 @@ def unit_of_work(*, write: bool = True) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# PostgreSQL's SQLSTATE for unique_violation; SQLite says it in the message.
+_PG_UNIQUE_VIOLATION = "23505"
+
+
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether the database refused a row because a unique constraint already holds its key."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == _PG_UNIQUE_VIOLATION:
+        return True
+    return "UNIQUE constraint failed" in str(orig)
+
+
+def flush_new(db: Session, row: Any) -> bool:
+    """Insert one new row in a savepoint; False when a unique constraint refused it.
+
+    Two requests that create the same name at once both pass the "is it taken?" read; on
+    PostgreSQL the second insert then fails, and without a savepoint that failure aborts the
+    whole transaction (issue 17 #3). In a savepoint it is rolled back alone, and the caller
+    answers as if the read had seen the other row (which a new read now does).
+    """
+    try:
+        with db.begin_nested():
+            db.add(row)
+            db.flush()
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
+        return False
+    return True
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The largest id any table can hold on both back ends (PostgreSQL integer).
 MAX_ID = 2**31 - 1
@@ -38,7 +38,13 @@ def has_nul(value: Any) -> bool:
 
 
 class RequestBody(BaseModel):
-    """Base of every request body: a NUL in any text of it is a 422 (DESIGN 5)."""
+    """Base of every request body: an unknown field or a NUL in any text of it is a 422.
+
+    Unknown fields are refused, not dropped: ``{"activ": false}`` on a user was a 200 that
+    disabled nobody (issue 17 #5). The 422 names the field (``loc``), never its value.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -21,13 +21,21 @@ from app.auth.models import Role, User
 from app.auth.service import create_user
 from app.db import unit_of_work
 from app.embeddings.service import backbone_errors
-from app.errors import DomainError
-from app.http import API_ERRORS, DOCS_HTML, BodyLimit, SecurityHeaders, validation_error
+from app.errors import DomainError, InsufficientStorage, is_disk_full
+from app.http import (
+    API_ERRORS,
+    DOCS_HTML,
+    BodyLimit,
+    SecurityHeaders,
+    refuse_unknown_query,
+    validation_error,
+)
 from app.items.importer import run_import
 from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
 from app.routers import OPEN_ROUTERS, ROUTERS
 from app.settings import get_settings
+from app.visibility import ViewerScope
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,10 @@ FRONTEND_DIR = Path(__file__).resolve().parent.parent / "frontend"
 # The answer while the database cannot be reached, and when to try again.
 DATABASE_UNAVAILABLE = "the database is unavailable right now; try again in a few seconds"
 DATABASE_RETRY_AFTER_SECONDS = 2
+# The answer to a write a constraint refused because of another request's change.
+CONCURRENT_CHANGE = (
+    "this conflicts with a change made at the same moment by another request; reload and try again"
+)
 
 
 def ensure_first_admin() -> None:
@@ -75,6 +87,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+async def _integrity_error(request: Request, exc: Exception) -> JSONResponse:
+    """409 for a write a constraint refused: a row made or removed at the same moment."""
+    # The checks before the write could not see another request's change (a double-click, a
+    # retry). The unit of work has rolled back and returned its connection clean; the
+    # constraint's values are not echoed.
+    log.warning(
+        "%s %s: refused by a constraint: %s",
+        request.method,
+        request.url.path,
+        getattr(exc, "orig", None) or exc,
+    )
+    return JSONResponse(status_code=409, content={"detail": CONCURRENT_CHANGE})
+
+
+def _disk_full(request: Request, exc: Exception) -> JSONResponse:
+    """507: the disk is full."""
+    # What was being written is gone with its unit of work (an upload's spool is deleted by the
+    # receiver); the path is logged, never shown.
+    log.error("%s %s: the disk is full: %s", request.method, request.url.path, exc)
+    return JSONResponse(status_code=507, content={"detail": InsufficientStorage().detail})
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    """507 for a write that met a full disk; any other OS error stays a 500."""
+    if is_disk_full(exc):
+        return _disk_full(request, exc)
+    raise exc
+
+
 def create_app() -> FastAPI:
     """Build the application with every router."""
     get_settings()  # bad settings fail here, at start, not on the first request
@@ -108,11 +149,16 @@ def create_app() -> FastAPI:
             status_code=422, content={"detail": "a value is out of range or not storable text"}
         )
 
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(OSError, _os_error)
+
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database is down, restarting or out of connections: a state that passes, not a
         # bug, so 503 with Retry-After (a client retries, its label key keeps that safe), not
         # 500. Failed connections are invalidated and idle ones pinged (app.db.make_engine), so
         # the pool reconnects once it is back: no restart needed (#9 item 1).
+        if is_disk_full(exc):
+            return _disk_full(request, exc)
         log.warning(
             "%s %s: database unavailable: %s",
             request.method,
@@ -133,6 +179,8 @@ def create_app() -> FastAPI:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
     app.add_middleware(metrics.RequestMetrics)
+    # Who is asking, for the shapes that show worker identities to admins alone.
+    app.add_middleware(ViewerScope)
 
     @app.get("/docs", include_in_schema=False)
     def _docs() -> HTMLResponse:
@@ -142,10 +190,11 @@ def create_app() -> FastAPI:
     # Starlette's own error middleware, outside every other, goes without).
     app.add_middleware(SecurityHeaders)
 
+    strict_query = [Depends(refuse_unknown_query)]
     for router in ROUTERS:
-        app.include_router(router, responses=API_ERRORS)
+        app.include_router(router, responses=API_ERRORS, dependencies=strict_query)
     for router in OPEN_ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=strict_query)
 
     if FRONTEND_DIR.is_dir():
         app.mount("/", StaticFiles(directory=FRONTEND_DIR, html=True), name="frontend")

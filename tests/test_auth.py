@@ -13,10 +13,10 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.auth import cache as auth_cache
-from app.auth.models import ApiToken, LoginAttempt, User
+from app.auth.models import ApiToken, AuthSession, LoginAttempt, User
 from app.db import unit_of_work
 from app.main import create_app
 from app.security import hash_secret, key_stored_hash, new_secret
@@ -625,3 +625,31 @@ def test_production_refuses_to_start_without_a_strong_secret_key(
     assert len(first) >= 32
     assert secret_from_data_dir(tmp_path) == first
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_sessions_and_tokens_per_user_are_bounded(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: a client signing in or making tokens in a loop added rows without end. A sign-in
+    past SVP_SESSIONS_PER_USER ends the oldest session; a token past SVP_TOKENS_PER_USER is 409."""
+    monkeypatch.setenv("SVP_SESSIONS_PER_USER", "3")
+    monkeypatch.setenv("SVP_TOKENS_PER_USER", "2")
+    get_settings.cache_clear()
+    user = factory.user("annotator")
+    clients = [factory.client(user) for _ in range(5)]
+    with unit_of_work(write=False) as db:
+        held = db.scalar(
+            select(func.count()).select_from(AuthSession).where(AuthSession.user_id == user.id)
+        )
+    assert held == 3
+    # The two oldest ended at once (cache included); the three newest work.
+    assert [c.get("/api/me").status_code for c in clients] == [401, 401, 200, 200, 200]
+    c = clients[-1]
+    assert c.post("/api/tokens", json={"name": "a"}).status_code == 201
+    assert c.post("/api/tokens", json={"name": "b"}).status_code == 201
+    r = c.post("/api/tokens", json={"name": "c"})
+    assert r.status_code == 409
+    assert "revoke" in r.json()["detail"]
+    first = c.get("/api/tokens").json()[-1]["id"]
+    assert c.delete(f"/api/tokens/{first}").status_code == 204
+    assert c.post("/api/tokens", json={"name": "c"}).status_code == 201

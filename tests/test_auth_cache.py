@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import delete, event
+from sqlalchemy import delete, event, select
+from sqlalchemy.orm import Session
 
 from app.auth import cache as auth_cache
-from app.auth.models import AuthSession
+from app.auth import service as auth_service
+from app.auth.models import ApiToken, AuthSession, User
 from app.db import get_engine, unit_of_work
 from tests.factories import Factory
 
@@ -73,3 +75,28 @@ def test_another_process_revoking_is_seen_within_the_ttl(
     assert c.get("/api/me").status_code == 200
     time.sleep(0.6)
     assert c.get("/api/me").status_code == 401
+
+
+def test_a_lookup_that_read_before_a_revocation_committed_is_not_remembered(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving issue 17 read: a request reads a token, the token's revocation commits
+    (and clears the cache), then the request caches what it read: the revoked token worked on
+    for the TTL. The revocation is made to land exactly between that read and the remember."""
+    user = factory.user("annotator")
+    c = factory.token_client(user)
+    with unit_of_work(write=False) as db:
+        token_id = db.scalars(select(ApiToken.id).where(ApiToken.user_id == user.id)).one()
+    auth_cache.clear()
+    read_token = auth_service.user_from_token
+
+    def read_then_revoked(db: Session, *, secret: str) -> tuple[User, ApiToken]:
+        found = read_token(db, secret=secret)
+        with unit_of_work() as other:  # another request revokes, and commits, meanwhile
+            auth_service.revoke_token(other, user=found[0], token_id=token_id)
+        return found
+
+    monkeypatch.setattr(auth_service, "user_from_token", read_then_revoked)
+    assert c.get("/api/me").status_code == 200  # it read the token while it was valid
+    monkeypatch.setattr(auth_service, "user_from_token", read_token)
+    assert c.get("/api/me").status_code == 401  # not served from a stale cache entry

@@ -412,6 +412,10 @@ def test_a_running_worker_resends_queued_jobs_when_redis_comes_back_empty(
     assert private_redis.client().dbsize() > 0  # sent after the commit: its message waits
     beat = Heartbeat(name="fault-beat", concurrency=1, interval=60)
     beat.register()
+    # A second worker up all along: it sees the new Redis too, but only one of them re-sends.
+    other = Heartbeat(name="fault-beat-2", concurrency=1, interval=60)
+    other.register()
+    other.tick()
 
     def sent_at() -> Any:
         with unit_of_work(write=False) as db:
@@ -427,6 +431,9 @@ def test_a_running_worker_resends_queued_jobs_when_redis_comes_back_empty(
     beat.tick()
     assert sent_at() > first
     assert private_redis.client().dbsize() > 0  # its message waits in the new Redis
+    resent = sent_at()
+    other.tick()
+    assert sent_at() == resent
 
 
 def rounds_project(c: httpx.Client) -> int:

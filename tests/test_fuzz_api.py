@@ -136,7 +136,7 @@ def _text_worker_jobs(factory: Factory, texts: Any) -> list[int]:
     and failed ones with text parameters for the retry and cancel routes."""
     linear = {"arch": "linear", "backbone": "glove_6b_50d", "image_size": 0}
     vdcnn = {"arch": "vdcnn", "epochs": 1, "batch_size": 8, "lr": None, "image_size": 32}
-    fasttext = {"arch": "fasttext", "dim": 100, "epochs": 5, "lr": None, "word_ngrams": 2}
+    fasttext = {"arch": "fasttext", "dim": 50, "epochs": 5, "lr": None, "word_ngrams": 2}
     jobs = [
         factory.job(
             texts,

@@ -177,3 +177,25 @@ def test_unknown_names_in_settings_are_refused_when_written(
     r = c.post("/api/projects", json={"name": "typo", "classes": ["a", "b"], "settings": given})
     assert r.status_code == 422, r.text
     assert c.get("/api/projects").json() == []
+
+
+def test_a_settings_patch_changes_only_the_keys_it_names(factory: Factory) -> None:
+    """Issue 17 #4: PATCH of one setting reset every other one to its default."""
+    eng = factory.user("engineer")
+    project = factory.project(
+        eng, lease_seconds=120, annotators_label_any_pool_item=True, default_proxy="preact8"
+    )
+    c = factory.client(eng)
+    r = c.patch(f"/api/projects/{project.id}", json={"settings": {"auto_next_round": True}})
+    assert r.status_code == 200, r.text
+    settings = r.json()["settings"]
+    assert settings["auto_next_round"] is True
+    assert settings["lease_seconds"] == 120
+    assert settings["annotators_label_any_pool_item"] is True
+    assert settings["default_proxy"] == "preact8"
+    # A value that does not validate changes nothing, the keys beside it included.
+    r = c.patch(
+        f"/api/projects/{project.id}", json={"settings": {"batch_size": 5, "lease_seconds": 1}}
+    )
+    assert r.status_code == 422
+    assert c.get(f"/api/projects/{project.id}").json()["settings"] == settings

@@ -410,6 +410,18 @@ def test_an_embed_job_embeds_every_image_once(world: dict[str, Any]) -> None:
         assert db.get(Job, again.id).result["images"] == 0  # type: ignore[union-attr,index]
 
 
+def test_a_random_round_on_a_fresh_linear_project_is_random(world: dict[str, Any]) -> None:
+    """Issue 17: ``cold_start: auto`` made a random round's first batch TypiClust on a linear
+    project. Random it is, and it embeds nothing to choose it."""
+    rid, jid = start(world["project"].id, "random", 6, proxy=LINEAR)
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    assert rnd.status == "labeling", rnd.error
+    assert rnd.metrics["cold_start"] == "random"
+    assert rnd.metrics["embedding"] is None
+    assert len({s.item_id for s in batch}) == 6
+
+
 def test_a_linear_project_starts_typical_first_then_suggests_with_a_calibrated_head(
     world: dict[str, Any],
 ) -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 import zipfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,33 @@ def test_a_starting_worker_resends_every_queued_job(factory: Factory, no_worker:
     now = utcnow()
     just_sent = factory.job(None, created_at=now - timedelta(minutes=5), sent_at=now)
     assert not reconcile(now + timedelta(seconds=1))
-    assert reconcile(now + timedelta(seconds=1), resend_queued=True).resent == [just_sent.id]
+    epoch = utcnow()  # the workers' (or the broker's) start, after the job was sent
+    assert reconcile(resend_sent_before=epoch).resent == [just_sent.id]
+    # Once per epoch: the next worker starting with the same epoch sends nothing again.
+    assert not reconcile(resend_sent_before=epoch).resent
+
+
+def test_workers_starting_together_resend_each_queued_job_once(
+    factory: Factory, no_worker: Settings
+) -> None:
+    """Issue 17: every worker start re-sent one message per queued job, so N workers starting
+    sent each job N times. Now the first start of the fleet sends it, the others find it sent."""
+    from worker.heartbeat import Heartbeat
+
+    now = utcnow()
+    queued = [
+        factory.job(None, created_at=now - timedelta(minutes=5), sent_at=now - timedelta(minutes=4))
+        for _ in range(3)
+    ]
+    sent: list[list[datetime | None]] = []
+    for k in range(4):
+        beat = Heartbeat(name=f"burst-{k}@host", concurrency=1, interval=60)
+        beat.register()
+        beat.tick(starting=True)
+        sent.append([job_row(j.id).sent_at for j in queued])
+    first = sent[0]
+    assert all(at is not None and at > now - timedelta(minutes=1) for at in first), first
+    assert sent == [first] * 4, sent  # no later start sent them again
 
 
 def test_reconcile_fails_a_round_whose_job_failed(factory: Factory, no_worker: Settings) -> None:

@@ -21,9 +21,9 @@ from celery import signals
 from sqlalchemy import delete, update
 
 from app.db import get_engine, unit_of_work, utcnow
-from app.jobs.broker import broker_instance
+from app.jobs.broker import broker_instance, claim_resend
 from app.jobs.models import WorkerNode
-from app.jobs.reconcile import reconcile
+from app.jobs.reconcile import reconcile, resend_epoch
 from app.settings import get_settings
 
 log = logging.getLogger("svp.worker")
@@ -69,19 +69,24 @@ class Heartbeat:
     def tick(self, *, starting: bool = False) -> None:
         """One beat and one reconciliation; errors are logged, the thread goes on.
 
-        At start, and whenever the broker is a new instance (Redis restarted since the last
-        beat), every queued job is sent again: its message may have been lost with the broker
-        (``reconcile``'s ``resend_queued``).
+        At start, queued jobs sent before ``resend_epoch()`` are sent again, and when the broker
+        is a new instance (Redis restarted since the last beat), every queued job, by the one
+        worker that claims the new instance: their messages may have been lost with the broker.
         """
         try:
             self.beat()
         except Exception:
             log.warning("worker=%s event=heartbeat-failed", self.name, exc_info=True)
         restarted = self._broker_restarted()
-        if restarted:
-            log.warning("worker=%s event=broker-restarted resend=queued", self.name)
         try:
-            reconcile(resend_queued=starting or restarted)
+            resend_before = None
+            if restarted and self._broker is not None and claim_resend(self._broker):
+                # Each live worker sees the new Redis; the first to claim it re-sends.
+                log.warning("worker=%s event=broker-restarted resend=queued", self.name)
+                resend_before = utcnow()
+            elif starting:
+                resend_before = resend_epoch()
+            reconcile(resend_sent_before=resend_before)
         except Exception:
             log.warning("worker=%s event=reconcile-failed", self.name, exc_info=True)
 

@@ -103,9 +103,15 @@ def _already_settled(db: Session, round_id: int) -> dict[str, Any]:
 
 
 def _cold_strategy(plan: RoundPlan) -> str:
-    """The first batch's strategy: the setting, with ``auto`` resolved by the inputs at hand."""
+    """The first batch's strategy: the setting, with ``auto`` resolved by the round and inputs.
+
+    ``auto`` on a ``random`` round is random: a round asked to be random is (issue 17: it
+    became TypiClust on a linear project). An explicit setting applies to every round.
+    """
     if plan.cold_start != "auto":
         return plan.cold_start
+    if plan.strategy == "random":
+        return "random"
     clusters = plan.spec.embeds or plan.strategy in EMBEDDING_STRATEGIES
     return "typiclust" if clusters and plan.spec.backbone else "random"
 

@@ -3,6 +3,11 @@
 Keyed by the secret's stored hash (never the secret), bounded (LRU) and short-lived (TTL).
 Revocation is immediate in the process that revokes (logout, token revocation and user changes
 call ``forget``/``forget_user``) and bounded by the TTL in the others (``serve --workers N``).
+
+A look-up that read the database before a revocation committed must not be remembered after
+the revocation cleared the cache: it would bring the revoked credential back for a TTL. Every
+``forget`` counts a generation; a reader notes the generation before its read
+(``generation()``) and ``remember`` keeps nothing when a forget came in between.
 """
 
 from __future__ import annotations
@@ -42,10 +47,25 @@ class _Entry:
 
 _entries: OrderedDict[str, _Entry] = OrderedDict()
 _lock = threading.Lock()
+# Counts every forget: a rare event (logout, revocation, a user changed), so one counter for all
+# keys costs at most a second look-up to the few reads that overlapped one.
+_generation = 0
 
 
-def remember(key: str, user: User, credential: AuthSession | ApiToken) -> None:
-    """Keep what a credential resolved to: a user, and the session or token row."""
+def generation() -> int:
+    """The count of forgets so far; note it before reading a credential from the database."""
+    with _lock:
+        return _generation
+
+
+def remember(
+    key: str, user: User, credential: AuthSession | ApiToken, *, read_at: int | None = None
+) -> None:
+    """Keep what a credential resolved to: a user, and the session or token row.
+
+    ``read_at`` is ``generation()`` from before the database read: if anything was forgotten
+    since, the read may predate a revocation, and nothing is kept.
+    """
     session = credential if isinstance(credential, AuthSession) else None
     entry = _Entry(
         user_id=user.id,
@@ -61,6 +81,8 @@ def remember(key: str, user: User, credential: AuthSession | ApiToken) -> None:
         stored_at=time.monotonic(),
     )
     with _lock:
+        if read_at is not None and read_at != _generation:
+            return
         _entries[key] = entry
         _entries.move_to_end(key)
         while len(_entries) > MAX_ENTRIES:
@@ -113,7 +135,9 @@ def note_used(key: str, at: datetime) -> None:
 
 def forget(key: str, *, db: Session | None = None) -> None:
     """Drop one credential (logout, token revocation), now and once ``db`` commits."""
+    global _generation
     with _lock:
+        _generation += 1
         _entries.pop(key, None)
     if db is not None:
         # A request resolving the credential before the commit would remember the old state.
@@ -122,7 +146,9 @@ def forget(key: str, *, db: Session | None = None) -> None:
 
 def forget_user(user_id: int, *, db: Session | None = None) -> None:
     """Drop every credential of a user (role, activity or password changed), and on commit."""
+    global _generation
     with _lock:
+        _generation += 1
         for key in [k for k, e in _entries.items() if e.user_id == user_id]:
             del _entries[key]
     if db is not None:
@@ -131,7 +157,12 @@ def forget_user(user_id: int, *, db: Session | None = None) -> None:
 
 def session_key(secret: str) -> str:
     """The cache key of a session cookie's secret."""
-    return "session:" + hash_secret(secret)
+    return stored_session_key(hash_secret(secret))
+
+
+def stored_session_key(token_hash: str) -> str:
+    """The cache key of a session, by its stored hash."""
+    return "session:" + token_hash
 
 
 def token_key(token_hash: str) -> str:

@@ -16,6 +16,7 @@ from app.auth.models import ApiToken, AuthSession, Role, User
 from app.db import SAFE_METHODS, get_db, run_in_unit_of_work, unit_of_work, utcnow
 from app.errors import PermissionDenied, Unauthenticated
 from app.security import hash_secret
+from app.visibility import note_viewer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def _accept(request: Request, user: User, credential: AuthSession | ApiToken) ->
         if request.method not in SAFE_METHODS:
             service.check_csrf(credential, request.headers.get(CSRF_HEADER))
     request.state.user = user
+    note_viewer(admin=user.role == Role.admin)
     return user
 
 
@@ -86,11 +88,12 @@ def current_user(request: Request, db: DB) -> User:
     hit = _recalled(key)
     if hit is None:
         found: tuple[User, AuthSession | ApiToken]
+        read_at = auth_cache.generation()
         if key.startswith("token:"):
             found = service.user_from_token(db, secret=secret)
         else:
             found = service.user_from_session(db, secret=secret)
-        auth_cache.remember(key, *found)
+        auth_cache.remember(key, *found, read_at=read_at)
         hit = found
     user, credential = hit
     if isinstance(credential, ApiToken) and service.token_use_is_stale(credential):

@@ -134,7 +134,7 @@ def me(user: CurrentUser) -> UserRead:
     return UserRead.model_validate(user)
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+@router.post("/tokens", status_code=status.HTTP_201_CREATED, responses=error_responses(409))
 def create_token(body: TokenCreate, user: CurrentUser, db: DB) -> TokenCreated:
     """Make an API token; its secret is in this answer only."""
     token, secret = service.create_token(db, user=user, name=body.name)

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 from app.auth import cache as auth_cache
 from app.auth.models import ApiToken, AuthSession, LoginAttempt, User
 from app.db import utcnow
-from app.errors import NotFound, PermissionDenied, TooManyRequests, Unauthenticated
+from app.errors import Conflict, NotFound, PermissionDenied, TooManyRequests, Unauthenticated
 from app.security import hash_password, hash_secret, new_secret
+from app.settings import get_settings
 
 # Sign-in attempts are counted in fixed windows of this many seconds; a limit applies to the
 # current window and the one before it together, so a burst cannot straddle a boundary for twice
@@ -229,7 +230,24 @@ def open_session(db: Session, *, user: User, hours: int) -> NewSession:
         )
     )
     db.flush()
+    _end_oldest_sessions(db, user_id=user.id, keep=get_settings().sessions_per_user)
     return NewSession(secret=secret, csrf_token=csrf, user=user)
+
+
+def _end_oldest_sessions(db: Session, *, user_id: int, keep: int) -> None:
+    """End the user's sessions beyond the newest ``keep``: a script signing in in a loop
+    would otherwise add a row per sign-in for a week (the session's life)."""
+    beyond = db.execute(
+        select(AuthSession.id, AuthSession.token_hash)
+        .where(AuthSession.user_id == user_id)
+        .order_by(AuthSession.id.desc())
+        .offset(keep)
+    ).all()
+    if not beyond:
+        return
+    db.execute(delete(AuthSession).where(AuthSession.id.in_([row.id for row in beyond])))
+    for row in beyond:
+        auth_cache.forget(auth_cache.stored_session_key(row.token_hash), db=db)
 
 
 def close_session(db: Session, *, secret: str) -> None:
@@ -302,7 +320,17 @@ def check_csrf(session_row: AuthSession, header_value: str | None) -> None:
 
 
 def create_token(db: Session, *, user: User, name: str) -> tuple[ApiToken, str]:
-    """Make an API token; the secret is returned once and stored hashed."""
+    """Make an API token; the secret is returned once and stored hashed.
+
+    409 past ``SVP_TOKENS_PER_USER``: unlike a session, a token is never ended for being old,
+    so the caller chooses which to revoke. The user's row is locked, so two creates at once
+    cannot both take the last place (SQLite's writer lock does the same there).
+    """
+    limit = get_settings().tokens_per_user
+    db.execute(select(User.id).where(User.id == user.id).with_for_update())
+    held = db.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.user_id == user.id))
+    if (held or 0) >= limit:
+        raise Conflict(f"at most {limit} API tokens per user; revoke one you no longer use first")
     secret = "svp_" + new_secret()
     token = ApiToken(user_id=user.id, name=name, token_hash=hash_secret(secret))
     db.add(token)
@@ -326,9 +354,14 @@ def revoke_token(db: Session, *, user: User, token_id: int) -> None:
     auth_cache.forget(auth_cache.token_key(token.token_hash), db=db)
 
 
+def new_user(*, username: str, password: str, role: str) -> User:
+    """A user row with the password hashed, not yet added to a session."""
+    return User(username=username, password_hash=hash_password(password), role=role)
+
+
 def create_user(db: Session, *, username: str, password: str, role: str) -> User:
     """Add a user; the caller has checked that the name is free."""
-    user = User(username=username, password_hash=hash_password(password), role=role)
+    user = new_user(username=username, password=password, role=role)
     db.add(user)
     db.flush()
     return user

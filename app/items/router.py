@@ -13,6 +13,7 @@ from app.auth.deps import DB, CurrentUser, current_user
 from app.db import request_slot, unit_of_work
 from app.errors import Invalid, NotFound, TooLarge
 from app.fields import PathId
+from app.http import error_responses
 from app.items import service, storage
 from app.items.importer import MEDIA_TYPES
 from app.items.models import Item, Split
@@ -93,6 +94,7 @@ def _start_import(
     "/api/projects/{project_id}/items",
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=_UPLOAD_BODY,
+    responses=error_responses(507),
 )
 async def upload_items(project_id: PathId, request: Request) -> JobRead:
     """Stream images or zips to disk and start their import job (engineers of the project)."""
@@ -112,6 +114,7 @@ async def upload_items(project_id: PathId, request: Request) -> JobRead:
         content_type=request.headers.get("content-type", ""),
         uploads_dir=settings.uploads_dir,
         max_bytes=settings.max_upload_bytes,
+        form=service.UPLOAD_FORM,
     )
     try:
         return await run_in_threadpool(_start_import, request, project_id, upload, upload.fields)

@@ -16,7 +16,7 @@ from app.auth.models import User
 from app.errors import Invalid, NotFound
 from app.fields import MAX_ID
 from app.items.models import TEXT_PREVIEW_CHARS, Item, Split
-from app.items.storage import SpooledUpload, discard
+from app.items.storage import FormFields, SpooledUpload, discard
 from app.items.text_reader import kind_mismatch
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
@@ -38,11 +38,12 @@ class ImportOptions:
     labels_from_folders: bool
 
 
+# The upload's form: files, and two options (the multipart parser refuses any other part).
+UPLOAD_FORM = FormFields(file="file", plain=frozenset({"split", "labels_from_folders"}))
+
+
 def import_options(fields: dict[str, str]) -> ImportOptions:
     """Read ``split`` and ``labels_from_folders`` from an upload's fields; 422 when they are bad."""
-    unknown = set(fields) - {"split", "labels_from_folders"}
-    if unknown:
-        raise Invalid(f"unknown form fields: {', '.join(sorted(unknown))}")
     raw_split = fields.get("split", Split.pool).strip().lower() or Split.pool
     if raw_split not in Split.__members__:
         raise Invalid("split must be 'pool' or 'test'")
@@ -72,9 +73,6 @@ def start_import(
     """Write the import job for a spooled upload; it runs once the request commits."""
     if not upload.files:
         raise Invalid("the upload has no file: send images or a .zip in the 'file' field")
-    strays = sorted({f.field for f in upload.files} - {"file"})
-    if strays:
-        raise Invalid(f"files go in the 'file' field, not {', '.join(map(repr, strays))}")
     # Files that all belong to the other kind of project (by their names) import nothing: said
     # at once, not by a job that rejects each. A zip is judged by its entries, in the job.
     mismatch = kind_mismatch(access.project.kind, [f.name for f in upload.files])

@@ -240,6 +240,21 @@ def broker_instance() -> str | None:
         client.close()
 
 
+def claim_resend(instance: str) -> bool:
+    """Whether this caller is the first to re-send for a new Redis instance (``run_id``).
+
+    Every live worker sees Redis restart at its next beat; one key per instance, set if absent,
+    lets the first re-send the queued jobs and the others skip. The key dies with the instance,
+    as the messages did. Raises when Redis cannot be reached.
+    """
+    address, prefix = _split_key_prefix(get_settings().broker_url)
+    client = redis.Redis.from_url(address, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return bool(client.set(f"{prefix}svp-resend:{instance}", "1", nx=True))
+    finally:
+        client.close()
+
+
 def send_task(name: str, args: list[Any], *, kind: str) -> None:
     """Send task ``name`` to the queue of jobs of ``kind``, with that kind's time limits."""
     route = route_for(kind)

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
@@ -69,20 +69,38 @@ def sweep_uploads(now: datetime | None = None, *, force: bool = False) -> list[s
     return deleted
 
 
-def reconcile(now: datetime | None = None, *, resend_queued: bool = False) -> Reconciled:
+def resend_epoch() -> datetime | None:
+    """Since when queued jobs' messages have been consumed: the start of the oldest live worker.
+
+    A worker starting re-sends the queued jobs sent before it, whose messages a broker that
+    restarted while no worker ran may have lost. Every worker of the fleet computes the same
+    moment, so however many start, each job is sent again once: the re-send's conditional
+    UPDATE moves its ``sent_at`` past the moment and the next worker finds nothing to do
+    (issue 17: every worker start re-sent every queued job).
+    """
+    alive_since = utcnow() - timedelta(seconds=get_settings().worker_dead_after_seconds)
+    with unit_of_work(write=False) as db:
+        return db.scalar(
+            select(func.min(WorkerNode.started_at)).where(WorkerNode.last_seen >= alive_since)
+        )
+
+
+def reconcile(
+    now: datetime | None = None, *, resend_sent_before: datetime | None = None
+) -> Reconciled:
     """One pass: re-send or fail jobs of dead workers, re-send unsent jobs, align rounds.
 
-    ``resend_queued`` (a worker starting) re-sends every queued job at once, however recently
-    it was sent: a broker that lost its messages while no worker consumed them (Redis restarted
-    without persistence) would otherwise leave them queued for ``job_resend_after_seconds``.
-    A duplicate delivery is harmless, as a job is claimed once.
+    ``resend_sent_before`` (a worker starting, a broker restarted: ``resend_epoch()``) re-sends
+    every queued job sent before it, however recently: a broker that lost its messages while no
+    worker consumed them (Redis restarted without persistence) would otherwise leave them queued
+    for ``job_resend_after_seconds``. A duplicate delivery is harmless, as a job is claimed once.
     """
     settings = get_settings()
     now = now or utcnow()
     dead_before = now - timedelta(seconds=settings.worker_dead_after_seconds)
     resend_before = now - timedelta(seconds=settings.job_resend_after_seconds)
-    if resend_queued:
-        resend_before = now
+    if resend_sent_before is not None:
+        resend_before = max(resend_before, min(resend_sent_before, now))
     dead = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < dead_before)
     lost = and_(Job.status == JobStatus.running, dead)
     # A job is sent right after its creating transaction commits; give that a moment.

@@ -23,6 +23,7 @@ from sqlalchemy import and_, func, or_, update
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
+from app.errors import is_disk_full
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind, JobStatus
 from app.settings import get_settings
 
@@ -243,7 +244,14 @@ def finish(
         job.progress = 1.0
 
 
+# A job that failed on a full disk says so first: a retry succeeds only once space is freed.
+DISK_FULL_REASON = "the server's disk is full (no space left on device): free space, then retry"
+
+
 def _describe(exc: BaseException) -> str:
     """A failed job's error for the admin: the exception and the last frames, bounded."""
     tail = "".join(traceback.format_exception(exc)[-3:])
+    if is_disk_full(exc):
+        # Said first and plainly: the job cannot succeed until space is freed, then a retry does.
+        return f"{DISK_FULL_REASON}\n{type(exc).__name__}: {exc}\n{tail}"[:4000]
     return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from app.visibility import for_viewer, viewer_is_admin
 
 
 class JobRead(BaseModel):
@@ -29,3 +31,11 @@ class JobRead(BaseModel):
     worker: str | None = None
     attempts: int = 0
     cancel_requested: bool = False
+
+    @model_validator(mode="after")
+    def _worker_identities_for_admins(self) -> JobRead:
+        # One rule for every route that shows a job (app.visibility).
+        if not viewer_is_admin():
+            self.worker = None
+            self.result = for_viewer(self.result)
+        return self

@@ -79,7 +79,7 @@ class ProjectCreate(RequestBody):
 
 
 class ProjectUpdate(RequestBody):
-    """Changes to a project; the class list can only grow, so existing labels stay valid.
+    """Changes to a project: absent fields stay as they are, and so do settings not named.
 
     ``kind`` is accepted only as the project's own (a client sending back what it read); any
     other value is a 422: a project's kind is fixed when it is made.
@@ -87,6 +87,8 @@ class ProjectUpdate(RequestBody):
 
     description: str | None = Field(default=None, max_length=10_000)
     kind: ProjectKind | None = None
+    # Merged into the stored settings key by key (``exclude_unset``): the defaults this model
+    # shows are not applied to the keys a PATCH leaves out.
     settings: ProjectSettings | None = None
 
 

@@ -8,9 +8,12 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.auth.models import Role, User
+from app.db import flush_new
 from app.errors import Conflict, Invalid, NotFound, PermissionDenied
 from app.items.models import Item
 from app.projects import kinds
@@ -90,21 +93,25 @@ def lock_project(db: Session, *, project_id: int) -> None:
     db.execute(select(Project.id).where(Project.id == project_id).with_for_update())
 
 
+def _refuse_taken_name(db: Session, *, name: str, user: User) -> None:
+    """Raise when a project holds this name: 409 to who can see it, a bare 422 to anyone else."""
+    existing = db.scalar(select(Project.id).where(Project.name == name))
+    if existing is None:
+        return
+    visible = user.role == Role.admin or (
+        db.scalar(select(Member.id).where(Member.project_id == existing, Member.user_id == user.id))
+        is not None
+    )
+    if visible:
+        raise Conflict(f"a project named {name!r} exists")
+    # Names are unique across the server, so that the name is taken cannot be hidden; the
+    # answer says no more: not that a project holds it, nor anything of that project.
+    raise Invalid("this project name is not available; choose another")
+
+
 def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
     """Create a project; its creator becomes its first engineer."""
-    existing = db.scalar(select(Project.id).where(Project.name == data.name))
-    if existing is not None:
-        visible = user.role == Role.admin or (
-            db.scalar(
-                select(Member.id).where(Member.project_id == existing, Member.user_id == user.id)
-            )
-            is not None
-        )
-        if visible:
-            raise Conflict(f"a project named {data.name!r} exists")
-        # Names are unique across the server, so that the name is taken cannot be hidden; the
-        # answer says no more: not that a project holds it, nor anything of that project.
-        raise Invalid("this project name is not available; choose another")
+    _refuse_taken_name(db, name=data.name, user=user)
     settings = kinds.fit_settings(data.kind, data.settings)
     project = Project(
         name=data.name,
@@ -114,15 +121,22 @@ def create_project(db: Session, *, data: ProjectCreate, user: User) -> Project:
         settings=settings.model_dump(),
         created_by=user.id,
     )
-    db.add(project)
-    db.flush()
+    if not flush_new(db, project):
+        # Made at the same moment by another request (a double-click): answered as if seen.
+        _refuse_taken_name(db, name=data.name, user=user)
+        raise Conflict(f"a project named {data.name!r} was made at the same moment")
     db.add(Member(project_id=project.id, user_id=user.id, role=MemberRole.engineer))
     db.flush()
     return project
 
 
 def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Project:
-    """Change a project's description or settings; its kind stays what it was made as."""
+    """Change a project's description or settings; settings merge, key by key, and the kind
+    stays what it was made as.
+
+    Only the keys the body names change: a PATCH of ``auto_next_round`` alone reset every other
+    setting to its default (issue 17 #4), since the body's model fills in what it was not sent.
+    """
     project = access.project
     if data.kind is not None and data.kind != project.kind:
         raise Invalid(
@@ -132,7 +146,12 @@ def update_project(db: Session, *, access: Access, data: ProjectUpdate) -> Proje
     if data.description is not None:
         project.description = data.description
     if data.settings is not None:
-        project.settings = kinds.fit_settings(project.kind, data.settings).model_dump()
+        merged = {
+            **project_settings(project).model_dump(),
+            **data.settings.model_dump(exclude_unset=True),
+        }
+        fitted = kinds.fit_settings(project.kind, ProjectSettings.model_validate(merged))
+        project.settings = fitted.model_dump()
     db.flush()
     return project
 
@@ -210,15 +229,17 @@ def set_member(db: Session, *, access: Access, username: str, role: str) -> tupl
     user = db.scalar(select(User).where(User.username == username))
     if user is None:
         raise Invalid(f"no user named {username!r}")
-    member = db.scalar(
-        select(Member).where(Member.project_id == access.project.id, Member.user_id == user.id)
-    )
-    if member is None:
-        member = Member(project_id=access.project.id, user_id=user.id, role=role)
-        db.add(member)
-    else:
-        member.role = role
-    db.flush()
+    # One atomic upsert: a PUT is idempotent, and two of them at once (a double-click) must
+    # both answer 200, where an insert after a read made the second a unique violation.
+    insert = sqlite_insert if db.get_bind().dialect.name == "sqlite" else postgresql_insert
+    member_id = db.execute(
+        insert(Member)
+        .values(project_id=access.project.id, user_id=user.id, role=role)
+        .on_conflict_do_update(index_elements=["project_id", "user_id"], set_={"role": role})
+        .returning(Member.id)
+    ).scalar_one()
+    member = db.get(Member, member_id, populate_existing=True)
+    assert member is not None
     return member, user
 
 

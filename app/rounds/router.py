@@ -7,20 +7,20 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Request, status
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app import flows
 from app.auth.deps import DB, CurrentUser, current_user
-from app.db import unit_of_work
 from app.errors import DomainError, NotFound
 from app.fields import PathId
 from app.http import error_responses
 from app.projects.deps import EngineerAccess, ProjectAccess
-from app.rounds import service
+from app.rounds import events, service
 from app.rounds.deps import RoundAccess, RoundEngineerAccess
 from app.rounds.schemas import RoundCreate, RoundEvent, RoundRead, SelectionEntry
+from app.settings import get_settings
 
 router = APIRouter(prefix="/api", tags=["rounds"])
 
@@ -86,39 +86,46 @@ def cancel_round(round_id: PathId, _: RoundEngineerAccess, db: DB) -> RoundRead:
     return _one(db, round_id)
 
 
-def _check_events_access(request: Request, round_id: int) -> None:
+def _check_events_access(request: Request, round_id: int, db: Session) -> int:
+    """The caller's user id once they may see the round."""
     # Its own short read transaction: the request's session would otherwise stay open (and on
     # PostgreSQL hold a pooled connection) for as long as the client listens.
-    with unit_of_work(write=False) as db:
-        service.round_project_access(db, round_id=round_id, user=current_user(request, db))
+    user = current_user(request, db)
+    service.round_project_access(db, round_id=round_id, user=user)
+    return user.id
 
 
-def _state(request: Request, round_id: int, *, reauth: bool) -> service.RoundState | None:
+def _state(
+    request: Request, round_id: int, db: Session, *, reauth: bool
+) -> service.RoundState | None:
     """The round's state; None when it is gone or, on a re-check, the caller may not see it."""
-    with unit_of_work(write=False) as db:
-        if reauth:
-            try:
-                service.round_project_access(db, round_id=round_id, user=current_user(request, db))
-            except DomainError:
-                return None
-        return service.round_state(db, round_id=round_id)
+    if reauth:
+        try:
+            service.round_project_access(db, round_id=round_id, user=current_user(request, db))
+        except DomainError:
+            return None
+    return service.round_state(db, round_id=round_id)
 
 
-@router.get("/rounds/{round_id}/events", response_class=EventSourceResponse)
+@router.get(
+    "/rounds/{round_id}/events", response_class=EventSourceResponse, responses=error_responses(429)
+)
 async def round_events(round_id: PathId, request: Request) -> EventSourceResponse:
-    """Server-sent events ``{status, stage, progress}``: now, then each change, until it settles."""
-    await anyio.to_thread.run_sync(_check_events_access, request, round_id)
+    """Server-sent events ``{status, stage, progress}``: now, then each change, until it settles
+    or the stream reaches its longest life (``SVP_EVENTS_MAX_SECONDS``; EventSource reconnects).
+    429 past ``SVP_EVENTS_PER_USER`` open streams of the caller."""
+    user_id = await events.poll(partial(_check_events_access, request, round_id))
+    events.take_stream(user_id)
+    ends_at = time.monotonic() + get_settings().events_max_seconds
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         last: service.RoundState | None = None
         checked = time.monotonic()
-        while True:
+        while time.monotonic() < ends_at:
             reauth = time.monotonic() - checked >= EVENTS_REAUTH_SECONDS
             if reauth:
                 checked = time.monotonic()
-            state = await anyio.to_thread.run_sync(
-                partial(_state, request, round_id, reauth=reauth)
-            )
+            state = await events.poll(partial(_state, request, round_id, reauth=reauth))
             if state is None:  # deleted with its project, or the caller's access ended
                 return
             if state != last:
@@ -131,4 +138,8 @@ async def round_events(round_id: PathId, request: Request) -> EventSourceRespons
                 return
             await anyio.sleep(EVENTS_POLL_SECONDS)
 
-    return EventSourceResponse(stream(), ping=EVENTS_PING_SECONDS)
+    try:
+        return events.CountedEventSource(stream(), ping=EVENTS_PING_SECONDS, user_id=user_id)
+    except BaseException:
+        events.give_back_stream(user_id)
+        raise

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.embeddings.schemas import check_backbone
 from app.fields import RequestBody
 from app.items.schemas import TextFields
+from app.visibility import for_viewer
 
 # The names the engine's model registry answers to. Kept here as plain strings because the
 # server never imports svp/ (torch); tests/test_round_runner.py checks both lists agree.
@@ -108,6 +109,12 @@ class RoundRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @model_validator(mode="after")
+    def _worker_identities_for_admins(self) -> RoundRead:
+        # The embedding's report in the metrics names its workers (app.visibility).
+        self.metrics = for_viewer(self.metrics)
+        return self
 
 
 class Suggestion(BaseModel):

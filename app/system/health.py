@@ -7,6 +7,7 @@ answer costs its timeout once, not on every request.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from app.jobs.broker import broker_kind, get_celery
 from app.jobs.models import WorkerNode
 from app.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 CACHE_SECONDS = 2.0
 # A broker that does not answer in this long is reported as an error.
 BROKER_TIMEOUT_SECONDS = 1.0
@@ -36,6 +39,8 @@ class _Probe:
     at: float
     url: str
     state: str
+    # Why the broker failed, as the driver said it (hosts, ports, paths): for admins alone.
+    detail: str = ""
     pinged: list[str] = field(default_factory=list)
 
 
@@ -72,9 +77,14 @@ def live_workers(db: Session) -> list[dict[str, Any]]:
     return workers
 
 
-def broker_state() -> str:
-    """Whether the broker answers: "ok", "ok (embedded)", "inline" or "error: ..."."""
-    return _probe().state
+def broker_state(*, admin: bool = False) -> str:
+    """Whether the broker answers: "ok", "ok (embedded)", "inline" or "error: <kind>".
+
+    The driver's message names the broker's host and port (or a file's path): only an admin
+    gets it; anyone else the kind of error alone (issue 17 #11).
+    """
+    probe = _probe()
+    return f"{probe.state}: {probe.detail}" if admin and probe.detail else probe.state
 
 
 def _probe() -> _Probe:
@@ -85,20 +95,22 @@ def _probe() -> _Probe:
         last = _last
         if last is not None and last.url == url and time.monotonic() - last.at < CACHE_SECONDS:
             return last
-        _last = probe = _Probe(at=time.monotonic(), url=url, state=_broker_state(), pinged=[])
+        state, detail = _broker_state()
+        _last = probe = _Probe(at=time.monotonic(), url=url, state=state, detail=detail)
         if probe.state == "ok" and broker_kind(url) == "redis":
             probe.pinged = _ping_workers()
         return probe
 
 
-def _broker_state() -> str:
+def _broker_state() -> tuple[str, str]:
+    """The broker's state, and what the driver said when it failed."""
     settings = get_settings()
     if settings.inline_jobs:
-        return "inline"
+        return "inline", ""
     kind = broker_kind(settings.broker_url)
     if kind == "embedded":
         # A file in the data dir: it answers whenever the disk does.
-        return "ok (embedded)"
+        return "ok (embedded)", ""
     celery = get_celery()
     options = {
         **celery.conf.broker_transport_options,
@@ -115,8 +127,9 @@ def _broker_state() -> str:
             if kind == "redis":
                 conn.default_channel.client.ping()
     except Exception as exc:
-        return f"error: {type(exc).__name__}: {exc}"[:300]
-    return "ok"
+        log.warning("the broker does not answer: %s: %s", type(exc).__name__, exc)
+        return f"error: {type(exc).__name__}", str(exc)[:300]
+    return "ok", ""
 
 
 def _ping_workers() -> list[str]:

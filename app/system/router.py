@@ -7,10 +7,10 @@ import ipaddress
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app import metrics as server_metrics
 from app.auth.deps import current_user
 from app.auth.models import Role
 from app.db import unit_of_work
@@ -62,7 +62,7 @@ def get_health(request: Request) -> JSONResponse:
     return JSONResponse(
         content={
             "database": "ok",
-            "broker": health.broker_state(),
+            "broker": health.broker_state(admin=admin),
             "workers": workers,
             "worker_count": len(workers),
             # Admins only: the reasons name files on the server.
@@ -99,4 +99,5 @@ def metrics(request: Request) -> Response:
         with unit_of_work(write=False) as db:
             if current_user(request, db).role != Role.admin:
                 raise PermissionDenied("metrics are for admins and the SVP_METRICS_TOKEN bearer")
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    body, media_type = server_metrics.exposition()
+    return Response(body, media_type=media_type)

@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session
 
 from app.auth import cache as auth_cache
 from app.auth.models import ApiToken, AuthSession, Role, User
-from app.auth.service import create_user
+from app.auth.service import new_user
+from app.db import flush_new
 from app.errors import Conflict, NotFound
 from app.security import hash_password
 from app.users.schemas import UserCreate, UserUpdate
@@ -15,9 +16,14 @@ from app.users.schemas import UserCreate, UserUpdate
 
 def add_user(db: Session, *, data: UserCreate) -> User:
     """Create a user with a unique name."""
+    taken = Conflict(f"the username {data.username!r} is taken")
     if db.scalar(select(User.id).where(User.username == data.username)) is not None:
-        raise Conflict(f"the username {data.username!r} is taken")
-    return create_user(db, username=data.username, password=data.password, role=data.role)
+        raise taken
+    user = new_user(username=data.username, password=data.password, role=data.role)
+    if not flush_new(db, user):
+        # The same name made at the same moment by another request.
+        raise taken
+    return user
 
 
 def list_users(db: Session) -> list[User]:
