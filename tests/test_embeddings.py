@@ -37,15 +37,16 @@ def test_the_api_knows_every_builtin_backbone_of_the_engine_at_its_size() -> Non
     # this machine lacks would embed at one side and be asked for at another elsewhere. The
     # engine lists only what can load, so its registry is read directly.
     builtins = builtin_backbones()
-    # Both modalities: the worker embeds texts too (a text encoder's side is 0 on both sides).
-    engine = {name: (s.image_size, s.modality) for name, (s, _) in builtins.items()}
-    api = {name: (b.image_size, b.modality) for name, b in BUILTIN_BACKBONES.items()}
+    engine = {name: (s.modality, s.image_size) for name, (s, _) in builtins.items()}
+    api = {name: (b.modality, b.image_size) for name, b in BUILTIN_BACKBONES.items()}
     assert api == engine
     for name, b in BUILTIN_BACKBONES.items():
-        assert b.dim in (None, builtins[name][0].dim), name
+        spec, module = builtins[name]
+        if b.dim is not None:
+            assert b.dim == spec.dim, name
         # lite0 is a dependency (always there); the others are listed only with their wheel,
-        # whose module is the distribution's name with underscores.
-        assert builtins[name][1] in (None, b.wheel.replace("-", "_")), name
+        # which the API names by distribution and the engine by the module it installs.
+        assert module in (None, b.wheel.replace("-", "_")), name
 
 
 def test_the_default_backbone_ships_with_the_package() -> None:
