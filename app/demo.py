@@ -2,8 +2,9 @@
 
 Migrates the database in the data dir, makes the demo users, starts the server and one worker
 (both as ``svplabel`` subprocesses on the embedded broker), and on the first run creates a
-project from scikit-learn's bundled digits, uploaded through the real import API and imported by
-the worker. The console shows what a person needs (the steps, the address and the logins, and
+project from scikit-learn's bundled digits and a text project of short support messages made by
+app/demo_texts.py, both uploaded through the real import API and imported by the worker. The
+console shows what a person needs (the steps, the address and the logins, and
 errors); everything the processes log goes to ``demo.log`` in the data dir, which the banner
 names. Ctrl-C or SIGTERM stops the server, the worker and every process they started (a second
 one stops them at once). Nothing here reaches the network beyond 127.0.0.1.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,9 +36,12 @@ from sqlalchemy import select
 from app.auth.models import Role, User
 from app.auth.service import create_user
 from app.db import unit_of_work
+from app.demo_texts import CLASSES as TEXT_CLASSES
+from app.demo_texts import POOL_PER_CLASS, TEST_PER_CLASS, support_csvs
 from app.settings import Settings, get_settings
 
 PROJECT_NAME = "Digits (demo)"
+TEXT_PROJECT_NAME = "Support messages (demo)"
 CLASSES = [str(d) for d in range(10)]
 # Of the 1,797 digits, this many go to the unlabelled pool; the rest, labelled, to the test split.
 POOL_SIZE = 1500
@@ -245,59 +250,123 @@ def ensure_users() -> None:
                 create_user(db, username=u.username, password=u.password, role=u.role)
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One file the demo uploads into a project, with the form's fields."""
+
+    name: str
+    data: bytes
+    media_type: str
+    split: str
+    labels_from_folders: bool = False
+
+
+@dataclass(frozen=True)
+class DemoProject:
+    """A project the demo makes on its first run: what to create and what to upload."""
+
+    create: dict[str, Any]
+    # For the console, after "importing": what, how many to label and how many to test on.
+    what: str
+    uploads: Callable[[], list[Upload]]
+
+    @property
+    def name(self) -> str:
+        """The project's name, by which a later run finds it."""
+        return str(self.create["name"])
+
+
+def _digit_uploads() -> list[Upload]:
+    pool, test = digits_zips()
+    return [
+        Upload("digits-pool.zip", pool, "application/zip", "pool"),
+        Upload("digits-test.zip", test, "application/zip", "test", labels_from_folders=True),
+    ]
+
+
+def _text_uploads() -> list[Upload]:
+    # The pool's CSV has no label column; the test split's labels come from its own.
+    pool, test = support_csvs()
+    return [
+        Upload("support-pool.csv", pool, "text/csv", "pool"),
+        Upload("support-test.csv", test, "text/csv", "test"),
+    ]
+
+
+# The settings say what each round uses, so the demo shows it whatever the defaults become:
+# a linear head on frozen embeddings, typical points first (a cold start) and uncertainty
+# across clusters once labels per class grow.
+DEMO_PROJECTS = (
+    DemoProject(
+        create={
+            "name": PROJECT_NAME,
+            "classes": CLASSES,
+            "description": "Handwritten digits from scikit-learn, 8x8 shown at 64x64.",
+            "settings": {
+                "default_proxy": "linear",
+                "backbone": "efficientnet_lite0",
+                "strategy": "auto",
+                "cold_start": "auto",
+                "batch_size": 20,
+            },
+        },
+        what=f"the digits on the worker, {POOL_SIZE} to label and the rest labelled for testing",
+        uploads=_digit_uploads,
+    ),
+    DemoProject(
+        create={
+            "name": TEXT_PROJECT_NAME,
+            "kind": "text",
+            "classes": TEXT_CLASSES,
+            "description": "Short customer-support messages written for the demo: "
+            "is each about billing, a delivery, an account or a product?",
+            "settings": {
+                "default_proxy": "linear",
+                # GloVe means: its first round embeds the 500 messages in about a second
+                # where MiniLM, the text default, takes tens of seconds on a busy laptop CPU.
+                "backbone": "glove_6b_50d",
+                "strategy": "auto",
+                "cold_start": "auto",
+                "batch_size": 20,
+            },
+        },
+        what=f"the support messages on the worker, {len(TEXT_CLASSES) * POOL_PER_CLASS} to label "
+        f"and {len(TEXT_CLASSES) * TEST_PER_CLASS} labelled for testing",
+        uploads=_text_uploads,
+    ),
+)
+
+
 def ensure_project(base: str) -> None:
-    """Create the digits project and import it through the API, once."""
+    """Create the demo's projects and import their items through the API, once each."""
     c = _login(base, "engineer")
     try:
-        projects = c.get("/api/projects").raise_for_status().json()
-        if any(p["name"] == PROJECT_NAME for p in projects):
-            say(f"project {PROJECT_NAME!r} exists; reusing it")
-            return
-        project = (
-            c.post(
-                "/api/projects",
-                json={
-                    "name": PROJECT_NAME,
-                    "classes": CLASSES,
-                    "description": "Handwritten digits from scikit-learn, 8x8 shown at 64x64.",
-                    # The product's default, stated so the demo shows it whatever the defaults
-                    # become: a linear head on EfficientNet-Lite0 embeddings, typical points
-                    # first and uncertainty across clusters once labels per class grow.
-                    "settings": {
-                        "default_proxy": "linear",
-                        "backbone": "efficientnet_lite0",
-                        "strategy": "auto",
-                        "cold_start": "auto",
-                        "batch_size": 20,
-                    },
-                },
-            )
-            .raise_for_status()
-            .json()
-        )
-        pid = project["id"]
-        c.put(
-            f"/api/projects/{pid}/members", json={"username": "annotator", "role": "annotator"}
-        ).raise_for_status()
-        pool, test = digits_zips()
-        jobs = [
-            _upload(c, pid, "digits-pool.zip", pool, split="pool", labels=False),
-            _upload(c, pid, "digits-test.zip", test, split="test", labels=True),
-        ]
-        say(
-            f"importing the digits on the worker, {POOL_SIZE} to label and the rest labelled "
-            "for testing (the first run only) ..."
-        )
-        for job in jobs:
-            done = _wait_job(c, job["id"])
-            result = done.get("result") or {}
-            say(
-                f"  job {done['id']} {done['status']}: {result.get('added', 0)} added, "
-                f"{result.get('duplicates', 0)} duplicates, "
-                f"{len(result.get('rejected', []))} rejected"
-            )
+        existing = {p["name"] for p in c.get("/api/projects").raise_for_status().json()}
+        for demo in DEMO_PROJECTS:
+            if demo.name in existing:
+                say(f"project {demo.name!r} exists; reusing it")
+            else:
+                _make_project(c, demo)
     finally:
         c.close()
+
+
+def _make_project(c: httpx.Client, demo: DemoProject) -> None:
+    project = c.post("/api/projects", json=demo.create).raise_for_status().json()
+    pid = project["id"]
+    c.put(
+        f"/api/projects/{pid}/members", json={"username": "annotator", "role": "annotator"}
+    ).raise_for_status()
+    jobs = [_upload(c, pid, u) for u in demo.uploads()]
+    say(f"importing {demo.what} (the first run only) ...")
+    for job in jobs:
+        done = _wait_job(c, job["id"])
+        result = done.get("result") or {}
+        say(
+            f"  job {done['id']} {done['status']}: {result.get('added', 0)} added, "
+            f"{result.get('duplicates', 0)} duplicates, "
+            f"{len(result.get('rejected', []))} rejected"
+        )
 
 
 def digits_zips() -> tuple[bytes, bytes]:
@@ -328,13 +397,14 @@ def _png(pixels: Any) -> bytes:
     return buf.getvalue()
 
 
-def _upload(
-    c: httpx.Client, pid: int, name: str, data: bytes, *, split: str, labels: bool
-) -> dict[str, Any]:
+def _upload(c: httpx.Client, pid: int, upload: Upload) -> dict[str, Any]:
     r = c.post(
         f"/api/projects/{pid}/items",
-        files={"file": (name, data, "application/zip")},
-        data={"split": split, "labels_from_folders": "true" if labels else "false"},
+        files={"file": (upload.name, upload.data, upload.media_type)},
+        data={
+            "split": upload.split,
+            "labels_from_folders": "true" if upload.labels_from_folders else "false",
+        },
     )
     r.raise_for_status()
     job: dict[str, Any] = r.json()

@@ -103,14 +103,15 @@ def browser_marks() -> list[pytest.MarkDecorator]:
 
 
 def shown_item(page: Any) -> int:
-    """The item on the labelling stage, once its image is decoded and visible."""
-    img = page.locator("#stage img[data-item-id]")
-    img.wait_for(state="visible")
+    """The item on the labelling stage, once it is visible: an image once decoded, a text at
+    once."""
+    shown = page.locator("#stage [data-item-id]")
+    shown.wait_for(state="visible")
     page.wait_for_function(
-        "() => { const i = document.querySelector('#stage img');"
-        " return i && i.complete && i.naturalWidth > 0; }"
+        "() => { const i = document.querySelector('#stage [data-item-id]');"
+        " return i && (i.tagName !== 'IMG' || (i.complete && i.naturalWidth > 0)); }"
     )
-    return int(img.get_attribute("data-item-id"))
+    return int(shown.get_attribute("data-item-id"))
 
 
 def wait_next(page: Any, before: int) -> int | None:
@@ -118,8 +119,8 @@ def wait_next(page: Any, before: int) -> int | None:
     note is (None)."""
     page.wait_for_function(
         """(before) => {
-            const img = document.querySelector('#stage img[data-item-id]');
-            if (img) return Number(img.dataset.itemId) !== before;
+            const shown = document.querySelector('#stage [data-item-id]');
+            if (shown) return Number(shown.dataset.itemId) !== before;
             return Boolean(document.querySelector('#batch-state'));
         }""",
         arg=before,

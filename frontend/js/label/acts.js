@@ -75,7 +75,7 @@ export function createActs({ pid, state, outbox, queue, notify }) {
       state.handled.add(entry.item_id);
     }
     if (!group.items.length) {
-      toast("No confident suggestion for this image: press a class key.");
+      toast("No confident suggestion for this item: press a class key.");
       return;
     }
     state.acts.push(group);

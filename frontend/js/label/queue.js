@@ -49,7 +49,7 @@ export function createQueue({ pid, state, outbox, notify }) {
           state.offline = true;
           notify("sync");
         } else if (!(err instanceof ApiError && err.status === 401)) {
-          toast(`Could not fetch the next images: ${err.message}`, { bad: true });
+          toast(`Could not fetch the next items: ${err.message}`, { bad: true });
         }
         return 0;
       } finally {

@@ -5,7 +5,7 @@
 // (its buttons call them). Only ./keys.js and ../views/label.js call it.
 
 import { fill, h } from "../dom.js";
-import { itemElement, itemName, preload } from "./item.js";
+import { isText, itemElement, itemName, preload, tileElement, tileText } from "./item.js";
 import { KEYS, setShortcuts, shortcutsOn } from "./keymap.js";
 import { GRID_SIZE, SINGLE_AHEAD } from "./queue.js";
 import { guessOf } from "./suggest.js";
@@ -36,6 +36,9 @@ function clicked(fn) {
 export function createView({ main, project, state, keys, queue, acts }) {
   const { classes } = project;
   const { keyOf } = keys;
+  // What the batch is made of, in the words the page uses for it.
+  const texts = project.kind === "text";
+  const noun = texts ? "texts" : "images";
 
   // ---- layout ----
   const progressText = h("output", { id: "progress-text", "aria-live": "polite" }, "…");
@@ -52,7 +55,8 @@ export function createView({ main, project, state, keys, queue, acts }) {
 
   const stage = h("div", { class: "stage", id: "stage", "aria-live": "polite" });
   const caption = h("div", { class: "stage-caption" });
-  const gridBox = h("div", { class: "label-grid", id: "label-grid", role: "listbox", "aria-multiselectable": "true", "aria-label": "Images to label" });
+  const gridBox = h("div", { class: "label-grid", id: "label-grid", role: "listbox", "aria-multiselectable": "true", "aria-label": texts ? "Texts to label" : "Images to label" });
+  gridBox.classList.toggle("texts", texts);
   const viewBox = h("div", null);
 
   const classButtons = classes.map((name, i) => h("button", {
@@ -165,7 +169,8 @@ export function createView({ main, project, state, keys, queue, acts }) {
       // Until the server says it has nothing more, an empty queue means "loading", not "done".
       if (state.fetching || !state.exhausted) {
         state.lastShown = null;
-        stage.replaceChildren(h("div", { class: "stage-empty" }, "Loading the next images…"));
+        stage.classList.remove("stage-text");
+        stage.replaceChildren(h("div", { class: "stage-empty" }, `Loading the next ${noun}…`));
         fill(viewBox, stage, caption);
       } else showEmpty();
       return;
@@ -178,11 +183,17 @@ export function createView({ main, project, state, keys, queue, acts }) {
     const entry = state.queue[0];
     if (viewBox.firstChild !== stage) fill(viewBox, stage, caption);
     // The prefetched, decoded image element itself goes on stage: nothing to fetch or decode.
-    stage.replaceChildren(itemElement(entry));
+    // A text's panel scrolls: whoever was reading the last one with the keyboard reads on here.
+    const reading = stage.contains(document.activeElement);
+    const el = itemElement(entry);
+    stage.classList.toggle("stage-text", isText(entry));
+    stage.replaceChildren(el);
+    if (reading && isText(entry)) el.focus({ preventScroll: true });
     const guess = guessOf(entry);
     const conf = guess && guess.confidence !== null ? ` (${percent(guess.confidence)})` : "";
     fill(caption,
-      h("span", null, itemName(entry)),
+      // A text's length says at once whether the panel scrolls.
+      h("span", null, itemName(entry), isText(entry) ? ` · ${(entry.text_chars ?? entry.text.length).toLocaleString()} characters` : ""),
       h("span", { class: "suggestion-text" }, !guess ? "No suggestion"
         : guess.preselected ? ["Suggestion: ", h("b", null, guess.label), conf, " — Enter accepts"]
           : ["Unsure guess: ", h("b", null, guess.label), conf, " — press a class key"]));
@@ -202,17 +213,23 @@ export function createView({ main, project, state, keys, queue, acts }) {
     const guess = guessOf(entry);
     const conf = guess && guess.confidence !== null ? percent(guess.confidence) : "";
     // The name says what the tile shows: the suggestion with its confidence, and whether Enter
-    // would take it.
-    const said = !guess ? ", no suggestion"
-      : `, ${guess.preselected ? "suggested" : "unsure guess"}: ${guess.label}${conf ? ` ${conf}` : ""}`;
+    // would take it. A text tile's name is its visible words in their order (its first lines,
+    // then the caption's), so a speech-input user can say what they see (WCAG 2.5.3).
+    const words = guess ? `${guess.label}${conf ? ` ${conf}` : ""}` : "";
+    const how = guess && guess.preselected ? "suggested" : "unsure guess";
+    const name = isText(entry)
+      ? `${tileText(entry)} ${guess ? `${words}, ${how}` : "no suggestion"}`
+      : `${itemName(entry)}${guess ? `, ${how}: ${words}` : ", no suggestion"}`;
     const tile = h("div", {
       class: "tile",
       role: "option",
       tabindex: index === state.focus ? "0" : "-1",
       "aria-selected": String(selected),
       "data-item-id": entry.item_id,
-      "aria-label": `${itemName(entry)}${said}`,
-    }, itemElement(entry),
+      "aria-label": name,
+    }, tileElement(entry),
+    // A space between a text and its caption, so their words stay apart when read as one.
+    " ",
     // The caption's words appear in the name in the same order (WCAG 2.5.3, label in name).
     h("div", { class: "tile-caption" },
       h("span", null, guess ? guess.label : "no suggestion"), conf ? " " : null,
@@ -257,6 +274,7 @@ export function createView({ main, project, state, keys, queue, acts }) {
   }
 
   function showLoading() {
+    stage.classList.remove("stage-text");
     stage.replaceChildren(h("div", { class: "stage-empty" }, "Loading the batch…"));
     fill(viewBox, stage, caption);
   }
@@ -275,10 +293,10 @@ export function createView({ main, project, state, keys, queue, acts }) {
       message = h("div", { class: "stage-empty", id: "batch-state", "data-state": complete ? "done" : "held", "data-done": String(Math.min(done, total)) },
         h("h2", null, complete ? "This batch is done" : "Nothing left for you in this batch"),
         h("p", null, complete
-          ? `All ${total} images of round ${state.round.number} are labelled. Thank you!`
+          ? `All ${total} ${noun} of round ${state.round.number} are labelled. Thank you!`
           : `${done} of ${total} are labelled.`),
         !complete ? h("p", null, skipped
-          ? `You skipped ${skipped}: skipped images go to other annotators first, and come back to you after about ${minutes} minute${minutes === 1 ? "" : "s"}.`
+          ? `You skipped ${skipped}: skipped ${noun} go to other annotators first, and come back to you after about ${minutes} minute${minutes === 1 ? "" : "s"}.`
           : "The rest are held by other annotators right now.") : null,
         h("button", { type: "button", class: "btn", onclick: checkAgain }, "Check for more"));
     } else {
@@ -290,6 +308,7 @@ export function createView({ main, project, state, keys, queue, acts }) {
           : "An engineer starts the next round; its batch appears here by itself."),
         h("button", { type: "button", class: "btn", onclick: checkAgain }, "Check now"));
     }
+    stage.classList.remove("stage-text");
     stage.replaceChildren(message);
     fill(caption);
     fill(viewBox, stage, caption);

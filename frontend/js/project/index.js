@@ -38,7 +38,8 @@ export async function renderProject(main, ctx, pidText) {
   const engineer = project.role === "engineer" || project.role === "admin";
   main.append(h("div", { class: "row", style: { marginBottom: "1rem" } },
     h("div", null,
-      h("h1", { style: { marginBottom: "0.2rem" } }, project.name),
+      h("h1", { style: { marginBottom: "0.2rem" } }, project.name, " ",
+        h("span", { class: "kind-badge", id: "project-kind" }, project.kind === "text" ? "texts" : "images")),
       h("p", { class: "muted small", style: { margin: 0 } }, project.description || `${project.classes.length} classes: ${project.classes.join(", ")}`)),
     h("span", { class: "spacer" }),
     h("a", { class: "btn btn-primary", href: `#/projects/${pid}/label` }, "Label this project")));
@@ -52,10 +53,11 @@ export async function renderProject(main, ctx, pidText) {
   const refresh = async () => counts.render(await get(`/api/projects/${pid}`));
   const batch = createBatch();
   const curve = createCurve({ pid });
-  const upload = createUpload({ pid, life, onImported: () => refresh().catch(() => {}) });
+  const upload = createUpload({ pid, life, kind: project.kind, onImported: () => refresh().catch(() => {}) });
   const rounds = await createRounds({
     pid,
     settings: project.settings,
+    kind: project.kind,
     life,
     onRounds: (list) => {
       curve.setRounds(list);
@@ -70,13 +72,13 @@ export async function renderProject(main, ctx, pidText) {
     counts.stats,
     h("div", { class: "grid-2" },
       section("Class balance", "balance", counts.balance),
-      section("Upload images", "upload", upload.el)),
+      section(project.kind === "text" ? "Upload texts" : "Upload images", "upload", upload.el)),
     section("Rounds", "rounds-section", rounds.form, rounds.table),
     h("div", { class: "grid-2" },
       section("Learning curve", "curve", curve.box, curve.note),
       section("Batch", "batch-section", batch.el)),
     h("div", { class: "grid-2" },
-      section("Export labels", "export-section", createExports({ pid })),
+      section("Export labels", "export-section", createExports({ pid, kind: project.kind })),
       section("Members", "members", members.el))));
 
   await Promise.all([counts.render(project), rounds.load(), members.load().catch(() => {}), curve.loadEvaluations()]);

@@ -21,6 +21,10 @@ const STRATEGY_NAMES = {
   random: "Random",
 };
 const ACTIVE = new Set(["queued", "running"]);
+// The proxies that train on texts (the server refuses the others with the reason, app/projects/
+// kinds.py); an image project offers every other one the API lists.
+const TEXT_PROXIES = new Set(["linear", "fasttext"]);
+const fitsKind = (kind) => (p) => (kind === "text" ? TEXT_PROXIES.has(p) : p !== "fasttext");
 const COLUMNS = 10;
 
 /** What a round is doing: its job's stage while it runs, then what its status means. */
@@ -29,7 +33,7 @@ function stageText(status, stage) {
   return { labeling: "batch ready", completed: "labelled", failed: "—", canceled: "—" }[status] || "—";
 }
 
-export async function createRounds({ pid, settings, life, onRounds, onShowBatch, onSettled }) {
+export async function createRounds({ pid, settings, kind = "image", life, onRounds, onShowBatch, onSettled }) {
   const sources = new Map(); // round id -> EventSource
   life.onStop(() => {
     for (const es of sources.values()) es.close();
@@ -40,11 +44,16 @@ export async function createRounds({ pid, settings, life, onRounds, onShowBatch,
   const strategy = h("select", { id: "round-strategy", name: "strategy" },
     strategyNames.map((v) => h("option", { value: v, selected: v === settings.strategy }, STRATEGY_NAMES[v] || v)));
   const batchSize = h("input", { type: "number", id: "round-batch", min: "1", max: "100000", value: String(settings.batch_size), required: true });
-  const proxy = h("select", { id: "round-proxy" }, proxyNames.map((p) => h("option", { value: p, selected: p === settings.default_proxy },
+  const proxy = h("select", { id: "round-proxy" }, proxyNames.filter(fitsKind(kind)).map((p) => h("option", { value: p, selected: p === settings.default_proxy },
     p === "linear" ? `linear on ${settings.backbone || "a backbone"}` : p)));
   const epochs = h("input", { type: "number", id: "round-epochs", min: "1", max: "500", value: String(settings.proxy_epochs), required: true });
-  // A linear head trains in seconds on frozen embeddings: it has no epochs to set.
-  const syncEpochs = () => { epochs.disabled = proxy.value === "linear"; };
+  // A linear head trains in seconds on frozen embeddings: it has no epochs to set. fastText has
+  // its own default (many cheap passes), from the project's settings.
+  const syncEpochs = () => {
+    epochs.disabled = proxy.value === "linear";
+    const own = proxy.value === "fasttext" ? settings.fasttext_epochs : settings.proxy_epochs;
+    if (own) epochs.value = String(own);
+  };
   proxy.addEventListener("change", syncEpochs);
   syncEpochs();
   const supersede = h("input", { type: "checkbox", id: "round-supersede" });

@@ -16,7 +16,7 @@ function projectCard(p) {
       h("div", { class: "count" }, h("b", null, items), h("span", null, "items")),
       h("div", { class: "count" }, h("b", null, labelled), h("span", null, "labelled")),
       h("div", { class: "count" }, h("b", null, rounds), h("span", null, "rounds"))),
-    h("p", { class: "small muted" }, `${p.classes.length} classes · you are ${p.role === "admin" ? "an admin" : `an ${p.role}`}`),
+    h("p", { class: "small muted" }, `${p.kind === "text" ? "Texts" : "Images"} · ${p.classes.length} classes · you are ${p.role === "admin" ? "an admin" : `an ${p.role}`}`),
     h("div", { class: "row" },
       h("a", { class: "btn btn-primary", href: `#/projects/${p.id}/label` }, "Label"),
       canEngineer(p.role) ? h("a", { class: "btn", href: `#/projects/${p.id}` }, "Open project") : null));
@@ -25,10 +25,16 @@ function projectCard(p) {
 function newProjectForm(onCreated) {
   const name = h("input", { type: "text", id: "new-name", required: true, maxlength: "200" });
   const classes = h("textarea", { id: "new-classes", required: true, placeholder: "cat, dog, bird" });
+  // The kind is fixed once the project is made (the server refuses a change): said beside it.
+  const kind = h("select", { id: "new-kind", name: "kind", "aria-describedby": "new-kind-hint" },
+    h("option", { value: "image" }, "Images"),
+    h("option", { value: "text" }, "Texts"));
+  const kindHint = h("span", { class: "hint", id: "new-kind-hint" }, "fixed once the project is made; texts come as .csv, .jsonl, .txt or a .zip of them");
   const error = h("p", { class: "error-text", role: "alert" });
   const form = h("form", { class: "card stack", id: "new-project" },
     h("h2", null, "New project"),
     h("div", { class: "field" }, h("label", { for: "new-name" }, "Name"), name),
+    h("div", { class: "field" }, h("label", { for: "new-kind" }, "What is labelled ", kindHint), kind),
     h("div", { class: "field" },
       h("label", { for: "new-classes" }, "Classes ", h("span", { class: "hint" }, "in order, separated by commas or new lines")),
       classes),
@@ -39,7 +45,7 @@ function newProjectForm(onCreated) {
     error.textContent = "";
     const list = classes.value.split(/[\n,]/).map((c) => c.trim()).filter(Boolean);
     try {
-      const p = await post("/api/projects", { name: name.value.trim(), classes: list });
+      const p = await post("/api/projects", { name: name.value.trim(), classes: list, kind: kind.value });
       onCreated(p);
     } catch (err) {
       error.textContent = err instanceof ApiError ? err.detail : err.message;
