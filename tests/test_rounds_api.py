@@ -421,14 +421,14 @@ def test_events_send_the_state_then_each_change_then_close(
     looks = 0
     real_state = rounds_router._state
 
-    def stepping_state(request: Any, round_id: int, *, reauth: bool) -> Any:
+    def stepping_state(request: Any, round_id: int, db: Any, *, reauth: bool) -> Any:
         nonlocal looks
         looks += 1
         if looks > 1:
             change = next(changes)
             if change is not None:
                 change()
-        return real_state(request, round_id, reauth=reauth)
+        return real_state(request, round_id, db, reauth=reauth)
 
     monkeypatch.setattr(rounds_router, "_state", stepping_state)
     monkeypatch.setattr(rounds_router, "EVENTS_POLL_SECONDS", 0)
