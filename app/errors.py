@@ -63,6 +63,12 @@ class TooManyRequests(DomainError):
     status_code = 429
 
 
+class Unavailable(DomainError):
+    """Something the request needs (the object store) did not answer; trying later may work."""
+
+    status_code = 503
+
+
 class InsufficientStorage(DomainError):
     """The server's disk is full: nothing was stored; try again once an operator freed space."""
 

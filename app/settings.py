@@ -144,6 +144,15 @@ class Settings(BaseSettings):
     # Images per chunk of an embedding job, and how many other workers one job asks for help.
     embed_chunk_size: int = Field(default=512, ge=1, le=100_000)
     embed_fanout: int = Field(default=8, ge=0, le=1024)
+    # Where item bytes and the embedding shards live (DESIGN 4d): empty keeps them in the data
+    # dir; ``s3://bucket/prefix`` puts them in an S3-compatible store, so workers on other
+    # machines need only the database, the broker and the store. Credentials come from the usual
+    # AWS_* variables, never from here.
+    storage_url: str = ""
+    # The store's endpoint for MinIO, Ceph, GCS's S3 API or a local S3 server; empty: AWS.
+    s3_endpoint_url: str = ""
+    # What each process keeps of the store on its own disk (a read-through cache), in MiB.
+    object_cache_mb: int = Field(default=4096, ge=0)
     # Test only, honoured only when ``environment`` is "test": a job stops (sleeps until killed)
     # at this point, so a fault test can SIGKILL its worker exactly there. "<kind>:<stage>" is
     # the job's first report of that stage past 0 (a trained epoch, an embedded chunk);
@@ -154,6 +163,18 @@ class Settings(BaseSettings):
     @classmethod
     def _read_backbones(cls, value: object) -> UserBackbones:
         return value if isinstance(value, UserBackbones) else UserBackbones.read(value)
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith("s3://"):
+            raise ValueError("SVP_STORAGE_URL is s3://bucket/prefix, or empty for the data dir")
+        if value:
+            from app.storage.objects import parse_s3_url
+
+            parse_s3_url(value)
+        return value.rstrip("/")
 
     @field_validator("data_dir")
     @classmethod
@@ -215,6 +236,11 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Where the engine keeps its memory-mapped tensor caches."""
         return self.data_dir / "cache"
+
+    @property
+    def object_cache_dir(self) -> Path:
+        """This machine's read-through cache of the object store (DESIGN 4d)."""
+        return self.cache_dir / "objects"
 
     @property
     def max_upload_bytes(self) -> int:

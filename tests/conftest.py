@@ -20,6 +20,7 @@ from app.db import reset_caches
 from app.migrate import upgrade
 from app.settings import Settings, get_settings
 from tests.factories import Factory
+from tests.s3server import S3Server, s3_server
 
 # The browser tests' fixtures (``browser``, ``stack``) live beside their helpers.
 pytest_plugins = ["tests.browser_support"]
@@ -121,3 +122,23 @@ def needs_shared_data() -> pytest.MarkDecorator:
         not (SHARED_DATA / "cifar10" / "train.zip").exists(),
         reason=f"needs CIFAR-10 at {SHARED_DATA / 'cifar10'} (absent in a plain clone)",
     )
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API (moto in server mode) on 127.0.0.1 for the whole run; tests make buckets."""
+    with s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_settings(
+    settings: Settings, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """``settings`` with item bytes in a fresh bucket of the test S3 server (DESIGN 4d)."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SVP_STORAGE_URL", f"s3://{s3.bucket()}/svp")
+    reset_caches()
+    yield get_settings()
+    reset_caches()

@@ -292,8 +292,9 @@ def test_a_failure_fails_the_round_with_the_reason(world: dict[str, Any]) -> Non
     assert run_job(jid) == "failed"
     rnd, job, _ = load(rid)
     assert rnd.status == "failed"
-    assert "FileNotFoundError" in (rnd.error or "")
-    assert "FileNotFoundError" in (job.error or "")
+    missing = world["pool"][6]["hash"]
+    assert "ObjectMissing" in (rnd.error or "") and missing in (rnd.error or "")
+    assert "ObjectMissing" in (job.error or "")
     # The project is free for the next round.
     start(world["project"].id, "margin", 4)
 

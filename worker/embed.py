@@ -33,12 +33,12 @@ from sqlalchemy import select
 from app.db import unit_of_work, utcnow
 from app.embeddings import service as embeddings
 from app.items.models import Item
-from app.items.service import texts_by_hash
-from app.items.storage import image_path
+from app.items.service import sources_by_hash, texts_by_hash
 from app.jobs.broker import EMBED_HELP_TASK_NAME, send_task
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.jobs.runtime import JobCanceled, JobContext
 from app.settings import BackboneSetting, get_settings
+from app.storage import is_remote, read_image
 from svp.backbones import (
     Embedder,
     backbone_names,
@@ -57,6 +57,8 @@ log = logging.getLogger("svp.worker.embed")
 WAIT_SECONDS = 0.5
 # Images decoded at once by the reader threads ahead of the backbone (Pillow frees the GIL).
 DECODE_THREADS = 2
+# Images read at once from an object store, where each read is a round trip.
+FETCH_THREADS = 16
 
 
 class BackboneUnusable(ValueError):
@@ -179,22 +181,27 @@ def embed_texts(model: Embedder, keys: Sequence[str], project_id: int) -> torch.
 def embed_keys(
     model: Embedder, keys: Sequence[str], image_size: int, project_id: int | None
 ) -> torch.Tensor:
-    """Embed the items with these content hashes: texts from their rows, images from files."""
+    """Embed the items with these content hashes: texts from their rows, images from the item
+    store (or the objects they were imported from)."""
+    if project_id is None:
+        raise ValueError("a chunk's items are read by project: the job names no project")
     if model.spec.modality == "text":
-        if project_id is None:
-            raise ValueError("texts are read from a project's rows: the job names no project")
         return embed_texts(model, keys, project_id)
-    return embed_files(model, keys, image_size)
+    return embed_images(model, keys, image_size, project_id)
 
 
-def embed_files(model: Embedder, keys: Sequence[str], image_size: int) -> torch.Tensor:
+def embed_images(
+    model: Embedder, keys: Sequence[str], image_size: int, project_id: int
+) -> torch.Tensor:
     """Decode the images with these content hashes at ``image_size`` and embed them."""
-    images_dir = get_settings().images_dir
+    with unit_of_work(write=False) as db:
+        sources = sources_by_hash(db, project_id=project_id, hashes=list(keys))
 
     def read(key: str) -> np.ndarray:
-        return decode_image(image_path(images_dir, key).read_bytes(), image_size)
+        return decode_image(read_image(key, sources.get(key)), image_size)
 
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+    # From a bucket, reads wait on the network, not the CPU: more of them at once.
+    with ThreadPoolExecutor(FETCH_THREADS if is_remote() else DECODE_THREADS) as pool:
         pixels = np.stack(list(pool.map(read, keys)))
     threads = get_settings().torch_threads or None
     return model.embed(torch.from_numpy(pixels), num_threads=threads)
@@ -214,7 +221,7 @@ def work_chunks(
     model = backbone(name)
     target = store(name, image_size)
     stale = timedelta(seconds=get_settings().worker_dead_after_seconds)
-    project_id = _job_project(job_id) if model.spec.modality == "text" else None
+    project_id = _job_project(job_id)
     done = 0
     while wanted is None or wanted():
         with unit_of_work() as db:

@@ -29,12 +29,12 @@ from torch import Tensor, nn
 from app.db import unit_of_work
 from app.embeddings.schemas import known_backbones
 from app.items.models import Item, Split
-from app.items.service import item_texts
-from app.items.storage import image_path
+from app.items.service import item_texts, sources_by_hash
 from app.jobs.runtime import JobContext
 from app.projects.models import Project, ProjectKind
 from app.rounds import service as rounds
 from app.settings import get_settings
+from app.storage import read_image
 from svp.data import ImageStore
 from svp.fasttext_proxy import FastTextConfig, fit_fasttext
 from svp.heads import fit_linear_head
@@ -221,9 +221,12 @@ def load_pixels(ctx: JobContext, keys: Sequence[str], image_size: int) -> torch.
     settings = get_settings()
     store = _image_store(settings.cache_dir, image_size)
     missing = [h for h in dict.fromkeys(keys) if h not in store]
+    assert ctx.project_id is not None, "a job that loads images belongs to a project"
     for start in range(0, len(missing), LOAD_CHUNK):
         chunk = missing[start : start + LOAD_CHUNK]
-        store.add_many((h, image_path(settings.images_dir, h)) for h in chunk)
+        with unit_of_work(write=False) as db:
+            sources = sources_by_hash(db, project_id=ctx.project_id, hashes=chunk)
+        store.add_many((h, read_image(h, sources.get(h))) for h in chunk)
         ctx.progress("loading", (start + len(chunk)) / max(len(missing), 1))
     return (
         store.load(list(keys))

@@ -11,7 +11,6 @@ from app.exports.schemas import EXTENSIONS, MEDIA_TYPES, ExportFormat
 from app.exports.service import export_chunks
 from app.projects.deps import EngineerAccess
 from app.projects.models import ProjectKind
-from app.settings import get_settings
 
 router = APIRouter(tags=["exports"])
 
@@ -39,7 +38,6 @@ def export_labels(
         export_chunks(
             project_id=access.project.id,
             fmt=fmt,
-            images_dir=get_settings().images_dir,
             safe=safe,
             texts=access.project.kind == ProjectKind.text,
         ),

@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy import ColumnElement, literal_column, select
@@ -24,9 +24,9 @@ from app.auth.models import User
 from app.db import unit_of_work
 from app.exports.schemas import EXPORT_FIELDS, TEXT_EXPORT_FIELDS, ExportFormat
 from app.items.models import Item
-from app.items.storage import image_path
 from app.labeling.models import Label
 from app.labeling.sql import current_label
+from app.storage import ObjectMissing, read_image
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class ExportRow:
     labeled_at: datetime | None
     content_hash: str
     text: str | None = None  # a text item's whole text; None for an image
+    source: str | None = None  # the object an item imported by reference is read from
 
     def as_dict(self) -> dict[str, Any]:
         """The exported fields, in the contract's order (plus ``text`` for a text item)."""
@@ -72,7 +73,7 @@ def labeled_batches(
     """The project's labelled items in id order, a keyset batch at a time (``texts``: with
     each item's whole text)."""
     after = 0
-    columns = [Item.id, Item.name, Item.split, Item.label, Item.content_hash]
+    columns = [Item.id, Item.name, Item.split, Item.label, Item.content_hash, Item.source]
     if texts:
         columns.append(Item.text)
     while True:
@@ -105,6 +106,7 @@ def labeled_batches(
                 labeled_at=newest.get(row.id, (None, None))[1],
                 content_hash=row.content_hash,
                 text=row.text if texts else None,
+                source=row.source,
             )
             for row in items
         ]
@@ -219,19 +221,25 @@ def textfolder_chunks(*, project_id: int) -> Iterator[bytes]:
     yield sink.take()
 
 
-def imagefolder_chunks(*, project_id: int, images_dir: Path) -> Iterator[bytes]:
-    """A zip of ``<class>/<file>`` for every labelled item, written as it streams."""
+def imagefolder_chunks(*, project_id: int) -> Iterator[bytes]:
+    """A zip of ``<class>/<file>`` for every labelled item, written as it streams.
+
+    An image whose bytes are gone (its object deleted from the bucket it was imported from) is
+    left out and logged, so one lost object never fails the whole export.
+    """
     sink = _Sink()
     # ZIP_STORED: JPEG and PNG do not shrink, and storing costs no CPU.
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:
         for batch in labeled_batches(project_id=project_id):
             for row in batch:
-                path = image_path(images_dir, row.content_hash)
                 try:
-                    data = path.read_bytes()
-                except FileNotFoundError:
+                    data = read_image(row.content_hash, row.source)
+                except ObjectMissing as exc:
                     log.error(
-                        "export of project %s: image of item %s is missing", project_id, row.item_id
+                        "export of project %s: image of item %s is missing: %s",
+                        project_id,
+                        row.item_id,
+                        exc,
                     )
                     continue
                 stamp = (row.labeled_at or datetime(1980, 1, 1)).timetuple()[:6]
@@ -244,7 +252,6 @@ def export_chunks(
     *,
     project_id: int,
     fmt: ExportFormat,
-    images_dir: Path,
     safe: bool = False,
     texts: bool = False,
 ) -> Iterator[bytes]:
@@ -256,4 +263,4 @@ def export_chunks(
         return jsonl_chunks(project_id=project_id, texts=texts)
     if texts:
         return textfolder_chunks(project_id=project_id)
-    return imagefolder_chunks(project_id=project_id, images_dir=images_dir)
+    return imagefolder_chunks(project_id=project_id)

@@ -31,7 +31,7 @@ from app.items import archive
 from app.items.entries import Entry, Rejected, single_file
 from app.items.import_job import Batch, ImportBase, Tally, refresh_statistics
 from app.items.models import Item
-from app.items.storage import ImageFiles, discard
+from app.items.storage import discard
 from app.items.text_import import TextImportRun
 from app.items.text_reader import wrong_kind_reason
 from app.jobs.models import Job
@@ -39,6 +39,7 @@ from app.jobs.runtime import JobContext
 from app.labeling.models import Label, LabelSource
 from app.projects.models import Project, ProjectKind
 from app.settings import get_settings
+from app.storage import write_image
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,6 @@ class ImportRun(ImportBase):
         self.max_pixels = settings.max_image_pixels
         # No image within the pixel limit needs more than 8 bytes a pixel, plus headers.
         self.entry_limit = self.max_pixels * 8 + (1 << 20)
-        self.store = ImageFiles(settings.images_dir)
         self.seen: set[str] = set()
 
     def run(self, files: list[tuple[Path, str]]) -> dict[str, Any]:
@@ -194,7 +194,7 @@ class ImportRun(ImportBase):
 
     def _write(self, batch: Batch) -> None:
         for accepted in batch.accepted:
-            self.store.put(accepted.content_hash, accepted.data)
+            write_image(accepted.content_hash, accepted.data)
             accepted.data = b""  # the bytes are on disk; let them go
 
     def _insert(self, db: Session, accepted: list[Any]) -> tuple[int, int]:

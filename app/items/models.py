@@ -50,6 +50,9 @@ class Item(Base):
     text: Mapped[str | None] = deferred(mapped_column(Text, default=None))
     # len(text) in characters (code points), so a page shows the length without reading it all.
     text_chars: Mapped[int | None] = mapped_column(default=None)
+    # The ``s3://bucket/key`` an item imported by reference is read from (DESIGN 4d); null: its
+    # bytes are in the item store under its content hash (uploads, text rows).
+    source: Mapped[str | None] = mapped_column(String(2048), default=None)
     split: Mapped[str] = mapped_column(String(8), default=Split.pool)
     # The current label, kept in step with the newest live Label row in the same transaction,
     # so filters and exports never aggregate the label history.

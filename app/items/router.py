@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, Response
 
 from app.auth.deps import DB, CurrentUser, current_user
 from app.db import request_slot, unit_of_work
-from app.errors import Invalid, NotFound, TooLarge
+from app.errors import Invalid, NotFound, TooLarge, Unavailable
 from app.fields import PathId
 from app.http import error_responses
 from app.items import service, storage
@@ -31,6 +31,14 @@ from app.jobs.schemas import JobRead
 from app.projects.deps import ProjectAccess
 from app.projects.service import get_access
 from app.settings import get_settings
+from app.storage import (
+    FolderStore,
+    ObjectMissing,
+    StoreUnavailable,
+    image_key,
+    item_store,
+    read_image,
+)
 
 router = APIRouter(tags=["items"])
 
@@ -220,22 +228,35 @@ async def get_image(item_id: PathId, request: Request) -> Response:
     body is sent: a slow client downloading an image never holds a database connection.
     """
     async with request_slot(write=False):
-        content_hash, media_type = await run_in_threadpool(_image_of, request, item_id)
+        content_hash, media_type, source = await run_in_threadpool(_image_of, request, item_id)
     etag = f'"{content_hash}"'
     headers = {"ETag": etag, "Cache-Control": IMAGE_CACHE_CONTROL}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    path = storage.image_path(get_settings().images_dir, content_hash)
+    store = item_store()
+    if source is None and isinstance(store, FolderStore):
+        path = store.path(image_key(content_hash))
+        try:
+            # One stat, which FileResponse reuses, tells a missing file apart without a second
+            # look.
+            stat = await anyio.Path(path).stat()
+        except FileNotFoundError:
+            raise NotFound("the image file of this item is missing") from None
+        return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
     try:
-        # One stat, which FileResponse reuses, tells a missing file apart without a second look.
-        stat = await anyio.Path(path).stat()
-    except FileNotFoundError:
-        raise NotFound("the image file of this item is missing") from None
-    return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
+        # From the bucket (through this server's cache for the item store's own, content-keyed
+        # bytes; a referenced object fresh from its bucket, so one deleted there is gone here).
+        data = await run_in_threadpool(read_image, content_hash, source, fresh=True)
+    except ObjectMissing as exc:
+        raise NotFound(f"the image of item {item_id} is gone: {exc}") from None
+    except StoreUnavailable as exc:
+        raise Unavailable(f"the image store did not answer: {exc}") from None
+    return Response(data, media_type=media_type, headers=headers)
 
 
-def _image_of(request: Request, item_id: int) -> tuple[str, str]:
-    """The content hash and media type of an item the caller may see (401, 404 otherwise)."""
+def _image_of(request: Request, item_id: int) -> tuple[str, str, str | None]:
+    """The content hash, media type and source (DESIGN 4d) of an item the caller may see (401,
+    404 otherwise)."""
     with unit_of_work(write=False) as db:
         user = current_user(request, db)
         item, _ = service.get_item(db, item_id=item_id, user=user)
@@ -244,7 +265,7 @@ def _image_of(request: Request, item_id: int) -> tuple[str, str]:
                 f"item {item_id} is a text item: it has no image; its text is at "
                 f"GET /api/items/{item_id}"
             )
-        return item.content_hash, item.media_type
+        return item.content_hash, item.media_type, item.source
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

@@ -215,6 +215,24 @@ def item_texts(db: Session, *, item_ids: list[int]) -> dict[int, str]:
     return {item_id: text for item_id, text in rows.tuples() if text is not None}
 
 
+def sources_by_hash(db: Session, *, project_id: int, hashes: list[str]) -> dict[str, str]:
+    """The object each content hash of a project was imported from by reference (DESIGN 4d);
+    hashes of uploaded bytes (in the item store) are left out."""
+    found: dict[str, str] = {}
+    for start in range(0, len(hashes), 5000):
+        rows = db.execute(
+            select(Item.content_hash, Item.source).where(
+                Item.project_id == project_id,
+                Item.content_hash.in_(hashes[start : start + 5000]),
+                Item.source.is_not(None),
+            )
+        )
+        for content_hash, source in rows.tuples():
+            if source is not None:
+                found[content_hash] = source
+    return found
+
+
 def texts_by_hash(db: Session, *, project_id: int, hashes: list[str]) -> dict[str, str]:
     """The whole text behind each content hash of a project's text items: what an embedding
     job, whose chunks carry content hashes, embeds. Hashes not found are left out."""

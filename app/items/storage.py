@@ -7,8 +7,6 @@ byte budget, so a large upload never sits in memory and a lying client is cut of
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator
@@ -20,8 +18,9 @@ import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import Invalid, TooLarge
+from app.storage import image_key
+from app.storage.objects import FolderStore
 
-_HASH = re.compile(r"[0-9a-f]{64}")
 # Bytes gathered before a disk write: keeps thread hops few without holding much in memory.
 _WRITE_CHUNK = 1024 * 1024
 # Form fields are a word or two; anything longer is not a field this endpoint has.
@@ -38,53 +37,26 @@ _MAX_NAME_SHOWN = 64
 
 
 def image_path(images_dir: Path, content_hash: str) -> Path:
-    """The file of an image with this SHA-256 (hex); refuses anything that is not a hash."""
-    if not _HASH.fullmatch(content_hash):
-        raise ValueError(f"not a content hash: {content_hash!r}")
-    return images_dir / content_hash[:2] / content_hash
+    """The file of an image with this SHA-256 (hex) in the data dir's layout; refuses anything
+    that is not a hash. Only for a data dir store: ``app.storage`` reads any store."""
+    return images_dir.parent / image_key(content_hash)
 
 
 class ImageFiles:
-    """Writes image files by content hash; each appears whole (temp file + rename) or not at all.
-
-    The uploaded bytes, as served back; the engine's decoded tensors are ``svp.ImageStore``.
+    """Writes image files by content hash into a data dir's ``images/`` (seeding tests and
+    benches); each appears whole or not at all. The service writes through ``app.storage``.
     """
 
     def __init__(self, images_dir: Path) -> None:
         self.images_dir = images_dir
-        self._dirs: set[str] = set()
-        # Temp names unique to this store: two imports of the same content may race, and each
-        # must rename only its own complete file.
-        self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self._count = 0
+        self._store = FolderStore(images_dir.parent)
 
     def put(self, content_hash: str, data: bytes) -> bool:
         """Store the bytes unless that content is stored already; True when a file was written."""
-        path = image_path(self.images_dir, content_hash)
-        if path.exists():
+        key = image_key(content_hash)
+        if self._store.exists(key):
             return False
-        prefix = content_hash[:2]
-        if prefix not in self._dirs:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(prefix)
-        self._count += 1
-        tmp = path.parent / f".{content_hash}.{self._tag}-{self._count}.tmp"
-        # os-level calls: an import writes tens of thousands of small files, and io.open's
-        # buffering and isatty probe cost more than the write itself.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with memoryview(data) as view:
-                written = 0
-                while written < len(view):
-                    written += os.write(fd, view[written:])
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, path)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
+        self._store.put(key, data)
         return True
 
 
