@@ -204,9 +204,14 @@ class ImportRun(ImportBase):
         so there the images go from a few threads at once; the folder store writes one after
         another, as file creation is cheap and parallel writes would not make the disk faster.
         """
+
+        def store(accepted: Accepted) -> None:
+            write_image(accepted.content_hash, accepted.data)
+            accepted.data = b""  # stored; let the bytes go
+
         if not is_remote() or len(batch.accepted) < 2:
             for accepted in batch.accepted:
-                _store(accepted)
+                store(accepted)
             return
         pool = ThreadPoolExecutor(
             min(REMOTE_WRITE_THREADS, len(batch.accepted)), thread_name_prefix="svp-import-put"
@@ -214,7 +219,7 @@ class ImportRun(ImportBase):
         try:
             # list(): wait for all and re-raise the first failure; the batch's rows then never
             # commit (``_commit`` waits on this), so no item is visible without its bytes.
-            list(pool.map(_store, batch.accepted))
+            list(pool.map(store, batch.accepted))
         finally:
             # After a failure the images not yet started are dropped: against a store that went
             # away each would spend the client's retries (seconds) only to fail the same way.
@@ -224,12 +229,6 @@ class ImportRun(ImportBase):
         return _insert_items(
             db, accepted, project_id=self.project_id, split=self.split, uploader=self.uploader
         )
-
-
-def _store(accepted: Accepted) -> None:
-    """Store one accepted image's bytes, then let them go."""
-    write_image(accepted.content_hash, accepted.data)
-    accepted.data = b""
 
 
 def _insert_items(
