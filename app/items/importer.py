@@ -50,8 +50,9 @@ BATCH_SIZE = 400
 MAX_BATCH_BYTES = 64 << 20
 
 # Images stored at once into a bucket: each write is a HEAD and a PUT round trip that spends
-# most of its time waiting on the store. Measured into a local S3 server (bench/s3_import.py,
-# docs/storage.md): 8 threads take most of the gain; the client's CPU bounds more.
+# most of its time waiting on the store. Into a local S3 server 8 threads doubled the import's
+# rate (bench/s3_import.py); 16 did no better than 8 on plain PUTs (bench/s3_clients.py), where
+# the server and the client's CPU bound it (docs/storage.md).
 REMOTE_WRITE_THREADS = 8
 
 # Formats a browser can show; every other decoder of Pillow stays unreachable from uploads.
