@@ -33,11 +33,14 @@ RUN useradd --create-home --uid 10001 svp \
     && chown svp /data
 USER svp
 
-# Images, uploads and caches; shared by the server and every worker (a volume in compose).
+# The data dir: the server's uploads as they arrive, and each process's own caches. With
+# SVP_STORAGE_URL (as in compose) item bytes and embedding shards are in the object store and no
+# two containers need to share this folder, except the importer, which reads the server's uploads.
 ENV SVP_DATA_DIR=/data \
     SVP_ENVIRONMENT=production
 VOLUME ["/data"]
 EXPOSE 8000
 
-# `serve` migrates the database first; workers run `svplabel worker` from the same image.
+# `serve` migrates the database first; workers run `svplabel worker` from the same image (boto3,
+# the object store's client, is one of the package's own dependencies).
 CMD ["svplabel", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -39,7 +39,7 @@ from app.jobs.runtime import JobContext
 from app.labeling.models import Label, LabelSource
 from app.projects.models import Project, ProjectKind
 from app.settings import get_settings
-from app.storage import write_image
+from app.storage import is_remote, write_image
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 400
 # A batch closes early past this many image bytes, bounding what waits in memory for the disk.
 MAX_BATCH_BYTES = 64 << 20
+
+# Images stored at once into a bucket: each write is a HEAD and a PUT round trip that spends
+# most of its time waiting on the store. Into a local S3 server 8 threads doubled the import's
+# rate (bench/s3_import.py); 16 did no better than 8 on plain PUTs (bench/s3_clients.py), where
+# the server and the client's CPU bound it (docs/storage.md).
+REMOTE_WRITE_THREADS = 8
 
 # Formats a browser can show; every other decoder of Pillow stays unreachable from uploads.
 MEDIA_TYPES = {
@@ -193,9 +199,32 @@ class ImportRun(ImportBase):
         batch.bytes += len(data)
 
     def _write(self, batch: Batch) -> None:
-        for accepted in batch.accepted:
+        """Store the batch's images; every one is stored when this returns, or it raises.
+
+        A bucket costs a round trip or two per image (``write_image`` asks before it writes),
+        so there the images go from a few threads at once; the folder store writes one after
+        another, as file creation is cheap and parallel writes would not make the disk faster.
+        """
+
+        def store(accepted: Accepted) -> None:
             write_image(accepted.content_hash, accepted.data)
-            accepted.data = b""  # the bytes are on disk; let them go
+            accepted.data = b""  # stored; let the bytes go
+
+        if not is_remote() or len(batch.accepted) < 2:
+            for accepted in batch.accepted:
+                store(accepted)
+            return
+        pool = ThreadPoolExecutor(
+            min(REMOTE_WRITE_THREADS, len(batch.accepted)), thread_name_prefix="svp-import-put"
+        )
+        try:
+            # list(): wait for all and re-raise the first failure; the batch's rows then never
+            # commit (``_commit`` waits on this), so no item is visible without its bytes.
+            list(pool.map(store, batch.accepted))
+        finally:
+            # After a failure the images not yet started are dropped: against a store that went
+            # away each would spend the client's retries (seconds) only to fail the same way.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _insert(self, db: Session, accepted: list[Any]) -> tuple[int, int]:
         return _insert_items(

@@ -1,8 +1,8 @@
-"""What the health endpoint reports about the broker and the workers.
+"""What the health endpoint reports about the broker, the workers and the object store.
 
-The broker is asked at most once every ``CACHE_SECONDS`` per process: a load balancer polling
-``/api/health`` must not turn into a stream of broker round trips, and a Redis that does not
-answer costs its timeout once, not on every request.
+The broker and the store are each asked at most once every ``CACHE_SECONDS`` per process: a
+load balancer polling ``/api/health`` must not turn into a stream of round trips, and a Redis or
+a bucket that does not answer costs its timeout once, not on every request.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 from kombu.connection import Connection
@@ -22,6 +23,7 @@ from app.db import utcnow
 from app.jobs.broker import broker_kind, get_celery
 from app.jobs.models import WorkerNode
 from app.settings import get_settings
+from app.storage.objects import parse_s3_url, s3_client
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,11 @@ CACHE_SECONDS = 2.0
 BROKER_TIMEOUT_SECONDS = 1.0
 # Celery's ping waits this long for every worker's answer.
 PING_TIMEOUT_SECONDS = 0.5
+# An object store that does not connect, or answer a one-key listing, in this long is an error.
+# The probe makes one attempt: the product's client retries with back-off (seconds), which a
+# health check must not wait through.
+STORE_CONNECT_TIMEOUT_SECONDS = 1.0
+STORE_READ_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -138,3 +145,71 @@ def _ping_workers() -> list[str]:
     except Exception:
         return []
     return sorted(name for reply in replies for name in reply)
+
+
+@dataclass
+class _StoreProbe:
+    """The object store's state as of ``at``; ``detail`` (the client's words) is for admins."""
+
+    at: float
+    where: tuple[str, str]  # the store's URL and endpoint
+    state: str
+    detail: str = ""
+
+
+_store_lock = threading.Lock()
+_store_last: _StoreProbe | None = None
+
+
+def storage_state(*, admin: bool = False) -> str | None:
+    """Whether the object store answers: "ok" or "error: <kind>"; None without a bucket.
+
+    Checked as workers use it: a listing of one key under ``SVP_STORAGE_URL``'s prefix, which
+    fails on an unreachable store, a missing bucket and refused credentials alike. As with the
+    broker, the client's message (endpoint, bucket) is for an admin only; anyone else gets the
+    kind of error.
+    """
+    settings = get_settings()
+    url = settings.storage_url
+    if not url:
+        return None
+    global _store_last
+    where = (url, settings.s3_endpoint_url)
+    with _store_lock:
+        last = _store_last
+        if last is None or last.where != where or time.monotonic() - last.at >= CACHE_SECONDS:
+            state, detail = _store_state(url, settings.s3_endpoint_url or None)
+            _store_last = last = _StoreProbe(time.monotonic(), where, state, detail)
+    return f"{last.state}: {last.detail}" if admin and last.detail else last.state
+
+
+@lru_cache(maxsize=4)
+def _probe_client(endpoint_url: str | None) -> Any:
+    """A client like the product's (``app.storage``), with one attempt and short timeouts."""
+    import boto3
+    from botocore.config import Config
+
+    config = s3_client(endpoint_url).meta.config.merge(
+        Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=STORE_CONNECT_TIMEOUT_SECONDS,
+            read_timeout=STORE_READ_TIMEOUT_SECONDS,
+        )
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _store_state(url: str, endpoint_url: str | None) -> tuple[str, str]:
+    """List one key under the store's prefix; the state, and what the client said on failure."""
+    bucket, prefix = parse_s3_url(url)
+    prefix = prefix.strip("/")
+    try:
+        _probe_client(endpoint_url).list_objects_v2(
+            Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1
+        )
+    except Exception as exc:
+        # A refusal's code (NoSuchBucket, AccessDenied) says more than botocore's class name.
+        code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
+        log.warning("the object store %s does not answer: %s", url, exc)
+        return f"error: {code or type(exc).__name__}", str(exc)[:300]
+    return "ok", ""

@@ -37,6 +37,9 @@ def _is_admin(request: Request, db: Session) -> bool:
 def get_health(request: Request) -> JSONResponse:
     """200 with the database, broker and worker state while the database answers; 503 if not.
 
+    With ``SVP_STORAGE_URL`` set, ``storage`` says whether the object store answers (a failing
+    store does not change the status code: only the database does).
+
     Anyone may ask (a load balancer does, unauthenticated); only an admin sees which workers
     run where (names, host names, PIDs): others get each live worker's liveness alone, and the
     count, so the service's layout is not handed to the network. An admin also sees
@@ -57,14 +60,19 @@ def get_health(request: Request) -> JSONResponse:
                 "broker": "unknown",
                 "workers": [],
                 "worker_count": 0,
+                **({"storage": "unknown"} if get_settings().storage_url else {}),
             },
         )
+    storage = health.storage_state(admin=admin)
     return JSONResponse(
         content={
             "database": "ok",
             "broker": health.broker_state(admin=admin),
             "workers": workers,
             "worker_count": len(workers),
+            # With SVP_STORAGE_URL: whether the bucket answers. Reported, never the status code:
+            # the server still serves labels and queues without it (DESIGN 5).
+            **({"storage": storage} if storage is not None else {}),
             # Admins only: the reasons name files on the server.
             **({"backbones": backbone_errors()} if admin else {}),
         }
