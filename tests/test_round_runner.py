@@ -293,7 +293,8 @@ def test_a_failure_fails_the_round_with_the_reason(world: dict[str, Any]) -> Non
     rnd, job, _ = load(rid)
     assert rnd.status == "failed"
     missing = world["pool"][6]["hash"]
-    assert "ObjectMissing" in (rnd.error or "") and missing in (rnd.error or "")
+    assert "ObjectMissing" in (rnd.error or "")
+    assert missing in (rnd.error or "")
     assert "ObjectMissing" in (job.error or "")
     # The project is free for the next round.
     start(world["project"].id, "margin", 4)
