@@ -151,11 +151,9 @@ def test_a_failed_import_is_retried_from_the_staged_files(
     assert c.post(f"/api/jobs/{job_id}/retry").status_code == 200
     with unit_of_work() as db:
         db.execute(update(Job).where(Job.id == job_id).values(status="running"))
-        job = db.get(Job, job_id)
-        assert job is not None
-        ctx = _DiesAfterFirstBatch(
-            job_id=job_id, kind="import", project_id=project.id, params=job.params
-        )
+    ctx = _DiesAfterFirstBatch(
+        job_id=job_id, kind="import", project_id=project.id, params=job_row(job_id).params
+    )
     with pytest.raises(SystemExit):
         importer.run_import(ctx)
     assert len(item_hashes(project.id)) == 5
