@@ -112,7 +112,7 @@ def test_the_service_points_at_the_store_and_its_settings_are_accepted(
     assert env["SVP_STORAGE_URL"] == "s3://svp/data"
     assert env["SVP_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert env["AWS_ACCESS_KEY_ID"] == ENV["AWS_ACCESS_KEY_ID"]
-    for name in ("importer", "worker", "worker-gpu"):
+    for name in ("worker", "worker-gpu"):
         own = services[name]["environment"]
         assert {k: own[k] for k in env} == env, f"{name} has other settings than the server"
     # The product's settings class reads them as a server or worker in the container would.
@@ -133,17 +133,20 @@ def test_workers_share_no_volume_with_the_server() -> None:
     server_volumes = named_volumes(services["server"])
     assert server_volumes == {"data"}
     found = workers(services)
-    assert set(found) == {"importer", "worker", "worker-gpu"}
-    for name in ("worker", "worker-gpu"):
-        assert named_volumes(found[name]) == set(), f"{name} mounts a named volume"
-        assert found[name]["volumes"] == ["/data"]  # its own cache, per container
-        assert queues(found[name]) == {"rounds"}
-    # The importer reads the uploads the server received, and does nothing else.
-    assert named_volumes(found["importer"]) == {"data"}
-    assert queues(found["importer"]) == {"default"}
-    # Every queue a job can be sent to has workers.
+    assert set(found) == {"worker", "worker-gpu"}
+    for name, worker in found.items():
+        # Not even the server's uploads: the server stages each in the store, where a worker
+        # reads it (app/items/staging.py).
+        assert named_volumes(worker) == set(), f"{name} mounts a named volume"
+        assert worker["volumes"] == ["/data"]  # its own cache, per container
+    assert queues(found["worker"]) == {"rounds", "default"}
+    assert queues(found["worker-gpu"]) == {"rounds"}
+    # Every queue a job can be sent to has workers without the GPU profile.
     routed = {route.queue for route in ROUTES.values()} | set(QUEUES)
-    assert routed <= set().union(*(queues(w) for w in found.values()))
+    assert routed <= queues(found["worker"])
+    # No service but the server mounts its volume.
+    mounting = {name for name, s in services.items() if "data" in named_volumes(s)}
+    assert mounting == {"server"}
 
 
 def test_the_store_and_its_bucket_come_up_before_the_service() -> None:

@@ -92,6 +92,48 @@ def test_a_missing_bucket_and_a_dead_endpoint_are_unavailable_with_a_reason(
     assert time.monotonic() - started < 30
 
 
+def test_files_stream_in_and_out_whole(store: ObjectStore, tmp_path: Path) -> None:
+    if isinstance(store, S3Store):
+        # Small parts, so this file of a few MB goes as a multipart upload and ranged reads.
+        store.transfer_threshold = store.transfer_chunk = 5 << 20
+    data = os.urandom(11 << 20)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    store.put_file("uploads/u1/00000", source)
+    assert store.head("uploads/u1/00000").size == len(data)
+    if isinstance(store, S3Store):
+        assert store.head("uploads/u1/00000").etag.endswith("-3")  # three parts
+    out = tmp_path / "back" / "copy.bin"
+    out.parent.mkdir()
+    store.get_file("uploads/u1/00000", out)
+    assert out.read_bytes() == data
+    assert os.listdir(out.parent) == ["copy.bin"]  # no temp file left beside it
+    # A missing object is ObjectMissing, and no file appears.
+    with pytest.raises(ObjectMissing, match="00001"):
+        store.get_file("uploads/u1/00001", out.parent / "none")
+    assert os.listdir(out.parent) == ["copy.bin"]
+    # A local file that is not there is the caller's error, not the store's.
+    with pytest.raises(FileNotFoundError):
+        store.put_file("uploads/u1/00002", tmp_path / "absent")
+    assert not store.exists("uploads/u1/00002")
+
+
+def test_file_transfers_to_a_store_that_is_away_are_unavailable(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    os.environ.update(s3.env())
+    source = tmp_path / "f"
+    source.write_bytes(b"x" * 1000)
+    with pytest.raises(StoreUnavailable, match="no bucket 'never-made'"):
+        S3Store("never-made", endpoint_url=s3.endpoint).put_file("k", source)
+    dead = S3Store("b", endpoint_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(StoreUnavailable, match="could not write s3://b/k"):
+        dead.put_file("k", source)
+    with pytest.raises(StoreUnavailable, match="could not read s3://b/k"):
+        dead.get_file("k", tmp_path / "g")
+    assert not (tmp_path / "g").exists()
+
+
 def test_parse_s3_url() -> None:
     assert parse_s3_url("s3://bucket/a/b/") == ("bucket", "a/b/")
     assert parse_s3_url("s3://bucket") == ("bucket", "")

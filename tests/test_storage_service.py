@@ -23,6 +23,8 @@ from sqlalchemy import select
 from app import storage
 from app.db import reset_caches, unit_of_work
 from app.items.models import Item
+from app.jobs.models import JobKind
+from app.jobs.service import create_job
 from app.settings import Settings, get_settings
 from app.system import health
 from tests.factories import Factory, png_bytes
@@ -145,13 +147,25 @@ def test_an_import_into_a_store_that_stopped_fails_with_its_reason_then_resumes(
     c = factory.client(eng)
     archive, images = folder_zip(12)
     own_s3.stop()
-    r = c.post(
-        f"/api/projects/{project.id}/items",
-        files=[("file", ("pets.zip", archive, "application/zip"))],
-        data={"labels_from_folders": "true"},
-    )
-    assert r.status_code == 202
-    job = factory.wait_job(r.json()["id"], timeout=120)
+    # An upload into a store that is away is refused at once (tests/test_upload_staging.py);
+    # this one's files are on the worker's disk already (a job queued before uploads were
+    # staged in the store), so the store fails under the import's writes.
+    (own_s3_settings.uploads_dir / "local").mkdir(parents=True)
+    (own_s3_settings.uploads_dir / "local" / "00000").write_bytes(archive)
+    with unit_of_work() as db:
+        job_id = create_job(
+            db,
+            kind=JobKind.import_,
+            project_id=project.id,
+            params={
+                "upload_dir": "local",
+                "files": [{"path": "local/00000", "name": "pets.zip", "size": len(archive)}],
+                "split": "pool",
+                "labels_from_folders": True,
+            },
+            created_by=eng.id,
+        ).id
+    job = factory.wait_job(job_id, timeout=120)
     assert job.status == "failed"
     assert job.error is not None
     # The store's URL and what went wrong (the check before the write is a read).

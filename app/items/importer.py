@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
 from app.embeddings.service import embed_new_images
-from app.items import archive
+from app.items import archive, staging
 from app.items.entries import Entry, Rejected, single_file
 from app.items.import_job import Batch, ImportBase, Tally, refresh_statistics
 from app.items.models import Item
@@ -102,17 +102,29 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
             # Files refused when the upload arrived (a NUL in the name), counted once.
             for refused in ctx.params.get("refused", []):
                 run.tally.reject(str(refused["name"]), str(refused["reason"]))
-    upload_dir = _inside(settings.uploads_dir, str(ctx.params["upload_dir"]))
-    if not upload_dir.is_dir():
+    relative = str(ctx.params["upload_dir"])
+    staged = bool(ctx.params.get("staged"))
+    # Staged in the item store (the server shares no disk with workers): fetched into a folder
+    # of this worker's data dir for this run alone; a redelivery fetches them again.
+    root = staging.local_root() if staged else settings.uploads_dir
+    local = _inside(root, relative)
+    files = [(_inside(root, f["path"]), str(f["name"])) for f in ctx.params["files"]]
+    if staged:
+        ctx.progress("fetching", 0.0)
+        upload_dir = staging.fetch(relative, ctx.params["files"])
+    else:
+        upload_dir = local if local.is_dir() else None
+    if upload_dir is None:
         if run.tally.total and run.tally.processed >= run.tally.total:
             # A redelivery after the last commit and the clean-up: the work is done.
             return run.tally.as_result()
         raise FileNotFoundError(f"the uploaded files of job {ctx.job_id} are gone")
-    files = [
-        (_inside(settings.uploads_dir, f["path"]), str(f["name"])) for f in ctx.params["files"]
-    ]
     started = time.perf_counter()
-    result = run.run(files)
+    try:
+        result = run.run(files)
+    finally:
+        if staged:
+            discard(upload_dir)  # this run's copy; the staged objects stay for a retry
     log.info(
         "import job %s: %s added, %s duplicates, %s rejected of %s in %.1fs",
         ctx.job_id,
@@ -124,7 +136,10 @@ def run_import(ctx: JobContext) -> dict[str, Any]:
     )
     refresh_statistics(added=result["added"])
     # Only now: a crash before this line re-runs from the checkpoint with the files still there.
-    discard(upload_dir)
+    if staged:
+        staging.unstage(relative)
+    else:
+        discard(upload_dir)
     if result["added"]:
         with unit_of_work() as db:
             embed_new_images(db, project_id=run.project_id, created_by=run.uploader)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -14,7 +15,7 @@ from app.db import request_slot, unit_of_work
 from app.errors import Invalid, NotFound, TooLarge, Unavailable
 from app.fields import PathId
 from app.http import error_responses
-from app.items import service, storage
+from app.items import service, staging, storage
 from app.items.importer import MEDIA_TYPES
 from app.items.models import Item, Split
 from app.items.schemas import (
@@ -36,6 +37,7 @@ from app.storage import (
     ObjectMissing,
     StoreUnavailable,
     image_key,
+    is_remote,
     item_store,
     read_image,
 )
@@ -70,19 +72,20 @@ _UPLOAD_BODY = {
 }
 
 
-def _authorize_upload(request: Request, project_id: int) -> None:
+def _authorize_upload(request: Request, project_id: int) -> str:
+    """The project's kind, once the caller may upload into it."""
     # A read-only unit of work: on SQLite a write transaction would hold the database's write
     # lock for as long as the client takes to send its upload.
     with unit_of_work(write=False) as db:
         user = current_user(request, db)
-        get_access(db, project_id=project_id, user=user, engineer=True)
+        return get_access(db, project_id=project_id, user=user, engineer=True).project.kind
 
 
 def _start_import(
-    request: Request, project_id: int, upload: storage.SpooledUpload, fields: dict[str, str]
+    request: Request, project_id: int, upload: storage.SpooledUpload, staged: bool
 ) -> JobRead:
     settings = get_settings()
-    options = service.import_options(fields)
+    options = service.import_options(upload.fields)
     with unit_of_work() as db:
         user = current_user(request, db)
         access = get_access(db, project_id=project_id, user=user, engineer=True)
@@ -93,6 +96,7 @@ def _start_import(
             upload=upload,
             options=options,
             uploads_dir=settings.uploads_dir,
+            staged=staged,
         )
         read = JobRead.model_validate(job)
     return read
@@ -107,7 +111,7 @@ def _start_import(
 async def upload_items(project_id: PathId, request: Request) -> JobRead:
     """Stream images or zips to disk and start their import job (engineers of the project)."""
     settings = get_settings()
-    await run_in_threadpool(_authorize_upload, request, project_id)
+    kind = await run_in_threadpool(_authorize_upload, request, project_id)
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -124,12 +128,31 @@ async def upload_items(project_id: PathId, request: Request) -> JobRead:
         max_bytes=settings.max_upload_bytes,
         form=service.UPLOAD_FORM,
     )
+    staged = False
     try:
-        return await run_in_threadpool(_start_import, request, project_id, upload, upload.fields)
+        # Refused before its files go anywhere: what no import would take.
+        service.import_options(upload.fields)
+        service.check_upload(kind, upload)
+        if is_remote():
+            # Into the item store, where a worker on any machine finds it (app.items.staging).
+            await anyio.to_thread.run_sync(_stage, upload, settings.uploads_dir)
+            staged = True
+        return await run_in_threadpool(_start_import, request, project_id, upload, staged)
     except BaseException:
         # No job will ever read these files.
         storage.discard(upload.dir)
+        if staged:
+            await anyio.to_thread.run_sync(staging.unstage, upload.dir.name)
         raise
+
+
+def _stage(upload: storage.SpooledUpload, uploads_dir: Path) -> None:
+    """Stage an upload in the item store; a store that does not answer is a 503 with its
+    reason (nothing of the upload is left in it)."""
+    try:
+        staging.stage_upload(upload, uploads_dir)
+    except StoreUnavailable as exc:
+        raise Unavailable(f"the upload could not be stored: {exc}") from None
 
 
 @router.get("/api/projects/{project_id}/items")

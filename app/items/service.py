@@ -15,13 +15,15 @@ from sqlalchemy.orm import Session, with_expression
 from app.auth.models import User
 from app.errors import Invalid, NotFound
 from app.fields import MAX_ID
+from app.items import staging
 from app.items.models import TEXT_PREVIEW_CHARS, Item, Split
-from app.items.storage import FormFields, SpooledUpload, discard
+from app.items.storage import FormFields, SpooledUpload, discard, received_at
 from app.items.text_reader import kind_mismatch
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
 from app.projects.service import Access, get_access
+from app.storage import ObjectStore
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
@@ -61,6 +63,17 @@ def visible_name(name: str) -> str:
     return name.replace("\x00", "\ufffd")
 
 
+def check_upload(kind: str, upload: SpooledUpload) -> None:
+    """Refuse (422) an upload no import would take, before its files go anywhere."""
+    if not upload.files:
+        raise Invalid("the upload has no file: send images or a .zip in the 'file' field")
+    # Files that all belong to the other kind of project (by their names) import nothing: said
+    # at once, not by a job that rejects each. A zip is judged by its entries, in the job.
+    mismatch = kind_mismatch(kind, [f.name for f in upload.files])
+    if mismatch is not None:
+        raise Invalid(mismatch)
+
+
 def start_import(
     db: Session,
     *,
@@ -69,15 +82,14 @@ def start_import(
     upload: SpooledUpload,
     options: ImportOptions,
     uploads_dir: Path,
+    staged: bool = False,
 ) -> Job:
-    """Write the import job for a spooled upload; it runs once the request commits."""
-    if not upload.files:
-        raise Invalid("the upload has no file: send images or a .zip in the 'file' field")
-    # Files that all belong to the other kind of project (by their names) import nothing: said
-    # at once, not by a job that rejects each. A zip is judged by its entries, in the job.
-    mismatch = kind_mismatch(access.project.kind, [f.name for f in upload.files])
-    if mismatch is not None:
-        raise Invalid(mismatch)
+    """Write the import job for a spooled upload; it runs once the request commits.
+
+    ``staged``: the files were copied into the item store (``app.items.staging``), where any
+    worker finds them; otherwise they are on this machine's disk.
+    """
+    check_upload(access.project.kind, upload)
     # A NUL in a file's name can be stored nowhere (PostgreSQL text and JSONB refuse it): that
     # file is refused alone, under a visible form of its name, and the rest import.
     named = [f for f in upload.files if "\x00" not in f.name]
@@ -97,6 +109,7 @@ def start_import(
             "refused": refused,
             "split": options.split.value,
             "labels_from_folders": options.labels_from_folders,
+            "staged": staged,
         },
         created_by=user.id,
     )
@@ -269,6 +282,33 @@ def _last_write(folder: Path) -> datetime:
     return datetime.fromtimestamp(max(stamps), tz=UTC)
 
 
+def _sweepable(
+    db: Session,
+    name: str,
+    *,
+    now: datetime,
+    retention: timedelta,
+    written: datetime | None,
+) -> bool:
+    """Whether no import will read the upload of that folder name again (``sweep_uploads``).
+
+    ``written``: when anything of it was last written (None: unknown, deleted as an orphan).
+    """
+    job = db.execute(
+        select(Job.status, Job.finished_at)
+        .where(Job.kind == JobKind.import_, Job.params["upload_dir"].as_string() == name)
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    if job is None:
+        return written is None or now - written > ORPHAN_UPLOAD_GRACE
+    if job.status == JobStatus.succeeded:
+        return True
+    if job.status in (JobStatus.failed, JobStatus.canceled):
+        return job.finished_at is None or now - job.finished_at > retention
+    return False
+
+
 def sweep_uploads(
     db: Session, *, uploads_dir: Path, now: datetime, retention: timedelta
 ) -> list[str]:
@@ -285,24 +325,30 @@ def sweep_uploads(
         return []
     deleted = []
     for folder in sorted(p for p in uploads_dir.iterdir() if p.is_dir()):
-        job = db.execute(
-            select(Job.status, Job.finished_at)
-            .where(Job.kind == JobKind.import_, Job.params["upload_dir"].as_string() == folder.name)
-            .order_by(Job.id.desc())
-            .limit(1)
-        ).first()
-        if job is None:
-            try:
-                gone = now - _last_write(folder) > ORPHAN_UPLOAD_GRACE
-            except FileNotFoundError:
-                continue
-        elif job.status == JobStatus.succeeded:
-            gone = True
-        elif job.status in (JobStatus.failed, JobStatus.canceled):
-            gone = job.finished_at is None or now - job.finished_at > retention
-        else:
-            gone = False
-        if gone:
+        try:
+            written = _last_write(folder)
+        except FileNotFoundError:
+            continue  # deleted meanwhile
+        if _sweepable(db, folder.name, now=now, retention=retention, written=written):
             discard(folder)
             deleted.append(folder.name)
+    return deleted
+
+
+def sweep_staged(
+    db: Session, *, store: ObjectStore, now: datetime, retention: timedelta
+) -> list[str]:
+    """Delete uploads staged in the item store (``app.items.staging``) that no import will read
+    again, by the rules of ``sweep_uploads``; the names of those deleted. An object carries no
+    time the sweep reads: an upload's age is the time in its folder's name."""
+    folders: dict[str, list[str]] = {}
+    for info in store.list(staging.STAGED_PREFIX):
+        name = info.key[len(staging.STAGED_PREFIX) :].partition("/")[0]
+        folders.setdefault(name, []).append(info.key)
+    deleted = []
+    for name, keys in sorted(folders.items()):
+        written = received_at(name)
+        if _sweepable(db, name, now=now, retention=retention, written=written):
+            staging.delete_keys(keys)
+            deleted.append(name)
     return deleted

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -89,6 +91,25 @@ class SpooledUpload:
     dir: Path
     files: list[SpooledFile] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+
+
+# An upload folder's name: when it was received (UTC, to the second), then a random part.
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def upload_name() -> str:
+    """A fresh name for an upload's folder. The time in it dates an upload staged in the item
+    store, whose objects carry no time the sweep can read (``app.items.staging``)."""
+    return f"{time.strftime(_STAMP, time.gmtime())}-{secrets.token_hex(12)}"
+
+
+def received_at(name: str) -> datetime | None:
+    """When the upload of that folder name was received; None for a name without the time."""
+    stamp = name.partition("-")[0]
+    try:
+        return datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def discard(path: Path) -> None:
@@ -247,7 +268,7 @@ async def receive_multipart(
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise Invalid("send the files as multipart/form-data")
     uploads_dir.mkdir(parents=True, exist_ok=True)
-    upload = SpooledUpload(dir=uploads_dir / secrets.token_hex(16))
+    upload = SpooledUpload(dir=uploads_dir / upload_name())
     upload.dir.mkdir()
     receiver = _Receiver(upload, uploads_dir, form)
     writer = _Writer()

@@ -1,5 +1,5 @@
 """The reconciler: no job stays running after its worker died, no queued job stays unsent,
-no upload stays on disk once no import will read it.
+no upload stays on disk or in the store once no import will read it.
 
 ``reconcile`` is a plain function over the database; every worker runs it at start and on each
 heartbeat (``worker.heartbeat``). Each change is a conditional UPDATE that re-checks the state
@@ -23,6 +23,7 @@ from app.jobs.models import Job, JobStatus, WorkerNode
 from app.jobs.runtime import MAX_ATTEMPTS, lost_worker_reason
 from app.rounds.service import follow_jobs, out_of_step
 from app.settings import get_settings
+from app.storage import is_remote, item_store
 
 log = logging.getLogger("svp.reconcile")
 
@@ -50,23 +51,30 @@ _last_sweep: datetime | None = None
 
 
 def sweep_uploads(now: datetime | None = None, *, force: bool = False) -> list[str]:
-    """Delete the uploads no import will read again (``app.items.service.sweep_uploads``)."""
+    """Delete the uploads no import will read again (``app.items.service.sweep_uploads``), on
+    this machine's disk and staged in the item store (``sweep_staged``)."""
     global _last_sweep
     now = now or utcnow()
     if not force and _last_sweep is not None and now - _last_sweep < SWEEP_EVERY:
         return []
     _last_sweep = now
     settings = get_settings()
+    retention = timedelta(hours=settings.upload_retention_hours)
     with unit_of_work(write=False) as db:
         deleted = items.sweep_uploads(
-            db,
-            uploads_dir=settings.uploads_dir,
-            now=now,
-            retention=timedelta(hours=settings.upload_retention_hours),
+            db, uploads_dir=settings.uploads_dir, now=now, retention=retention
+        )
+        # Uploads staged in a bucket for workers elsewhere (app.items.staging).
+        staged = (
+            items.sweep_staged(db, store=item_store(), now=now, retention=retention)
+            if is_remote()
+            else []
         )
     if deleted:
         log.warning("event=uploads_swept folders=%s", deleted)
-    return deleted
+    if staged:
+        log.warning("event=staged_uploads_swept folders=%s", staged)
+    return deleted + staged
 
 
 def resend_epoch() -> datetime | None:

@@ -1,7 +1,9 @@
 """Object stores behind one small interface: a folder on this machine, or an S3-compatible bucket.
 
 What the product keeps by key (an item's bytes, embedding shards) goes through ``ObjectStore``:
-``get``, ``put``, ``head``, ``delete`` and ``list`` under a prefix. ``open_store`` turns a URL
+``get``, ``put``, ``head``, ``delete`` and ``list`` under a prefix, and ``put_file``/``get_file``
+that stream a file of any size between a local disk and the store (an upload staged for a
+worker on another machine). ``open_store`` turns a URL
 into one: a path (or ``file://``) is a folder, ``s3://bucket/prefix`` a bucket through boto3
 (credentials from the usual ``AWS_*`` variables, the endpoint from ``SVP_S3_ENDPOINT_URL`` for
 MinIO, Ceph or a local S3 server). ``docs/storage.md`` says why boto3, with the figures.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +80,15 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in key order, read page by page."""
+        ...
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a local file's bytes whole, streamed from disk (never all in memory)."""
+        ...
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Write the object's bytes to ``path``, streamed to disk; the file appears whole or not
+        at all. ObjectMissing when there is none."""
         ...
 
 
@@ -173,6 +185,38 @@ class FolderStore:
                 yield self.head(key)
             except ObjectMissing:
                 continue  # deleted while listing
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_whole(path, target, self._temp_name(target))
+
+    def get_file(self, key: str, path: Path) -> None:
+        source = self.path(key)
+        if not source.is_file():
+            raise ObjectMissing(f"no object {key!r} in {self.url}")
+        try:
+            _copy_whole(source, path, self._temp_name(path))
+        except FileNotFoundError:
+            if not source.exists():  # deleted while copying
+                raise ObjectMissing(f"no object {key!r} in {self.url}") from None
+            raise
+
+    def _temp_name(self, target: Path) -> Path:
+        """A temp file's name beside ``target``, unique to this store object and call."""
+        with self._lock:
+            self._count += 1
+            return target.parent / f".{target.name}.{self._tag}-{self._count}.tmp"
+
+
+def _copy_whole(source: Path, target: Path, tmp: Path) -> None:
+    """Copy a file through ``tmp`` and a rename, so ``target`` appears whole or not at all."""
+    try:
+        shutil.copyfile(source, tmp)  # streams in chunks (or the kernel's copy)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _s3_client(endpoint_url: str | None) -> Any:
@@ -302,6 +346,63 @@ class S3Store:
             raise
         except Exception as exc:
             raise self._fail(exc, "list") from exc
+
+    # boto3's managed transfer: a file past the threshold goes as a multipart upload (or ranged
+    # GETs) of this chunk size from a few threads, so a big file is neither held in memory nor
+    # sent as one request that must start over when it fails.
+    transfer_threshold = 16 << 20
+    transfer_chunk = 16 << 20
+    transfer_threads = 4
+
+    def _transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.transfer_threshold,
+            multipart_chunksize=self.transfer_chunk,
+            max_concurrency=self.transfer_threads,
+        )
+
+    def put_file(self, key: str, path: Path) -> None:
+        full = self.full_key(key)
+        try:
+            self.client.upload_file(str(path), self.bucket, full, Config=self._transfer_config())
+        except Exception as exc:
+            cause = _transfer_cause(exc)
+            if cause is exc and _is_local(exc):
+                raise cause from exc  # the local file (unreadable, gone): not the store's fault
+            raise self._fail(cause, "write", key) from exc
+
+    def get_file(self, key: str, path: Path) -> None:
+        full = self.full_key(key)
+        try:
+            # Written to a temp file beside ``path`` and renamed once complete.
+            self.client.download_file(self.bucket, full, str(path), Config=self._transfer_config())
+        except Exception as exc:
+            cause = _transfer_cause(exc)
+            if cause is exc and _is_local(exc):
+                raise cause from exc  # the local disk (full, read-only)
+            raise self._fail(cause, "read", key) from exc
+
+
+def _is_local(exc: Exception) -> bool:
+    """An error of this machine's files, raised as is by the transfer (a network error reaches
+    us wrapped, or as one of botocore's, some of which are OSErrors too)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(exc, OSError) and not isinstance(exc, (BotoCoreError, ClientError))
+
+
+def _transfer_cause(exc: Exception) -> Exception:
+    """The botocore error behind boto3's transfer wrappers (S3UploadFailedError only carries it
+    as its context, RetriesExceededError as ``last_exception``)."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+
+    if isinstance(exc, RetriesExceededError) and isinstance(exc.last_exception, Exception):
+        return exc.last_exception
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
+        return exc.__context__
+    return exc
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
