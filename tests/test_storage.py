@@ -60,6 +60,12 @@ def test_put_get_head_list_delete(store: ObjectStore) -> None:
         store.head("a/one.png")
 
 
+def test_put_new_writes_only_where_nothing_is(store: ObjectStore) -> None:
+    assert store.put_new("h/1", b"first") is True
+    assert store.put_new("h/1", b"second") is False
+    assert store.get("h/1") == b"first"
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", "a\\b", "a\x00"])
 def test_keys_that_could_escape_are_refused(store: ObjectStore, key: str) -> None:
     with pytest.raises(ValueError, match="not an object key"):

@@ -169,7 +169,7 @@ def test_an_import_into_a_store_that_stopped_fails_with_its_reason_then_resumes(
     assert job.status == "failed"
     assert job.error is not None
     # The store's URL and what went wrong (the check before the write is a read).
-    assert "could not read s3://svp-own/data/images/" in job.error
+    assert "could not write s3://svp-own/data/images/" in job.error
     assert "Could not connect to the endpoint URL" in job.error
     with unit_of_work(write=False) as db:
         # Rows commit only after their bytes are stored: none is visible without them.

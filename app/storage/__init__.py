@@ -81,12 +81,7 @@ def source_store(bucket: str) -> S3Store:
 
 def write_image(content_hash: str, data: bytes) -> bool:
     """Store an image's bytes unless that content is stored already; True when written."""
-    key = image_key(content_hash)
-    store = item_store()
-    if store.exists(key):
-        return False
-    store.put(key, data)
-    return True
+    return item_store().put_new(image_key(content_hash), data)
 
 
 def _read_source(source: str, content_hash: str) -> bytes:
