@@ -168,7 +168,7 @@ def test_an_import_into_a_store_that_stopped_fails_with_its_reason_then_resumes(
     job = factory.wait_job(job_id, timeout=120)
     assert job.status == "failed"
     assert job.error is not None
-    # The store's URL and what went wrong (the check before the write is a read).
+    # The store's URL and what went wrong (the conditional write that stores an image).
     assert "could not write s3://svp-own/data/images/" in job.error
     assert "Could not connect to the endpoint URL" in job.error
     with unit_of_work(write=False) as db:
