@@ -1,0 +1,342 @@
+"""Import by reference (DESIGN 4d): objects of a bucket become items without their bytes passing
+through the server.
+
+The bucket is a real S3 API over HTTP (moto in server mode, ``tests/s3server.py``). The first
+tests run the job in the server's own pool (``SVP_INLINE_JOBS``, as every in-process import
+test does); the fault tests at the end run ``svplabel serve`` and two ``svplabel worker``
+processes, stop the store mid-import, and delete an object a round's batch holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import func, select
+
+from app.db import reset_caches, unit_of_work
+from app.items.models import ImportChunk, Item
+from app.labeling.models import Label
+from app.settings import Settings, get_settings
+from tests.factories import Factory, png_bytes
+from tests.procs import free_port
+from tests.s3server import S3Server
+
+IMPORT_FROM = "/api/projects/{pid}/items/import-from"
+
+
+@pytest.fixture
+def ref_settings(
+    settings: Settings, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """``settings`` that reach the test S3 server (item bytes stay in the data dir)."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SVP_IMPORT_CHUNK_SIZE", "3")
+    reset_caches()
+    yield get_settings()
+    reset_caches()
+
+
+def jpeg_bytes(seed: int) -> bytes:
+    image = Image.new("RGB", (12, 10), ((seed * 11) % 256, 40, 200))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def put_objects(s3: S3Server, bucket: str, objects: dict[str, bytes]) -> None:
+    """Store objects with the tests' own client, a few at once."""
+    client: Any = s3.client()
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), objects.items()
+            )
+        )
+
+
+def start(c: TestClient, pid: int, **body: Any) -> tuple[int, dict[str, Any]]:
+    r = c.post(IMPORT_FROM.format(pid=pid), json=body)
+    return r.status_code, r.json()
+
+
+def run_import(factory: Factory, c: TestClient, pid: int, **body: Any) -> dict[str, Any]:
+    """Start an import by reference and wait for it; the finished job's JSON."""
+    status, job = start(c, pid, **body)
+    assert status == 202, job
+    assert job["kind"] == "import"
+    factory.wait_job(job["id"])
+    return dict(c.get(f"/api/jobs/{job['id']}").json())
+
+
+def items_of(pid: int) -> dict[str, Item]:
+    with unit_of_work(write=False) as db:
+        return {i.name: i for i in db.scalars(select(Item).where(Item.project_id == pid))}
+
+
+def reasons(result: dict[str, Any]) -> dict[str, str]:
+    return {r["name"]: r["reason"] for r in result["rejected"]}
+
+
+# ---- the request's checks ------------------------------------------------------------------
+
+
+def test_the_request_is_checked_before_a_job_is_written(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    put_objects(s3, bucket, {"cats/a.png": png_bytes(1), "list.txt": b"key\ncats/a.png\n"})
+    pid = project.id
+
+    def refused(body: dict[str, Any], needle: str) -> None:
+        r = c.post(IMPORT_FROM.format(pid=pid), json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert needle in r.text, (needle, r.text)
+
+    refused({}, "exactly one of 'source'")
+    refused({"source": f"s3://{bucket}/", "manifest": f"s3://{bucket}/l.csv"}, "exactly one")
+    refused({"source": f"s3://{bucket}/", "splt": "pool"}, "splt")  # unknown field
+    refused({"source": f"s3://{bucket}/", "split": "train"}, "split")
+    refused({"source": "http://example.com/x"}, "expected s3://bucket/prefix")
+    refused({"source": "s3:///nobucket"}, "expected s3://bucket/prefix")
+    refused({"source": "s3://never-made-bucket/x"}, "no bucket 'never-made-bucket'")
+    refused({"source": f"s3://{bucket}/dogs/"}, f"no object under s3://{bucket}/dogs/")
+    refused({"manifest": f"s3://{bucket}/missing.csv"}, f"no manifest at s3://{bucket}/missing")
+    refused({"manifest": f"s3://{bucket}/list.txt"}, "a manifest is a .csv or .jsonl object")
+    refused({"manifest": f"s3://{bucket}"}, "a manifest is a .csv or .jsonl object")
+    refused({"source": "s3://b/\x00"}, "NUL")
+    with unit_of_work(write=False) as db:
+        assert db.scalar(select(func.count()).select_from(Item)) == 0
+        from app.jobs.models import Job
+
+        assert db.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_an_unreachable_store_is_named_at_once(
+    factory: Factory, ref_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SVP_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    reset_caches()
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    status, body = start(factory.client(eng), project.id, source="s3://somewhere/images/")
+    assert status == 422
+    assert "cannot read the source s3://somewhere/images/" in body["detail"]
+    assert "Could not connect to the endpoint URL" in body["detail"]
+    assert "testing" not in body["detail"]  # never a credential
+
+
+def test_only_engineers_of_the_project_may_import(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    annotator = factory.user("annotator")
+    stranger = factory.user("engineer")
+    project = factory.project(eng, members={annotator: "annotator"})
+    bucket = s3.bucket()
+    put_objects(s3, bucket, {"a.png": png_bytes(1)})
+    body = {"source": f"s3://{bucket}/"}
+    assert start(factory.client(annotator), project.id, **body)[0] == 403
+    assert start(factory.client(stranger), project.id, **body)[0] == 404
+    assert factory.anonymous().post(IMPORT_FROM.format(pid=project.id), json=body).status_code == 401
+
+
+# ---- images --------------------------------------------------------------------------------
+
+
+def test_images_under_a_prefix_become_items_that_read_from_the_bucket(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng, classes=["cat", "dog"])
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    objects = {
+        "set/cat/1.png": png_bytes(1),
+        "set/cat/2.jpg": jpeg_bytes(2),
+        "set/dog/3.png": png_bytes(3),
+        "set/dog/3-again.png": png_bytes(3),  # same bytes: one item
+        "set/dog/broken.png": png_bytes(4)[:-20],
+        "set/dog/notes.txt": b"hello",
+        "set/dog/empty.png": b"",
+        "set/bird/5.png": png_bytes(5),  # not a class
+        "set/6.png": png_bytes(6),  # no folder
+        "other/7.png": png_bytes(7),  # outside the prefix
+    }
+    put_objects(s3, bucket, objects)
+    job = run_import(
+        factory, c, project.id, source=f"s3://{bucket}/set/", labels_from_folders=True
+    )
+    assert job["status"] == "succeeded", job["error"]
+    result = job["result"]
+    assert (result["added"], result["duplicates"], result["rejected_count"]) == (3, 1, 5)
+    assert result["total"] == result["processed"] == 9
+    assert result["labeled"] == 3
+    assert result["source"] == f"s3://{bucket}/set/"
+    why = reasons(result)
+    assert why["dog/broken.png"].startswith("truncated or corrupt image")
+    assert "text file" in why["dog/notes.txt"]
+    assert why["dog/empty.png"] == "empty file"
+    assert why["bird/5.png"] == "folder 'bird' is not a class of the project"
+    assert why["6.png"] == "no folder to take the class from"
+    items = items_of(project.id)
+    assert set(items) == {"cat/1.png", "cat/2.jpg", "dog/3.png"} or set(items) == {
+        "cat/1.png",
+        "cat/2.jpg",
+        "dog/3-again.png",
+    }
+    first = items["cat/1.png"]
+    assert first.source == f"s3://{bucket}/set/cat/1.png"
+    assert first.content_hash == hashlib.sha256(png_bytes(1)).hexdigest()
+    assert (first.width, first.height, first.label) == (16, 16, "cat")
+    assert items["cat/2.jpg"].media_type == "image/jpeg"
+    # The bytes were never copied into the item store: the image comes from the bucket.
+    assert not list((ref_settings.data_dir / "images").rglob("*"))
+    r = c.get(f"/api/items/{first.id}/image")
+    assert r.status_code == 200 and r.content == png_bytes(1)
+    with unit_of_work(write=False) as db:
+        assert db.scalar(select(func.count()).select_from(ImportChunk)) == 0  # summed, dropped
+        assert db.scalar(select(func.count()).select_from(Label)) == 3
+
+    # A second import of the same prefix: every object is already there.
+    again = run_import(factory, c, project.id, source=f"s3://{bucket}/set/cat")
+    assert again["status"] == "succeeded"
+    assert (again["result"]["added"], again["result"]["duplicates"]) == (0, 2)
+
+
+def test_a_source_naming_one_object_imports_it_under_its_file_name(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    bucket = s3.bucket()
+    put_objects(s3, bucket, {"deep/down/photo.png": png_bytes(9)})
+    c = factory.client(eng)
+    job = run_import(factory, c, project.id, source=f"s3://{bucket}/deep/down/photo.png")
+    assert job["result"]["added"] == 1
+    assert set(items_of(project.id)) == {"photo.png"}
+
+
+def test_a_manifest_lists_keys_names_and_labels(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng, classes=["cat", "dog"])
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    put_objects(s3, bucket, {f"raw/{i}.png": png_bytes(10 + i) for i in range(5)})
+    csv_manifest = (
+        "key,name,label\n"
+        "raw/0.png,first,cat\n"
+        f"s3://{bucket}/raw/1.png,,dog\n"
+        "raw/2.png,third,\n"
+        ",nokey,cat\n"
+        "raw/3.png,fourth,horse\n"
+        "raw/gone.png,gone,cat\n"
+        "s3://another-bucket/raw/4.png,elsewhere,\n"
+        "\n"
+    )
+    put_objects(s3, bucket, {"lists/m.csv": csv_manifest.encode()})
+    job = run_import(factory, c, project.id, manifest=f"s3://{bucket}/lists/m.csv", split="test")
+    assert job["status"] == "succeeded", job["error"]
+    result = job["result"]
+    assert (result["added"], result["labeled"], result["rejected_count"]) == (3, 2, 4)
+    assert result["total"] == 7
+    why = reasons(result)
+    assert why["manifest:5"] == "no 'key'"
+    assert why["fourth"] == "label 'horse' is not a class of the project"
+    assert why["gone"].startswith(f"no object at s3://{bucket}/raw/gone.png")
+    assert why[f"s3://another-bucket/raw/4.png"] == f"not in the manifest's bucket {bucket!r}"
+    items = items_of(project.id)
+    assert {n: (i.label, i.split) for n, i in items.items()} == {
+        "first": ("cat", "test"),
+        "raw/1.png": ("dog", "test"),
+        "third": (None, "test"),
+    }
+
+    jsonl = "\n".join(
+        [
+            json.dumps({"key": "raw/4.png", "label": "cat"}),
+            json.dumps({"key": "raw/0.png"}),  # already imported
+            "not json",
+            json.dumps(["a", "list"]),
+            json.dumps({"key": 5}),
+        ]
+    )
+    put_objects(s3, bucket, {"lists/m.jsonl": jsonl.encode()})
+    job = run_import(factory, c, project.id, manifest=f"s3://{bucket}/lists/m.jsonl")
+    result = job["result"]
+    assert (result["added"], result["duplicates"], result["rejected_count"]) == (1, 1, 3)
+    assert reasons(result)["manifest:4"] == "not a JSON object"
+    assert items_of(project.id)["raw/4.png"].label == "cat"
+
+
+def test_a_manifest_that_cannot_be_read_fails_its_job_with_the_reason(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    put_objects(s3, bucket, {"m.csv": b"path,label\na.png,cat\n", "l.jsonl": b"\xff\xfe"})
+    job = run_import(factory, c, project.id, manifest=f"s3://{bucket}/m.csv")
+    assert job["status"] == "failed"
+    assert "the manifest has no 'key' column" in job["error"]
+    job = run_import(factory, c, project.id, manifest=f"s3://{bucket}/l.jsonl")
+    assert job["status"] == "failed" and "not UTF-8" in job["error"]
+
+
+# ---- texts ---------------------------------------------------------------------------------
+
+
+def test_a_text_project_reads_each_object_as_an_uploaded_file(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng, classes=["pos", "neg"], kind="text")
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    put_objects(
+        s3,
+        bucket,
+        {
+            "t/pos/1.txt": b"a fine day",
+            "t/neg/2.txt": b"a grey day",
+            "t/neg/3.txt": b"a fine day",  # the same text as 1: a duplicate
+            "t/rows.csv": b"text,label\nfirst row,pos\nsecond row,maybe\n,neg\n",
+            "t/rows.jsonl": b'{"text": "third row", "name": "r3"}\n',
+            "t/pos/latin1.txt": "caf\xe9".encode("latin-1"),
+            "t/pic.png": png_bytes(1),
+        },
+    )
+    job = run_import(factory, c, project.id, source=f"s3://{bucket}/t/", labels_from_folders=True)
+    assert job["status"] == "succeeded", job["error"]
+    result = job["result"]
+    why = reasons(result)
+    assert (result["added"], result["duplicates"]) == (4, 1), why
+    assert why["rows.csv:3"] == "label 'maybe' is not a class of the project"
+    assert why["rows.csv:4"] == "empty text"
+    assert "not UTF-8" in why["pos/latin1.txt"]
+    assert why["pic.png"].startswith("an image: this is a text project")
+    items = items_of(project.id)
+    # One text of two objects with the same bytes: the object read first keeps it.
+    assert len({"pos/1.txt", "neg/3.txt"} & set(items)) == 1
+    assert items["neg/2.txt"].label == "neg"
+    # A .csv's rows carry their own labels (a .txt takes its folder's).
+    assert items["rows.csv:2"].label == "pos"
+    assert all(i.source is None for i in items.values())  # a text lives in its row
+    with unit_of_work(write=False) as db:
+        rows = db.execute(select(Item.name, Item.text).where(Item.project_id == project.id))
+        texts = {name: text for name, text in rows.tuples()}
+    assert texts["r3"] == "third row" and texts["neg/2.txt"] == "a grey day"
