@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -149,7 +150,9 @@ def test_only_engineers_of_the_project_may_import(
     body = {"source": f"s3://{bucket}/"}
     assert start(factory.client(annotator), project.id, **body)[0] == 403
     assert start(factory.client(stranger), project.id, **body)[0] == 404
-    assert factory.anonymous().post(IMPORT_FROM.format(pid=project.id), json=body).status_code == 401
+    assert (
+        factory.anonymous().post(IMPORT_FROM.format(pid=project.id), json=body).status_code == 401
+    )
 
 
 # ---- images --------------------------------------------------------------------------------
@@ -175,9 +178,7 @@ def test_images_under_a_prefix_become_items_that_read_from_the_bucket(
         "other/7.png": png_bytes(7),  # outside the prefix
     }
     put_objects(s3, bucket, objects)
-    job = run_import(
-        factory, c, project.id, source=f"s3://{bucket}/set/", labels_from_folders=True
-    )
+    job = run_import(factory, c, project.id, source=f"s3://{bucket}/set/", labels_from_folders=True)
     assert job["status"] == "succeeded", job["error"]
     result = job["result"]
     assert (result["added"], result["duplicates"], result["rejected_count"]) == (3, 1, 5)
@@ -204,7 +205,8 @@ def test_images_under_a_prefix_become_items_that_read_from_the_bucket(
     # The bytes were never copied into the item store: the image comes from the bucket.
     assert not list((ref_settings.data_dir / "images").rglob("*"))
     r = c.get(f"/api/items/{first.id}/image")
-    assert r.status_code == 200 and r.content == png_bytes(1)
+    assert r.status_code == 200
+    assert r.content == png_bytes(1)
     with unit_of_work(write=False) as db:
         assert db.scalar(select(func.count()).select_from(ImportChunk)) == 0  # summed, dropped
         assert db.scalar(select(func.count()).select_from(Label)) == 3
@@ -257,7 +259,7 @@ def test_a_manifest_lists_keys_names_and_labels(
     assert why["manifest:5"] == "no 'key'"
     assert why["fourth"] == "label 'horse' is not a class of the project"
     assert why["gone"].startswith(f"no object at s3://{bucket}/raw/gone.png")
-    assert why[f"s3://another-bucket/raw/4.png"] == f"not in the manifest's bucket {bucket!r}"
+    assert why["s3://another-bucket/raw/4.png"] == f"not in the manifest's bucket {bucket!r}"
     items = items_of(project.id)
     assert {n: (i.label, i.split) for n, i in items.items()} == {
         "first": ("cat", "test"),
@@ -294,7 +296,8 @@ def test_a_manifest_that_cannot_be_read_fails_its_job_with_the_reason(
     assert job["status"] == "failed"
     assert "the manifest has no 'key' column" in job["error"]
     job = run_import(factory, c, project.id, manifest=f"s3://{bucket}/l.jsonl")
-    assert job["status"] == "failed" and "not UTF-8" in job["error"]
+    assert job["status"] == "failed"
+    assert "not UTF-8" in job["error"]
 
 
 # ---- texts ---------------------------------------------------------------------------------
@@ -338,5 +341,77 @@ def test_a_text_project_reads_each_object_as_an_uploaded_file(
     assert all(i.source is None for i in items.values())  # a text lives in its row
     with unit_of_work(write=False) as db:
         rows = db.execute(select(Item.name, Item.text).where(Item.project_id == project.id))
-        texts = {name: text for name, text in rows.tuples()}
-    assert texts["r3"] == "third row" and texts["neg/2.txt"] == "a grey day"
+        texts = dict(rows.tuples().all())
+    assert texts["r3"] == "third row"
+    assert texts["neg/2.txt"] == "a grey day"
+
+
+# ---- cancel, retry, and an object deleted after its import ---------------------------------
+
+
+def test_a_canceled_import_keeps_whole_chunks_and_a_retry_finishes_it(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    n = 150
+    put_objects(s3, bucket, {f"p/{i:04d}.png": png_bytes(100 + i) for i in range(n)})
+    status, job = start(c, project.id, source=f"s3://{bucket}/p/")
+    assert status == 202
+
+    def registered() -> int:
+        with unit_of_work(write=False) as db:
+            return int(db.scalar(select(func.count()).select_from(Item)) or 0)
+
+    deadline = time.monotonic() + 60
+    while registered() == 0:
+        assert time.monotonic() < deadline, "the import registered nothing"
+        time.sleep(0.01)
+    assert c.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    canceled = factory.wait_job(job["id"])
+    assert canceled.status == "canceled"
+    assert canceled.result is not None
+    added = registered()
+    # Whole chunks only (3 objects each), each counted in the checkpoint as registered.
+    assert 0 < added < n
+    assert added % 3 == 0
+    with unit_of_work(write=False) as db:
+        done = db.scalar(
+            select(func.coalesce(func.sum(ImportChunk.added), 0)).where(
+                ImportChunk.job_id == job["id"], ImportChunk.status == "done"
+            )
+        )
+    assert done == added
+
+    assert c.post(f"/api/jobs/{job['id']}/retry").status_code == 200
+    finished = factory.wait_job(job["id"])
+    assert finished.status == "succeeded", finished.error
+    assert finished.result is not None
+    assert (finished.result["added"], finished.result["duplicates"]) == (n, 0)
+    assert finished.result["total"] == finished.result["processed"] == n
+    assert registered() == n
+
+
+def test_an_object_deleted_after_its_import_is_a_404_with_the_reason(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    put_objects(s3, bucket, {"a.png": png_bytes(1), "b.png": png_bytes(2)})
+    assert run_import(factory, c, project.id, source=f"s3://{bucket}")["result"]["added"] == 2
+    items = items_of(project.id)
+    client: Any = s3.client()
+    client.delete_object(Bucket=bucket, Key="a.png")
+    r = c.get(f"/api/items/{items['a.png'].id}/image")
+    assert r.status_code == 404
+    assert f"the image of item {items['a.png'].id} is gone" in r.json()["detail"]
+    assert f"s3://{bucket}/a.png" in r.json()["detail"]
+    # Replaced with other bytes: as gone, never the wrong picture.
+    client.put_object(Bucket=bucket, Key="b.png", Body=png_bytes(3))
+    r = c.get(f"/api/items/{items['b.png'].id}/image")
+    assert r.status_code == 404
+    assert "changed after it was imported" in r.json()["detail"]

@@ -76,7 +76,9 @@ def _csv_rows(stream: IO[str]) -> Iterator[Parsed]:
     try:
         header = next(reader)
     except StopIteration:
-        raise ManifestError("the manifest is empty: it needs a header row with a 'key' column")
+        raise ManifestError(
+            "the manifest is empty: it needs a header row with a 'key' column"
+        ) from None
     except csv.Error as exc:
         raise ManifestError(f"the manifest's header row is not readable as CSV: {exc}") from exc
     columns = [c.strip().lower() for c in header]

@@ -180,6 +180,11 @@ class Outcome:
         return True
 
 
+# What reading one object came to: an accepted image, a text object's records, or the reason
+# the object is refused.
+Read = Accepted | list[TextRecord] | str
+
+
 class ChunkReader:
     """Reads, checks and registers chunks of one job, with a pool of reader threads."""
 
@@ -193,9 +198,7 @@ class ChunkReader:
         self.text = target.kind == ProjectKind.text
         # No image within the pixel limit needs more than 8 bytes a pixel, plus headers; a
         # text object is bounded like an uploaded file.
-        self.max_bytes = (
-            settings.max_upload_bytes if self.text else self.max_pixels * 8 + (1 << 20)
-        )
+        self.max_bytes = settings.max_upload_bytes if self.text else self.max_pixels * 8 + (1 << 20)
         self.texts = TextReader(
             classes=set(target.classes),
             max_chars=settings.max_text_chars,
@@ -226,12 +229,15 @@ class ChunkReader:
                         raise ClaimLost(f"chunk {claimed.chunk_id} was taken over")
                 return counts
             except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) != _PG_DEADLOCK or attempt == _DEADLOCK_RETRIES:
+                if (
+                    getattr(exc.orig, "sqlstate", None) != _PG_DEADLOCK
+                    or attempt == _DEADLOCK_RETRIES
+                ):
                     raise
                 log.info("chunk=%s event=deadlock attempt=%s", claimed.chunk_id, attempt)
         raise AssertionError("unreachable")
 
-    def _read(self, entry: list[Any]) -> Accepted | list[TextRecord] | str:
+    def _read(self, entry: list[Any]) -> Read:
         """One object: accepted (an image) or read as records (a text object), or the reason
         it is refused. StoreUnavailable goes up: the chunk cannot be decided."""
         key, name, label, problem = entry
@@ -287,7 +293,7 @@ class ChunkReader:
                     record.label = label
         return records
 
-    def _gather(self, outcome: Outcome, name: str, result: Accepted | list[TextRecord] | str) -> None:
+    def _gather(self, outcome: Outcome, name: str, result: Read) -> None:
         if isinstance(result, str):
             outcome.counts.reject(name, result)
         elif isinstance(result, Accepted):
@@ -499,9 +505,7 @@ class ReferenceImport:
     def _work(self) -> None:
         worker = self.ctx.worker or "worker"
         while True:
-            work_chunks(
-                self.ctx.job_id, worker=worker, on_chunk=lambda: self._report("importing")
-            )
+            work_chunks(self.ctx.job_id, worker=worker, on_chunk=self._on_chunk)
             with unit_of_work(write=False) as db:
                 failure = chunks.first_failure(db, job_id=self.ctx.job_id)
             if failure is not None:
@@ -510,6 +514,9 @@ class ReferenceImport:
             if tally.chunks_done >= tally.chunks:
                 return
             time.sleep(WAIT_SECONDS)
+
+    def _on_chunk(self) -> None:
+        self._report("importing")
 
     def _checkpoint(self, db: Session) -> JobTally:
         """The job's result so far, in its row (clients poll it, a re-run reads ``listed``)."""

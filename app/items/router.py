@@ -132,9 +132,7 @@ async def upload_items(project_id: PathId, request: Request) -> JobRead:
         raise
 
 
-def _start_import_from(
-    request: Request, project_id: int, body: import_from.ImportFrom
-) -> JobRead:
+def _start_import_from(request: Request, project_id: int, body: import_from.ImportFrom) -> JobRead:
     # Who may ask is checked before the store is: a stranger learns nothing about a bucket.
     _authorize_engineer(request, project_id)
     import_from.check_readable(body)
