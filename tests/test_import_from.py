@@ -415,3 +415,143 @@ def test_an_object_deleted_after_its_import_is_a_404_with_the_reason(
     r = c.get(f"/api/items/{items['b.png'].id}/image")
     assert r.status_code == 404
     assert "changed after it was imported" in r.json()["detail"]
+
+
+# ---- a round whose items' objects are gone -------------------------------------------------
+
+COLOURS = ["red", "green", "blue"]
+
+
+def colour_png(cls: int, i: int) -> bytes:
+    """A 16x16 image of its class's colour with a distinct dot."""
+    image = Image.new("RGB", (16, 16), tuple(200 if c == cls else 30 for c in range(3)))
+    image.putpixel((i % 16, i // 16), (i * 7 % 256, i * 13 % 256, 255))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def round_world(
+    factory: Factory, ref_settings: Settings, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """12 colour images imported by reference (4 per class), their rounds run by the test."""
+    from app.jobs import dispatch
+    from worker import runners
+
+    runners.register()
+    eng = factory.user("engineer")
+    # A from-scratch default proxy: the import queues no embedding behind the test's back.
+    project = factory.project(eng, classes=COLOURS, image_size=16, default_proxy="tiny_cnn")
+    c = factory.client(eng)
+    bucket = s3.bucket()
+    keys = {f"{COLOURS[cls]}/{i}.png": colour_png(cls, i) for cls in range(3) for i in range(4)}
+    put_objects(s3, bucket, keys)
+    assert run_import(factory, c, project.id, source=f"s3://{bucket}")["result"]["added"] == 12
+    monkeypatch.setattr(dispatch, "send", lambda *, job_id, kind: None)
+    return {"project": project, "bucket": bucket, "items": items_of(project.id)}
+
+
+def run_round(world: dict[str, Any], batch: int, **proxy: Any) -> tuple[Any, list[int]]:
+    """Start a round as the API does and run its job here; the round and its batch's ids."""
+    from app.jobs.runtime import run_job
+    from app.projects.models import Project
+    from app.rounds import service as rounds
+    from app.rounds.models import Round, Selection
+    from app.rounds.schemas import ProxyConfig
+
+    with unit_of_work() as db:
+        project = db.get(Project, world["project"].id)
+        assert project is not None
+        rnd = rounds.start_round(
+            db,
+            project=project,
+            strategy="random",
+            batch_size=batch,
+            proxy=ProxyConfig(**proxy) if proxy else ProxyConfig(arch="tiny_cnn", epochs=1),
+            seed=3,
+            created_by=None,
+            supersede=False,
+        )
+        rid, jid = rnd.id, rnd.job_id
+    assert jid is not None
+    assert run_job(jid, worker="test") == "succeeded"
+    with unit_of_work(write=False) as db:
+        done = db.get(Round, rid)
+        ids = db.scalars(select(Selection.item_id).where(Selection.round_id == rid))
+        return done, list(ids)
+
+
+def delete_objects(s3: S3Server, world: dict[str, Any], names: list[str]) -> set[int]:
+    client: Any = s3.client()
+    for name in names:
+        client.delete_object(Bucket=world["bucket"], Key=name)
+    return {world["items"][n].id for n in names}
+
+
+GONE = ["red/0.png", "green/1.png", "blue/2.png"]
+
+
+def test_a_round_replaces_batch_items_whose_objects_are_gone(
+    round_world: dict[str, Any], s3: S3Server
+) -> None:
+    # The worker read every image at import (its cache has them): only the HEAD before the
+    # batch is saved can tell these three are gone.
+    gone = delete_objects(s3, round_world, GONE)
+    rnd, batch = run_round(round_world, batch=12)
+    assert rnd.status == "labeling", rnd.error
+    assert len(batch) == 9
+    assert not set(batch) & gone
+    skipped = rnd.metrics["skipped"]
+    assert {s["item_id"] for s in skipped} == gone
+    assert {s["name"] for s in skipped} == set(GONE)
+    assert all("no object at" in s["reason"] for s in skipped)
+
+
+def test_a_round_loading_pixels_leaves_out_items_it_cannot_read(
+    round_world: dict[str, Any], ref_settings: Settings, s3: S3Server
+) -> None:
+    import shutil
+
+    # A worker on another machine: nothing of the bucket on its disk.
+    shutil.rmtree(ref_settings.object_cache_dir)
+    gone = delete_objects(s3, round_world, GONE)
+    with unit_of_work() as db:
+        from app.projects.models import Project
+
+        project = db.get(Project, round_world["project"].id)
+        assert project is not None
+        project.settings = {**project.settings, "cold_start": "kcenter"}
+    rnd, batch = run_round(round_world, batch=6)
+    assert rnd.status == "labeling", rnd.error
+    assert rnd.metrics["cold_start"] == "kcenter"
+    assert len(batch) == 6
+    assert not set(batch) & gone
+    assert rnd.metrics["pool"] == 9
+    assert {s["item_id"] for s in rnd.metrics["skipped"]} == gone
+
+
+def test_a_linear_round_embeds_the_rest_and_leaves_out_what_is_gone(
+    round_world: dict[str, Any],
+    ref_settings: Settings,
+    s3: S3Server,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import shutil
+
+    shutil.rmtree(ref_settings.object_cache_dir)
+    gone = delete_objects(s3, round_world, GONE)
+    with unit_of_work() as db:
+        from app.projects.models import Project
+
+        project = db.get(Project, round_world["project"].id)
+        assert project is not None
+        project.settings = {**project.settings, "cold_start": "typiclust"}
+    rnd, batch = run_round(round_world, batch=6, arch="linear")
+    assert rnd.status == "labeling", rnd.error
+    # The embedding chunk embedded the nine it could read and went on.
+    assert sum("event=object-gone" in r.getMessage() for r in caplog.records) == 3
+    assert rnd.metrics["cold_start"] == "typiclust"
+    assert len(batch) == 6
+    assert not set(batch) & gone
+    assert {s["item_id"] for s in rnd.metrics["skipped"]} == gone
