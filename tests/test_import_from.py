@@ -46,6 +46,15 @@ def ref_settings(
     reset_caches()
 
 
+def distinct_png(i: int) -> bytes:
+    """A tiny PNG whose first pixel spells ``i``: distinct for every i below 2**24."""
+    image = Image.new("RGB", (4, 4), (90, 90, 90))
+    image.putpixel((0, 0), (i & 255, (i >> 8) & 255, (i >> 16) & 255))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def jpeg_bytes(seed: int) -> bytes:
     image = Image.new("RGB", (12, 10), ((seed * 11) % 256, 40, 200))
     buf = io.BytesIO()
@@ -357,7 +366,7 @@ def test_a_canceled_import_keeps_whole_chunks_and_a_retry_finishes_it(
     c = factory.client(eng)
     bucket = s3.bucket()
     n = 150
-    put_objects(s3, bucket, {f"p/{i:04d}.png": png_bytes(100 + i) for i in range(n)})
+    put_objects(s3, bucket, {f"p/{i:04d}.png": distinct_png(i) for i in range(n)})
     status, job = start(c, project.id, source=f"s3://{bucket}/p/")
     assert status == 202
 
@@ -555,3 +564,116 @@ def test_a_linear_round_embeds_the_rest_and_leaves_out_what_is_gone(
     assert len(batch) == 6
     assert not set(batch) & gone
     assert {s["item_id"] for s in rnd.metrics["skipped"]} == gone
+
+
+# ---- real processes: a server and two workers, the store stopped mid-import ----------------
+
+
+def wait_items(c: Any, job_id: int, at_least: int, timeout: float = 120) -> dict[str, Any]:
+    """Poll a running import until its checkpoint counts ``at_least`` registered items."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = c.get(f"/api/jobs/{job_id}").json()
+        if (job["result"] or {}).get("added", 0) >= at_least:
+            return dict(job)
+        assert job["status"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, f"import {job_id} is too slow: {job}"
+        time.sleep(0.05)
+
+
+def chunk_sums(database_url: str, job_id: int) -> tuple[int, int, int]:
+    """(items in the database, items its done chunks registered, chunks still running)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            items = conn.execute(text("SELECT count(*) FROM items")).scalar_one()
+            done = conn.execute(
+                text(
+                    "SELECT coalesce(sum(added), 0) FROM import_chunks "
+                    "WHERE job_id = :j AND status = 'done'"
+                ),
+                {"j": job_id},
+            ).scalar_one()
+            running = conn.execute(
+                text("SELECT count(*) FROM import_chunks WHERE job_id = :j AND status = 'running'"),
+                {"j": job_id},
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(items), int(done), int(running)
+
+
+@pytest.mark.slow
+def test_two_workers_share_an_import_and_a_store_outage_fails_it_whole_chunks_only(
+    tmp_path: Any, database_url: str, broker_url: str
+) -> None:
+    from tests.procs import stack, wait_for
+    from tests.s3server import restart, s3_server
+    from tests.test_e2e import admin_client, wait_job
+
+    n, chunk = 600, 5
+    objects = {f"img/{i:05d}.png": distinct_png(i) for i in range(n)}
+    with s3_server(tmp_path) as store:
+        env = {
+            **store.env(),
+            "SVP_IMPORT_CHUNK_SIZE": str(chunk),
+            "SVP_WORKER_HEARTBEAT_SECONDS": "0.5",
+            "SVP_WORKER_DEAD_AFTER_SECONDS": "3",
+        }
+        bucket = store.bucket("outage")
+        put_objects(store, bucket, objects)
+        with stack(tmp_path, database_url=database_url, broker_url=broker_url, extra_env=env) as s:
+            s.serve()
+            s.worker("worker-1")
+            s.worker("worker-2")
+            c = admin_client(s)
+            r = c.post(
+                "/api/projects",
+                json={
+                    "name": "by-reference",
+                    "classes": ["a", "b"],
+                    "settings": {"default_proxy": "tiny_cnn"},
+                },
+            )
+            assert r.status_code == 201, r.text
+            pid = r.json()["id"]
+            r = c.post(IMPORT_FROM.format(pid=pid), json={"source": f"s3://{bucket}/img/"})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+
+            # Partway through, the store goes away.
+            wait_items(c, job_id, at_least=100)
+            store.stop()
+            failed = wait_job(c, job_id)
+            assert failed["status"] == "failed", failed
+            assert "the object store stopped answering while importing from " in failed["error"]
+            assert f"s3://{bucket}/img/" in failed["error"]
+            assert "Could not connect to the endpoint URL" in failed["error"]
+            # Helpers let go of what they held (their chunks fail too).
+            wait_for(lambda: chunk_sums(database_url, job_id)[2] == 0, 60, "chunks still held")
+            items, registered, _ = chunk_sums(database_url, job_id)
+            # Nothing registered outside a done chunk, and every done chunk whole.
+            assert items == registered
+            assert 0 < items < n
+            assert items % chunk == 0
+
+            # The store comes back empty (moto keeps buckets in memory): the objects are put
+            # back, and a retry resumes.
+            restart(store)
+            store.bucket(bucket)
+            put_objects(store, bucket, objects)
+            assert c.post(f"/api/jobs/{job_id}/retry").status_code == 200
+            done = wait_job(c, job_id, timeout=300)
+            assert done["status"] == "succeeded", done
+            result = done["result"]
+            assert (result["added"], result["duplicates"], result["rejected_count"]) == (n, 0, 0)
+            assert result["total"] == result["processed"] == n
+            assert chunk_sums(database_url, job_id)[0] == n
+            # Every chunk was registered once, by one worker or the other.
+            assert sum(result["workers"].values()) == result["chunks"] == n // chunk
+            first = c.get(f"/api/projects/{pid}/items").json()["items"][0]
+            image = c.get(f"/api/items/{first['id']}/image")
+            assert image.status_code == 200
+            assert image.content == objects[f"img/{first['name']}"]
