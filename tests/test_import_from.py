@@ -239,6 +239,35 @@ def test_a_source_naming_one_object_imports_it_under_its_file_name(
     assert set(items_of(project.id)) == {"photo.png"}
 
 
+def test_archives_and_oversized_objects_are_refused_unread(
+    factory: Factory,
+    ref_settings: Settings,
+    s3: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 1,000 pixels: no image needs more than 8 bytes a pixel and 1 MiB of headers.
+    monkeypatch.setenv("SVP_MAX_IMAGE_PIXELS", "1000")
+    reset_caches()
+    eng = factory.user("engineer")
+    project = factory.project(eng)
+    bucket = s3.bucket()
+    big = b"\x89PNG" + b"\0" * (2 << 20)
+    put_objects(
+        s3,
+        bucket,
+        {"ok.png": png_bytes(1), "big.png": big, "all.zip": b"PK\x03\x04rest", "\\odd.png": b"x"},
+    )
+    job = run_import(factory, factory.client(eng), project.id, source=f"s3://{bucket}")
+    why = reasons(job["result"])
+    assert job["result"]["added"] == 1
+    assert why["big.png"] == (
+        f"too large: s3://{bucket}/big.png is {len(big)} bytes, more than the "
+        f"{1000 * 8 + (1 << 20)} accepted"
+    )
+    assert why["all.zip"].startswith("a zip archive: an import by reference reads objects")
+    assert why["/odd.png"] == "absolute path"
+
+
 def test_a_manifest_lists_keys_names_and_labels(
     factory: Factory, ref_settings: Settings, s3: S3Server
 ) -> None:

@@ -40,9 +40,9 @@ from sqlalchemy.orm import Session
 from app.db import unit_of_work, utcnow
 from app.embeddings.service import embed_new_images
 from app.items import chunks, manifest
-from app.items.archive import Stream
+from app.items.archive import ZIP_MAGIC, Stream
 from app.items.chunks import ChunkCounts, Claimed, JobTally
-from app.items.entries import Rejected, name_problem
+from app.items.entries import Rejected, clean_name, name_problem
 from app.items.import_job import MAX_REJECTED_LISTED, refresh_statistics
 from app.items.importer import Accepted, examine_image, insert_items, limit_pixels
 from app.items.text_import import AcceptedText, content_hash, insert_texts
@@ -209,18 +209,20 @@ class ChunkReader:
     def register(self, claimed: Claimed) -> ChunkCounts:
         """Read the chunk's objects and register them with the chunk's ``done``.
 
-        Raises StoreUnavailable (the chunk marked failed) when the store does not answer, and
+        Raises StoreUnavailable (the chunk marked failed, the reason naming the store) when the
+        store does not answer, and
         ClaimLost (nothing registered) when another worker took the chunk over meanwhile.
         """
         try:
             read = list(self.pool.map(self._read, claimed.entries))
         except StoreUnavailable as exc:
+            down = store_down(self.source, exc)
             with unit_of_work() as db:
-                chunks.fail(db, claimed=claimed, error=str(store_down(self.source, exc)))
-            raise
+                chunks.fail(db, claimed=claimed, error=str(down))
+            raise down from exc
         outcome = Outcome()
         for entry, result in zip(claimed.entries, read, strict=True):
-            self._gather(outcome, str(entry[1]), result)
+            self._gather(outcome, clean_name(str(entry[1])), result)
         for attempt in range(_DEADLOCK_RETRIES + 1):
             try:
                 with unit_of_work() as db:
@@ -242,6 +244,7 @@ class ChunkReader:
         it is refused. StoreUnavailable goes up: the chunk cannot be decided."""
         key, name, label, problem = entry
         problem = problem or name_problem(name)
+        name = clean_name(name)
         if problem is None and label is not None and label not in self.target.classes:
             problem = f"label {label!r} is not a class of the project"
         if problem is not None:
@@ -254,6 +257,11 @@ class ChunkReader:
             return f"too large: {exc}"
         except ValueError as exc:  # a key the store refuses to address ("a/../b")
             return str(exc)
+        if data[:4] == ZIP_MAGIC or name.lower().endswith(".zip"):
+            return (
+                "a zip archive: an import by reference reads objects one by one (unpack it into "
+                "the bucket, or upload the zip)"
+            )
         if self.text:
             return self._records(name, label, data)
         try:
@@ -435,12 +443,12 @@ class ReferenceImport:
             tally = chunks.tally(db, job_id=self.ctx.job_id)
         self.seq = tally.chunks
         self._ask_for_help(tally.chunks - tally.chunks_done)
-        try:
-            if not self.listed:
+        if not self.listed:
+            try:
                 self._plan()
-            self._work()
-        except StoreUnavailable as exc:
-            raise store_down(self.source, exc) from exc
+            except StoreUnavailable as exc:
+                raise store_down(self.source, exc) from exc
+        self._work()
         return self._finish()
 
     # -- planning
