@@ -60,7 +60,8 @@ def fresh_database(url: str) -> None:
     if not parsed.drivername.startswith("postgresql"):
         return
     name = parsed.database
-    assert name and name.startswith("h_ref_"), f"refusing to recreate database {name!r}"
+    if not (name or "").startswith("h_ref_"):
+        raise SystemExit(f"refusing to recreate database {name!r}: this bench's are h_ref_*")
     admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -82,20 +83,38 @@ def fill_bucket(client: Any, bucket: str, n: int, threads: int) -> float:
     return time.perf_counter() - started
 
 
+def raw_get_rate(client: Any, bucket: str, n: int, threads: int) -> float:
+    """GETs per second the S3 server answers a plain boto3 client (``threads`` at once): the
+    ceiling an import by reference, one GET per object, can reach on it."""
+    started = time.perf_counter()
+
+    def get(i: int) -> None:
+        client.get_object(Bucket=bucket, Key=f"img/{i:07d}.png")["Body"].read()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(get, range(n)))
+    return n / (time.perf_counter() - started)
+
+
 class Sampler:
-    """RSS of each process every ``interval`` seconds, in a thread, until stopped."""
+    """RSS and PSS of each process (with its pool) every ``interval`` seconds, in a thread.
+
+    RSS counts a page shared by a worker and its forked pool child in both, and a shared
+    library's pages as the child first touches them; PSS splits shared pages between their
+    processes, so it is what the group really holds.
+    """
 
     def __init__(self, procs: list[Proc], interval: float = 0.5) -> None:
         self.procs = procs
         self.interval = interval
-        self.samples: dict[str, list[float]] = {p.name: [] for p in procs}
+        self.samples: dict[str, list[tuple[float, float]]] = {p.name: [] for p in procs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             for p in self.procs:
-                self.samples[p.name].append(group_memory_mb(p)[0])
+                self.samples[p.name].append(group_memory_mb(p))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Sampler:
@@ -107,17 +126,22 @@ class Sampler:
         self._thread.join()
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """min / median / max RSS (MiB) per process, and how many samples."""
-        return {
-            name: {
+        """min / median / max RSS and PSS (MiB) per process, and how many samples."""
+        out: dict[str, dict[str, float]] = {}
+        for name, values in self.samples.items():
+            if not values:
+                continue
+            rss, pss = [v[0] for v in values], [v[1] for v in values]
+            out[name] = {
                 "samples": len(values),
-                "min": min(values),
-                "median": statistics.median(values),
-                "max": max(values),
+                "rss_min": min(rss),
+                "rss_median": statistics.median(rss),
+                "rss_max": max(rss),
+                "pss_min": min(pss),
+                "pss_median": statistics.median(pss),
+                "pss_max": max(pss),
             }
-            for name, values in self.samples.items()
-            if values
-        }
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"filling s3://{bucket}/img/ with {args.n} tiny PNGs...", flush=True)
         fill = fill_bucket(store.client(), bucket, args.n, args.put_threads)
         print(f"  stored in {fill:.1f} s ({args.n / fill:.0f} objects/s)", flush=True)
+        ceiling = raw_get_rate(store.client(), bucket, min(args.n, 3000), args.put_threads)
+        print(f"  the S3 server answers {ceiling:.0f} GETs/s to a plain boto3 client", flush=True)
         env = {
             **store.env(),
             "SVP_ADMIN_USERNAME": ADMIN["username"],
@@ -166,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             r.raise_for_status()
             pid = r.json()["id"]
             time.sleep(3)  # the workers are up and idle
-            idle = {proc.name: group_memory_mb(proc)[0] for proc in (server, *workers)}
+            idle = {proc.name: group_memory_mb(proc) for proc in (server, *workers)}
             with Sampler([server, *workers]) as sampler:
                 started = time.perf_counter()
                 r = c.post(
@@ -181,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update(
         {
             "fill_seconds": round(fill, 1),
+            "s3_raw_gets_per_second": round(ceiling, 1),
             "status": job["status"],
             "wall_seconds": round(wall, 2),
             "items_per_second": round(args.n / wall, 1),
@@ -192,13 +219,19 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     print(f"\nimport by reference of {args.n} objects, {args.workers} workers: {job['status']}")
-    print(f"  {wall:.1f} s from the POST to success: {args.n / wall:.0f} items/s")
+    print(
+        f"  {wall:.1f} s from the POST to success: {args.n / wall:.0f} items/s "
+        f"(the store's own ceiling: {ceiling:.0f} GETs/s)"
+    )
     print(f"  result: {report['job']}, chunks by worker: {result.get('workers')}")
-    print(f"  {'process':10} {'idle':>8} {'min':>8} {'median':>8} {'max':>8}  (RSS MiB, samples)")
+    print(f"  MiB, {memory['server']['samples']} samples: idle before, then min / median / max")
+    print(f"  {'process':10} {'RSS idle':>9} {'min':>7} {'median':>7} {'max':>7}   ", end="")
+    print(f"{'PSS idle':>9} {'min':>7} {'median':>7} {'max':>7}")
     for name, m in memory.items():
         print(
-            f"  {name:10} {idle[name]:>8.1f} {m['min']:>8.1f} {m['median']:>8.1f} "
-            f"{m['max']:>8.1f}  ({m['samples']})"
+            f"  {name:10} {idle[name][0]:>9.1f} {m['rss_min']:>7.1f} {m['rss_median']:>7.1f} "
+            f"{m['rss_max']:>7.1f}   {idle[name][1]:>9.1f} {m['pss_min']:>7.1f} "
+            f"{m['pss_median']:>7.1f} {m['pss_max']:>7.1f}"
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
