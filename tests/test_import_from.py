@@ -706,3 +706,40 @@ def test_two_workers_share_an_import_and_a_store_outage_fails_it_whole_chunks_on
             image = c.get(f"/api/items/{first['id']}/image")
             assert image.status_code == 200
             assert image.content == objects[f"img/{first['name']}"]
+
+
+def test_a_manifest_of_texts_labels_one_text_objects_only(
+    factory: Factory, ref_settings: Settings, s3: S3Server
+) -> None:
+    eng = factory.user("engineer")
+    project = factory.project(eng, classes=["pos", "neg"], kind="text")
+    bucket = s3.bucket()
+    manifest = "\n".join(
+        json.dumps(row)
+        for row in [
+            {"key": "a.txt", "label": "pos"},
+            {"key": "b.csv", "label": "neg"},
+            {"key": "c.txt", "name": "third", "label": "maybe"},
+            {"key": "d.csv"},
+        ]
+    )
+    put_objects(
+        s3,
+        bucket,
+        {
+            "a.txt": b"alpha",
+            "b.csv": b"text\nbeta\n",
+            "c.txt": b"gamma",
+            "d.csv": b"text,label\ndelta,neg\n",
+            "m.jsonl": manifest.encode(),
+        },
+    )
+    job = run_import(factory, factory.client(eng), project.id, manifest=f"s3://{bucket}/m.jsonl")
+    assert job["status"] == "succeeded", job["error"]
+    why = reasons(job["result"])
+    assert why["b.csv"].startswith("a manifest's label is for an image or a .txt object")
+    assert why["third"] == "label 'maybe' is not a class of the project"
+    assert {n: i.label for n, i in items_of(project.id).items()} == {
+        "a.txt": "pos",
+        "d.csv:2": "neg",
+    }
