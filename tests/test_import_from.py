@@ -226,6 +226,23 @@ def test_images_under_a_prefix_become_items_that_read_from_the_bucket(
     assert (again["result"]["added"], again["result"]["duplicates"]) == (0, 2)
 
 
+def test_item_names_are_keys_below_the_prefix_never_cut_mid_name() -> None:
+    from app.items.reference_import import Source
+
+    def names(prefix: str, *keys: str) -> list[str]:
+        return [Source("b", prefix, None).name_of(k) for k in keys]
+
+    assert names("", "a.png", "cat/b.png") == ["a.png", "cat/b.png"]
+    assert names("set/", "set/cat/1.png") == ["cat/1.png"]
+    assert names("set", "set/cat/1.png", "settings/x.png", "set.png") == [
+        "cat/1.png",
+        "settings/x.png",
+        "set.png",
+    ]
+    assert names("d/set", "d/set/1.png", "d/settings/2.png") == ["1.png", "settings/2.png"]
+    assert names("d/one.png", "d/one.png") == ["one.png"]
+
+
 def test_a_source_naming_one_object_imports_it_under_its_file_name(
     factory: Factory, ref_settings: Settings, s3: S3Server
 ) -> None:

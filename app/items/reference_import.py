@@ -110,10 +110,16 @@ class Source:
         return f"s3://{self.bucket}/{key}"
 
     def name_of(self, key: str) -> str:
-        """An object's item name: its key below the prefix (the key's last part when the
-        source names that one object)."""
-        rest = key[len(self.prefix) :].lstrip("/")
-        return rest or PurePosixPath(key).name
+        """An object's item name: its key below the prefix; the key's last part when the source
+        names that one object. A prefix that ends inside a name (``s3://b/train`` lists
+        ``train_v2/1.png`` too, as S3 does) names from its folder, never cutting a name."""
+        rest = key[len(self.prefix) :]
+        if not rest:
+            return PurePosixPath(key).name
+        if self.prefix and not self.prefix.endswith("/") and not rest.startswith("/"):
+            folder = self.prefix.rpartition("/")[0]
+            return key[len(folder) + 1 :] if folder else key
+        return rest.lstrip("/")
 
 
 def is_reference(params: dict[str, Any]) -> bool:
