@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.round_turnaround import ADMIN, admin_client, wait_job  # noqa: E402
 from bench.soak import group_memory_mb  # noqa: E402
-from tests.procs import Proc, stack  # noqa: E402
+from tests.procs import Proc, stack, wait_for  # noqa: E402
 from tests.s3server import s3_server  # noqa: E402
 
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/h_ref_bench"
@@ -94,6 +94,18 @@ def raw_get_rate(client: Any, bucket: str, n: int, threads: int) -> float:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(get, range(n)))
     return n / (time.perf_counter() - started)
+
+
+def group_size(proc: Proc) -> int:
+    """Processes in a process's group (a worker and its pool children)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == proc.popen.pid:
+                count += 1
+        except (OSError, IndexError, ValueError):
+            continue
+    return count
 
 
 class Sampler:
@@ -191,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             r.raise_for_status()
             pid = r.json()["id"]
-            time.sleep(3)  # the workers are up and idle
+            # Idle means the workers' pool children are up (a worker forks them once it has
+            # imported torch, seconds after it starts), or the idle figure leaves them out.
+            wait_for(lambda: all(group_size(w) >= 2 for w in workers), 120, "no pool child")
+            time.sleep(3)
             idle = {proc.name: group_memory_mb(proc) for proc in (server, *workers)}
             with Sampler([server, *workers]) as sampler:
                 started = time.perf_counter()
