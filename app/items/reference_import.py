@@ -200,15 +200,18 @@ class ChunkReader:
         self.target = target
         self.pool = pool
         self.store: S3Store = source_store(source.bucket)
+        self.classes = set(target.classes)
         self.max_pixels = settings.max_image_pixels
         self.text = target.kind == ProjectKind.text
         # No image within the pixel limit needs more than 8 bytes a pixel, plus headers; a
         # text object is bounded like an uploaded file.
         self.max_bytes = settings.max_upload_bytes if self.text else self.max_pixels * 8 + (1 << 20)
-        self.texts = TextReader(
-            classes=set(target.classes),
-            max_chars=settings.max_text_chars,
-            from_folders=target.from_folders,
+        # Texts read as an upload's files are; a manifest's label comes before a folder's.
+        self.texts, self.labelled_texts = (
+            TextReader(
+                classes=self.classes, max_chars=settings.max_text_chars, from_folders=folders
+            )
+            for folders in (target.from_folders, False)
         )
         limit_pixels(self.max_pixels)
 
@@ -216,8 +219,8 @@ class ChunkReader:
         """Read the chunk's objects and register them with the chunk's ``done``.
 
         Raises StoreUnavailable (the chunk marked failed, the reason naming the store) when the
-        store does not answer, and
-        ClaimLost (nothing registered) when another worker took the chunk over meanwhile.
+        store does not answer, and ClaimLost (nothing registered) when another worker took the
+        chunk over meanwhile.
         """
         try:
             read = list(self.pool.map(self._read, claimed.entries))
@@ -251,7 +254,7 @@ class ChunkReader:
         key, name, label, problem = entry
         problem = problem or name_problem(name)
         name = clean_name(name)
-        if problem is None and label is not None and label not in self.target.classes:
+        if problem is None and label is not None and label not in self.classes:
             problem = f"label {label!r} is not a class of the project"
         if problem is not None:
             return str(problem)
@@ -271,21 +274,18 @@ class ChunkReader:
         if self.text:
             return self._records(name, label, data)
         try:
-            if label is not None:
-                accepted = examine_image(
-                    name, data, from_folders=False, classes=set(), max_pixels=self.max_pixels
-                )
-                accepted.label = label
-            else:
-                accepted = examine_image(
-                    name,
-                    data,
-                    from_folders=self.target.from_folders,
-                    classes=set(self.target.classes),
-                    max_pixels=self.max_pixels,
-                )
+            accepted = examine_image(
+                name,
+                data,
+                # A manifest's label comes first; the folder gives one only where there is none.
+                from_folders=self.target.from_folders and label is None,
+                classes=self.classes,
+                max_pixels=self.max_pixels,
+            )
         except Rejected as exc:
             return str(exc)
+        if label is not None:
+            accepted.label = label
         accepted.source = self.source.object_url(key)
         # The worker that embeds next reads it from its disk, not again from the bucket.
         object_cache().put(image_key(accepted.content_hash), data)
@@ -300,7 +300,8 @@ class ChunkReader:
                 ".jsonl object carry their own"
             )
         stream = Stream(name=name, open=lambda: io.BytesIO(data))
-        records = self.texts.whole_records(stream)
+        reader = self.texts if label is None else self.labelled_texts
+        records = reader.whole_records(stream)
         if label is not None:
             for record in records:
                 if record.problem is None:
