@@ -30,7 +30,7 @@ from app.http import (
     refuse_unknown_query,
     validation_error,
 )
-from app.items.importer import run_import
+from app.items.import_jobs import run_import_job
 from app.jobs.models import JobKind
 from app.jobs.runtime import register_runner
 from app.routers import OPEN_ROUTERS, ROUTERS
@@ -120,7 +120,7 @@ def create_app() -> FastAPI:
     """Build the application with every router."""
     get_settings()  # bad settings fail here, at start, not on the first request
     # The only runner the server's own pool may run (SVP_INLINE_JOBS): imports need no torch.
-    register_runner(JobKind.import_, run_import)
+    register_runner(JobKind.import_, run_import_job)
     app = FastAPI(
         title="SVP Label",
         version="0.1.0",

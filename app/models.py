@@ -3,7 +3,7 @@
 from app.auth.models import ApiToken, AuthSession, Role, User
 from app.db import Base
 from app.embeddings.models import ChunkStatus, EmbedChunk
-from app.items.models import Item, Split
+from app.items.models import ImportChunk, ImportChunkStatus, Item, Split
 from app.jobs.models import Job, JobKind, JobStatus, WorkerNode
 from app.labeling.models import Label, LabelSource, Lease
 from app.projects.models import Member, MemberRole, Project
@@ -15,6 +15,8 @@ __all__ = [
     "Base",
     "ChunkStatus",
     "EmbedChunk",
+    "ImportChunk",
+    "ImportChunkStatus",
     "Item",
     "Job",
     "JobKind",

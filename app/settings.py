@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     # Images per chunk of an embedding job, and how many other workers one job asks for help.
     embed_chunk_size: int = Field(default=512, ge=1, le=100_000)
     embed_fanout: int = Field(default=8, ge=0, le=1024)
+    # Objects per chunk of an import by reference (DESIGN 4d), and how many other workers one
+    # such import asks for help: each chunk's objects are read, checked and registered in one
+    # transaction, so a chunk is also what a crash or a store outage can cost to redo.
+    import_chunk_size: int = Field(default=250, ge=1, le=10_000)
+    import_fanout: int = Field(default=8, ge=0, le=1024)
     # Where item bytes and the embedding shards live (DESIGN 4d): empty keeps them in the data
     # dir; ``s3://bucket/prefix`` puts them in an S3-compatible store, so workers on other
     # machines need only the database, the broker and the store. Credentials come from the usual

@@ -44,6 +44,7 @@ STABLE_IDS = {
     ("GET", "/api/projects/{project_id}/export"): "export_labels",
     ("GET", "/api/projects/{project_id}/items"): "list_items",
     ("POST", "/api/projects/{project_id}/items"): "upload_items",
+    ("POST", "/api/projects/{project_id}/items/import-from"): "import_items_from",
     ("GET", "/api/projects/{project_id}/members"): "list_members",
     ("PUT", "/api/projects/{project_id}/members"): "set_member",
     ("DELETE", "/api/projects/{project_id}/members/{user_id}"): "remove_member",

@@ -32,13 +32,14 @@ from sqlalchemy import select
 
 from app.db import unit_of_work, utcnow
 from app.embeddings import service as embeddings
+from app.items.availability import ObjectsGone, gone_objects
 from app.items.models import Item
 from app.items.service import sources_by_hash, texts_by_hash
 from app.jobs.broker import EMBED_HELP_TASK_NAME, send_task
 from app.jobs.models import FINISHED_JOB_STATUSES, Job, JobKind
 from app.jobs.runtime import JobCanceled, JobContext
 from app.settings import BackboneSetting, get_settings
-from app.storage import is_remote, read_image
+from app.storage import ObjectMissing, is_remote, read_image
 from svp.backbones import (
     Embedder,
     backbone_names,
@@ -180,31 +181,49 @@ def embed_texts(model: Embedder, keys: Sequence[str], project_id: int) -> torch.
 
 def embed_keys(
     model: Embedder, keys: Sequence[str], image_size: int, project_id: int | None
-) -> torch.Tensor:
+) -> tuple[list[str], torch.Tensor]:
     """Embed the items with these content hashes: texts from their rows, images from the item
-    store (or the objects they were imported from)."""
+    store (or the objects they were imported from); the keys embedded and their rows."""
     if project_id is None:
         raise ValueError("a chunk's items are read by project: the job names no project")
     if model.spec.modality == "text":
-        return embed_texts(model, keys, project_id)
+        return list(keys), embed_texts(model, keys, project_id)
     return embed_images(model, keys, image_size, project_id)
 
 
 def embed_images(
     model: Embedder, keys: Sequence[str], image_size: int, project_id: int
-) -> torch.Tensor:
-    """Decode the images with these content hashes at ``image_size`` and embed them."""
+) -> tuple[list[str], torch.Tensor]:
+    """Decode the images with these content hashes at ``image_size`` and embed them; the keys
+    embedded and their rows.
+
+    An image imported by reference whose object is gone from its bucket is left out (logged),
+    not the chunk: the job that planned the chunks finds it without an embedding and names it
+    (``ensure_embeddings``), and a round leaves that item out.
+    """
     with unit_of_work(write=False) as db:
         sources = sources_by_hash(db, project_id=project_id, hashes=list(keys))
 
-    def read(key: str) -> np.ndarray:
-        return decode_image(read_image(key, sources.get(key)), image_size)
+    def read(key: str) -> np.ndarray | None:
+        try:
+            return decode_image(read_image(key, sources.get(key)), image_size)
+        except ObjectMissing as exc:
+            if key not in sources:
+                raise  # an uploaded image missing from the item store is a real fault
+            log.warning("project=%s event=object-gone key=%s reason=%s", project_id, key, exc)
+            return None
 
     # From a bucket, reads wait on the network, not the CPU: more of them at once.
     with ThreadPoolExecutor(FETCH_THREADS if is_remote() else DECODE_THREADS) as pool:
-        pixels = np.stack(list(pool.map(read, keys)))
+        decoded = list(pool.map(read, keys))
+    present = [
+        (key, pixels) for key, pixels in zip(keys, decoded, strict=True) if pixels is not None
+    ]
+    if not present:
+        return [], torch.empty(0)
+    pixels = np.stack([p for _, p in present])
     threads = get_settings().torch_threads or None
-    return model.embed(torch.from_numpy(pixels), num_threads=threads)
+    return [k for k, _ in present], model.embed(torch.from_numpy(pixels), num_threads=threads)
 
 
 def work_chunks(
@@ -233,7 +252,9 @@ def work_chunks(
         chunk_id, keys = claimed
         missing = target.missing(keys)
         if missing:
-            target.add(missing, embed_keys(model, missing, image_size, project_id))
+            embedded, vectors = embed_keys(model, missing, image_size, project_id)
+            if embedded:
+                target.add(embedded, vectors)
         with unit_of_work() as db:
             embeddings.finish_chunk(db, chunk_id=chunk_id)
         done += 1
@@ -349,6 +370,11 @@ def ensure_embeddings(
     target.refresh()
     still = target.missing(keys)
     if still:
+        # Objects deleted from their bucket after an import by reference: named, for the caller
+        # to leave those items out (a round does); anything else is a fault.
+        gone = gone_objects(ctx.project_id, still) if ctx.project_id is not None else {}
+        if gone:
+            raise ObjectsGone(gone)
         raise RuntimeError(f"{len(still)} items have no embedding after every chunk was done")
     if report is not None:
         report.images = len(missing)
@@ -374,13 +400,21 @@ def run_embed(ctx: JobContext) -> dict[str, Any]:
             )
         )
     report = EmbeddingReport()
+    gone: dict[str, str] = {}
     try:
         ensure_embeddings(ctx, keys, name, image_size, report=report)
+    except ObjectsGone as exc:
+        # Every other item is embedded: the job did its work, and says what it could not.
+        gone = exc.gone
     except JobCanceled:
         with unit_of_work() as db:
             embeddings.drop_chunks(db, job_id=ctx.job_id)
         raise
-    return {"backbone": name, "image_size": image_size, "total": len(keys), **report.as_dict()}
+    result = {"backbone": name, "image_size": image_size, "total": len(keys), **report.as_dict()}
+    if gone:
+        result["gone"] = len(gone)
+        result["gone_listed"] = [{"key": k, "reason": r} for k, r in list(gone.items())[:100]]
+    return result
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]

@@ -28,13 +28,13 @@ from torch import Tensor, nn
 
 from app.db import unit_of_work
 from app.embeddings.schemas import known_backbones
+from app.items.availability import ObjectsGone, readable
 from app.items.models import Item, Split
 from app.items.service import item_texts, sources_by_hash
 from app.jobs.runtime import JobContext
 from app.projects.models import Project, ProjectKind
 from app.rounds import service as rounds
 from app.settings import get_settings
-from app.storage import read_image
 from svp.data import ImageStore
 from svp.fasttext_proxy import FastTextConfig, fit_fasttext
 from svp.heads import fit_linear_head
@@ -217,17 +217,23 @@ def _image_store(cache_dir: Path | str, image_size: int) -> ImageStore:
 
 
 def load_pixels(ctx: JobContext, keys: Sequence[str], image_size: int) -> torch.Tensor:
-    """Images by content hash through the engine's memory-mapped cache; decodes only new ones."""
+    """Images by content hash through the engine's memory-mapped cache; decodes only new ones.
+
+    ObjectsGone (after every other image is in) names those imported by reference whose object
+    is gone from its bucket: a round leaves them out and loads again."""
     settings = get_settings()
     store = _image_store(settings.cache_dir, image_size)
     missing = [h for h in dict.fromkeys(keys) if h not in store]
     assert ctx.project_id is not None, "a job that loads images belongs to a project"
+    gone: dict[str, str] = {}
     for start in range(0, len(missing), LOAD_CHUNK):
         chunk = missing[start : start + LOAD_CHUNK]
         with unit_of_work(write=False) as db:
             sources = sources_by_hash(db, project_id=ctx.project_id, hashes=chunk)
-        store.add_many((h, read_image(h, sources.get(h))) for h in chunk)
+        store.add_many(readable(chunk, sources, gone))
         ctx.progress("loading", (start + len(chunk)) / max(len(missing), 1))
+    if gone:
+        raise ObjectsGone(gone)
     return (
         store.load(list(keys))
         if keys

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 import svp
 from app.db import unit_of_work
+from app.items.availability import ObjectsGone
 from app.jobs.runtime import JobCanceled, JobContext, pause_point
 from app.projects.models import Project
 from app.projects.service import project_settings
@@ -37,6 +38,7 @@ from worker.inputs import (
     load_pixels,
     read_pool,
 )
+from worker.skips import Skips, pick_more
 
 log = logging.getLogger("svp.worker.rounds")
 
@@ -73,7 +75,7 @@ def run_round(ctx: JobContext) -> dict[str, Any]:
             cold_start=project_settings(project).cold_start,
         )
     try:
-        return _select_batch(ctx, plan)
+        return _select_leaving_out_gone(ctx, plan)
     except JobCanceled:
         with unit_of_work() as db:
             rounds.end_round(db, round_id=round_id, status=RoundStatus.canceled, error="canceled")
@@ -102,6 +104,18 @@ def _already_settled(db: Session, round_id: int) -> dict[str, Any]:
     return {"round_id": round_id, "status": rnd.status, "skipped": "the batch was already selected"}
 
 
+def _select_leaving_out_gone(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
+    """Select the batch; when loading finds objects gone from their bucket (an import by
+    reference), select again without those items (``worker/skips.py``)."""
+    skips = Skips(plan.project_id)
+    while True:
+        try:
+            return _select_batch(ctx, plan, skips)
+        except ObjectsGone as exc:
+            skips.add(exc)
+            log.warning("round %s: %s; leaving them out", plan.round_id, exc)
+
+
 def _cold_strategy(plan: RoundPlan) -> str:
     """The first batch's strategy: the setting, with ``auto`` resolved by the round and inputs.
 
@@ -116,12 +130,13 @@ def _cold_strategy(plan: RoundPlan) -> str:
     return "typiclust" if clusters and plan.spec.backbone else "random"
 
 
-def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
+def _select_batch(ctx: JobContext, plan: RoundPlan, skips: Skips) -> dict[str, Any]:
     spec = plan.spec
     timings: dict[str, float] = {}
     started = time.perf_counter()
     ctx.progress("loading", 0.0)
     pool = read_pool(plan.project_id, candidates=True)
+    skips.leave_out(pool)
     k = min(plan.batch_size, len(pool.candidates))
     if k == 0:
         raise ValueError("the pool has no unlabelled items left to select from")
@@ -199,6 +214,19 @@ def _select_batch(ctx: JobContext, plan: RoundPlan) -> dict[str, Any]:
     metrics["selection"] = result.details or None
     started = time.perf_counter()
     ctx.progress("saving", 0.0)
+    # An object deleted since its item was embedded: the next candidate takes its place.
+    more = pick_more(
+        model=fitted.model if fitted is not None else None,
+        inputs=inputs,
+        candidates=n_cand,
+        labeled=0 if cold is not None else n_lab,
+        strategy=cold or plan.strategy,
+        seed=plan.seed,
+        device=training.device(),
+    )
+    result = skips.check_batch(pool, result, more)
+    if skips.gone:
+        metrics["skipped"] = skips.listed()
     entries = _entries(pool, result)
     timings["seconds_saving"] = time.perf_counter() - started
     metrics.update({key: round(value, 4) for key, value in timings.items()})

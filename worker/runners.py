@@ -5,7 +5,7 @@ A new kind of job is a ``JobKind``, a route in ``app.jobs.broker.ROUTES`` and a 
 
 from __future__ import annotations
 
-from app.items.importer import run_import
+from app.items.import_jobs import run_import_job
 from app.jobs.models import JobKind
 from app.jobs.runtime import Runner, register_runner
 from worker.coresets import run_coreset
@@ -14,7 +14,7 @@ from worker.evaluations import run_evaluate
 from worker.rounds import run_round
 
 RUNNERS: dict[JobKind, Runner] = {
-    JobKind.import_: run_import,
+    JobKind.import_: run_import_job,
     JobKind.round: run_round,
     JobKind.coreset: run_coreset,
     JobKind.evaluate: run_evaluate,

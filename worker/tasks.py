@@ -15,7 +15,8 @@ from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 import worker.heartbeat  # noqa: F401  (connects the worker's signals)
-from app.jobs.broker import EMBED_HELP_TASK_NAME, TASK_NAME
+from app.items.reference_import import help_with as help_import
+from app.jobs.broker import EMBED_HELP_TASK_NAME, IMPORT_HELP_TASK_NAME, TASK_NAME
 from app.jobs.runtime import run_job
 from worker import runners
 from worker.embed import help_with
@@ -55,3 +56,11 @@ def embed_help_task(self: Task[Any, Any], job_id: int, backbone: str, image_size
     """Embed chunks of a running job until none is left; a late request finds none and ends."""
     worker = self.request.hostname or "worker"
     return help_with(int(job_id), str(backbone), int(image_size), worker=worker)
+
+
+@shared_task(name=IMPORT_HELP_TASK_NAME, **TASK_OPTIONS)  # type: ignore[untyped-decorator]  # as above
+def import_help_task(self: Task[Any, Any], job_id: int) -> int:
+    """Register chunks of a running import by reference until none is left; a late request
+    finds none and ends."""
+    worker = self.request.hostname or "worker"
+    return help_import(int(job_id), worker=worker)

@@ -79,6 +79,8 @@ class Accepted:
     height: int
     label: str | None
     data: bytes = b""
+    # The s3://bucket/key of an item imported by reference (DESIGN 4d); None: bytes stored.
+    source: str | None = None
 
 
 def run_import(ctx: JobContext) -> dict[str, Any]:
@@ -164,9 +166,7 @@ class ImportRun(ImportBase):
 
     def run(self, files: list[tuple[Path, str]]) -> dict[str, Any]:
         """Import every entry after the checkpoint, committing batch by batch."""
-        # Pillow warns past MAX_IMAGE_PIXELS and refuses past twice that; both count as a bomb.
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        limit_pixels(self.max_pixels)
         self.tally.total = sum(_count_entries(path, name) for path, name in files)
         resume_after = self.tally.processed
         position = 0
@@ -195,7 +195,7 @@ class ImportRun(ImportBase):
         batch.entries += 1
         try:
             data = entry.content()
-            accepted = _examine(
+            accepted = examine_image(
                 entry.name,
                 data,
                 from_folders=self.from_folders,
@@ -242,12 +242,12 @@ class ImportRun(ImportBase):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _insert(self, db: Session, accepted: list[Any]) -> tuple[int, int]:
-        return _insert_items(
+        return insert_items(
             db, accepted, project_id=self.project_id, split=self.split, uploader=self.uploader
         )
 
 
-def _insert_items(
+def insert_items(
     db: Session, batch: list[Accepted], *, project_id: int, split: str, uploader: int | None
 ) -> tuple[int, int]:
     """Insert items skipping content already in the project; returns (items added, labels added)."""
@@ -264,6 +264,7 @@ def _insert_items(
             "height": a.height,
             "split": split,
             "label": a.label,
+            "source": a.source,
             "created_at": now,
         }
         for a in batch
@@ -319,7 +320,14 @@ def _entries(path: Path, name: str, *, entry_limit: int) -> Iterator[Entry]:
         yield single_file(path, name, entry_limit=entry_limit)
 
 
-def _examine(
+def limit_pixels(max_pixels: int) -> None:
+    """Make Pillow's bomb guard this process's pixel limit: it warns past ``max_pixels`` and
+    refuses past twice that, and both count as a bomb (the warning is made an error)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def examine_image(
     name: str, data: bytes, *, from_folders: bool, classes: set[str], max_pixels: int
 ) -> Accepted:
     """Check one file and describe it; raise Rejected with the reason when it is refused."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, deferred, mapped_column, query_expression
@@ -65,3 +66,46 @@ class Item(Base):
     def is_text(self) -> bool:
         """Whether this is a text item (its media type says so without loading the text)."""
         return self.media_type == TEXT_MEDIA_TYPE
+
+
+class ImportChunkStatus(StrEnum):
+    """The life of one chunk of an import by reference."""
+
+    queued = "queued"
+    running = "running"
+    done = "done"
+    # Its objects could not be read (the store did not answer): nothing of it was registered,
+    # and a retry of the job queues it again.
+    failed = "failed"
+
+
+class ImportChunk(Base):
+    """A slice of the objects an import by reference registers (DESIGN 4d), claimed by one
+    worker at a time; its items and its counts commit in one transaction with its ``done``."""
+
+    __tablename__ = "import_chunks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        Index("ix_import_chunks_job_status", "job_id", "status", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column()
+    # [key, name, label or null, problem or null] per object, in listing (or manifest) order.
+    entries: Mapped[list[Any]] = mapped_column()
+    size: Mapped[int] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), default=ImportChunkStatus.queued)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    # A token per claim: only the holder of the current claim can mark the chunk done, so a
+    # worker whose claim was taken over (it stalled) cannot register the chunk a second time.
+    claim: Mapped[str | None] = mapped_column(String(32), default=None)
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    done_at: Mapped[datetime | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    # What the chunk came to, written with its items.
+    added: Mapped[int] = mapped_column(default=0)
+    duplicates: Mapped[int] = mapped_column(default=0)
+    labeled: Mapped[int] = mapped_column(default=0)
+    rejected_count: Mapped[int] = mapped_column(default=0)
+    rejected: Mapped[list[Any]] = mapped_column(default=list)

@@ -15,7 +15,7 @@ from app.db import request_slot, unit_of_work
 from app.errors import Invalid, NotFound, TooLarge, Unavailable
 from app.fields import PathId
 from app.http import error_responses
-from app.items import service, staging, storage
+from app.items import import_from, service, staging, storage
 from app.items.importer import MEDIA_TYPES
 from app.items.models import Item, Split
 from app.items.schemas import (
@@ -72,8 +72,8 @@ _UPLOAD_BODY = {
 }
 
 
-def _authorize_upload(request: Request, project_id: int) -> str:
-    """The project's kind, once the caller may upload into it."""
+def _authorize_engineer(request: Request, project_id: int) -> str:
+    """The project's kind, once the caller is one of its engineers (who may import into it)."""
     # A read-only unit of work: on SQLite a write transaction would hold the database's write
     # lock for as long as the client takes to send its upload.
     with unit_of_work(write=False) as db:
@@ -111,7 +111,7 @@ def _start_import(
 async def upload_items(project_id: PathId, request: Request) -> JobRead:
     """Stream images or zips to disk and start their import job (engineers of the project)."""
     settings = get_settings()
-    kind = await run_in_threadpool(_authorize_upload, request, project_id)
+    kind = await run_in_threadpool(_authorize_engineer, request, project_id)
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -153,6 +153,31 @@ def _stage(upload: storage.SpooledUpload, uploads_dir: Path) -> None:
         staging.stage_upload(upload, uploads_dir)
     except StoreUnavailable as exc:
         raise Unavailable(f"the upload could not be stored: {exc}") from None
+
+
+def _start_import_from(request: Request, project_id: int, body: import_from.ImportFrom) -> JobRead:
+    # Who may ask is checked before the store is: a stranger learns nothing about a bucket.
+    _authorize_engineer(request, project_id)
+    import_from.check_readable(body)
+    with unit_of_work() as db:
+        user = current_user(request, db)
+        access = get_access(db, project_id=project_id, user=user, engineer=True)
+        job = import_from.start_import_from(db, access=access, user=user, body=body)
+        return JobRead.model_validate(job)
+
+
+@router.post(
+    "/api/projects/{project_id}/items/import-from",
+    status_code=status.HTTP_202_ACCEPTED,
+)
+async def import_items_from(
+    project_id: PathId, body: import_from.ImportFrom, request: Request
+) -> JobRead:
+    """Import objects of an S3-compatible bucket by reference: every object under ``source``,
+    or those ``manifest`` lists (engineers of the project). Their bytes stay in the bucket:
+    workers read, check and register them; the job's result is an upload's. A source the
+    service cannot read is 422 at once, with the reason."""
+    return await run_in_threadpool(_start_import_from, request, project_id, body)
 
 
 @router.get("/api/projects/{project_id}/items")

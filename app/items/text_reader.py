@@ -161,14 +161,27 @@ class TextReader:
                 problem = source.problem or self.refused.get((p, e))
                 if problem is not None:
                     yield TextRecord(name=visible(source.name), problem=problem)
-                    continue
-                suffix = _suffix(source.name)
-                if suffix in ("csv", "jsonl"):
-                    yield from self._parse(source)
-                elif suffix == "txt":
-                    yield self._txt(source)
                 else:
-                    yield TextRecord(name=visible(source.name), problem=_not_text(source.name))
+                    yield from self._file_records(source)
+
+    def whole_records(self, source: archive.Stream) -> list[TextRecord]:
+        """Every record of one file read in one pass (an object of an import by reference,
+        held in memory): a file refused whole is one refused record, as ``records`` gives it."""
+        if source.problem is not None:
+            return [TextRecord(name=visible(source.name), problem=source.problem)]
+        try:
+            return list(self._file_records(source))
+        except WholeFile as exc:
+            return [TextRecord(name=visible(source.name), problem=str(exc))]
+
+    def _file_records(self, source: archive.Stream) -> Iterator[TextRecord]:
+        suffix = _suffix(source.name)
+        if suffix in ("csv", "jsonl"):
+            yield from self._parse(source)
+        elif suffix == "txt":
+            yield self._txt(source)
+        else:
+            yield TextRecord(name=visible(source.name), problem=_not_text(source.name))
 
     def _parse(self, source: archive.Stream) -> Iterator[TextRecord]:
         """The records of a CSV or JSONL file; WholeFile when the file cannot be read at all."""

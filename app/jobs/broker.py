@@ -28,6 +28,9 @@ from app.settings import Settings, get_settings
 TASK_NAME = "svp.run_job"
 # A request to help a running job with its embedding chunks (``worker.embed.help_with``).
 EMBED_HELP_TASK_NAME = "svp.embed_help"
+# A request to help a running import by reference with its chunks
+# (``app.items.reference_import.help_with``).
+IMPORT_HELP_TASK_NAME = "svp.import_help"
 
 QUEUE_DEFAULT = "default"
 QUEUE_ROUNDS = "rounds"

@@ -41,6 +41,10 @@ class StoreUnavailable(StoreError):
     """The store could not be reached, refused the request, or failed; the reason says which."""
 
 
+class ObjectTooLarge(StoreError):
+    """An object larger than the reader accepts; it was not read."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One object: its key relative to the store's root, size in bytes, and version tag."""
@@ -58,8 +62,9 @@ class ObjectStore(Protocol):
         """Where the store is, without credentials (for logs and errors)."""
         ...
 
-    def get(self, key: str) -> bytes:
-        """The object's bytes; ObjectMissing when there is none."""
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; ObjectMissing when there is none, ObjectTooLarge (unread) when it
+        holds more than ``max_bytes``."""
         ...
 
     def put(self, key: str, data: bytes) -> None:
@@ -78,8 +83,9 @@ class ObjectStore(Protocol):
         """Remove the object; no error when it is not there."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, in key order, read page by page."""
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order, read page by page;
+        with ``start_after``, only keys after it (a listing resumed where it stopped)."""
         ...
 
     def put_file(self, key: str, path: Path) -> None:
@@ -126,9 +132,14 @@ class FolderStore:
         """The file that holds ``key``."""
         return self.root / check_key(key)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:
-            return self.path(key).read_bytes()
+            with self.path(key).open("rb") as fh:
+                if max_bytes is not None:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size > max_bytes:
+                        raise ObjectTooLarge(_too_large(f"{self.url}/{key}", size, max_bytes))
+                return fh.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectMissing(f"no object {key!r} in {self.url}") from None
 
@@ -170,7 +181,7 @@ class FolderStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
             return
         # A prefix may end inside a name ("img" matches "img1.png"): walk from its folder.
@@ -183,7 +194,7 @@ class FolderStore:
                 if name.startswith("."):
                     continue  # temp files of a put in progress
                 key = name if rel == "." else f"{rel}/{name}"
-                if key.startswith(prefix):
+                if key.startswith(prefix) and key > start_after:
                     found.append(key)
         for key in sorted(found):
             try:
@@ -310,11 +321,18 @@ class S3Store:
             return StoreUnavailable(f"could not {what} {where}: {exc}")
         return StoreUnavailable(f"could not {what} {where}: {type(exc).__name__}")
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         full = self.full_key(key)
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=full)
+            size = int(answer.get("ContentLength", 0))
+            if max_bytes is not None and size > max_bytes:
+                # The length comes with the headers: the body is never read.
+                answer["Body"].close()
+                raise ObjectTooLarge(_too_large(f"{self.url}/{key}", size, max_bytes))
             return bytes(answer["Body"].read())
+        except StoreError:
+            raise
         except Exception as exc:
             raise self._fail(exc, "read", key) from exc
 
@@ -347,10 +365,11 @@ class S3Store:
         except Exception as exc:
             raise self._fail(exc, "delete", key) from exc
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         start = f"{self.prefix}/" if self.prefix else ""
+        resume = {"StartAfter": start + start_after} if start_after else {}
         pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=start + prefix
+            Bucket=self.bucket, Prefix=start + prefix, **resume
         )
         try:
             for page in pages:
@@ -433,6 +452,10 @@ def _transfer_cause(exc: Exception) -> Exception:
     if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
         return exc.__context__
     return exc
+
+
+def _too_large(where: str, size: int, max_bytes: int) -> str:
+    return f"{where} is {size} bytes, more than the {max_bytes} accepted"
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
