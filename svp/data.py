@@ -67,23 +67,12 @@ class ImageStore(RowStore):
         super().__init__(
             Path(cache_dir) / f"images-{size}", "images.u8", self.CHANNELS * size * size
         )
-        self._mm: np.memmap | None = None
-        self._mm_rows = 0
         # Decodes done by this object: lets callers (and tests) see a load was served from cache.
         self.decoded = 0
         self.refresh()
 
-    def _view(self) -> np.memmap:
-        n = len(self._keys)
-        if self._mm is None or self._mm_rows < n:
-            self._mm = np.memmap(
-                self._data_path,
-                dtype=np.uint8,
-                mode="r",
-                shape=(n, self.CHANNELS, self.size, self.size),
-            )
-            self._mm_rows = n
-        return self._mm
+    def _view(self) -> np.ndarray:
+        return self._rows_view(np.uint8, (self.CHANNELS, self.size, self.size))
 
     def add(self, key: str | None, source: Source) -> str:
         """Decode and cache one image (bytes or a path) unless its key is cached; return the key."""
