@@ -40,10 +40,13 @@ from svp.shards import Shard, ShardCorrupt, decode_shard, encode_shard
 
 log = logging.getLogger("svp.worker.shards")
 
-# Shards read from the store at once: each read is a round trip, so a few overlap.
-FETCH_THREADS = 8
-# Shards read ahead of the one being checked and appended: bounds what is held in memory.
+# Shards read from the store at once: each read is a round trip (a few ms to a local server,
+# tens of ms to a cloud store), so several overlap.
+FETCH_THREADS = 16
+# Shards read ahead of the one being checked and appended, by count and by bytes: bounds what
+# a pull holds in memory whatever the shards' size.
 FETCH_AHEAD = 2 * FETCH_THREADS
+AHEAD_BYTES = 256 << 20
 # Rows of several shards go into the local store in one append (one fsync): up to this many bytes.
 BATCH_BYTES = 64 << 20
 
@@ -162,26 +165,34 @@ def _read(key: str) -> bytes:
     return item_store().get(key)
 
 
-def _fetched(todo: Sequence[tuple[str, int]]) -> Iterator[tuple[str, int, bytes | None]]:
+def _fetched(
+    todo: Sequence[tuple[str, int]], row_bytes: int
+) -> Iterator[tuple[str, int, bytes | None]]:
     """(key, registered rows, bytes or None when the object is gone), in order, with up to
-    ``FETCH_AHEAD`` reads in flight; any other store error ends the walk with that error."""
+    ``FETCH_AHEAD`` reads (``AHEAD_BYTES`` of rows) in flight; any other store error ends the
+    walk with that error."""
     pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="shards")
     ahead: deque[tuple[str, int, Future[bytes]]] = deque()
+    pending = 0
     rest = iter(todo)
     try:
-        for key, rows in rest:
-            ahead.append((key, rows, pool.submit(_read, key)))
-            if len(ahead) >= FETCH_AHEAD:
-                break
-        while ahead:
+        while True:
+            # Read ahead while the window has room; always at least the next one.
+            while not ahead or (len(ahead) < FETCH_AHEAD and pending < AHEAD_BYTES):
+                step = next(rest, None)
+                if step is None:
+                    break
+                ahead.append((step[0], step[1], pool.submit(_read, step[0])))
+                pending += step[1] * row_bytes
+            if not ahead:
+                return
             key, rows, future = ahead.popleft()
-            for next_key, next_rows in rest:
-                ahead.append((next_key, next_rows, pool.submit(_read, next_key)))
-                break
+            pending -= rows * row_bytes
             try:
-                yield key, rows, future.result()
+                data: bytes | None = future.result()
             except ObjectMissing:
-                yield key, rows, None
+                data = None
+            yield key, rows, data
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -210,7 +221,7 @@ def _take_in(store: EmbeddingStore, todo: Sequence[tuple[str, int]], report: Pul
     stops the pull there: the batches appended so far are whole shards, recorded as taken."""
     batch: list[tuple[str, Shard]] = []
     size = 0
-    for key, rows, data in _fetched(todo):
+    for key, rows, data in _fetched(todo, 2 * store.dim):
         try:
             shard = _check(store, key, rows, data)
         except ShardCorrupt as exc:
