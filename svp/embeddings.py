@@ -31,6 +31,16 @@ from svp.rowstore import RowStore
 LOAD_BLOCK = 65_536
 
 
+def all_finite(half: np.ndarray) -> bool:
+    """Whether no float16 value is inf or NaN (its exponent bits all ones), read a block at a
+    time through the bits (numpy's isfinite on float16 is three times slower)."""
+    bits = half.view(np.uint16)
+    for start in range(0, len(bits), LOAD_BLOCK):
+        if ((bits[start : start + LOAD_BLOCK] & 0x7C00) == 0x7C00).any():
+            return False
+    return True
+
+
 class EmbeddingStore(RowStore):
     """Float16 feature vectors of one backbone at one input size, keyed by image content hash."""
 
@@ -95,30 +105,38 @@ class EmbeddingStore(RowStore):
         arr = np.asarray(vectors)
         if arr.shape != (len(keys), self.dim):
             raise ValueError(f"expected {len(keys)} x {self.dim} vectors, got {arr.shape}")
-        for key in keys:
-            self._check_key(key)
-        for shard in shards:
-            self._check_key(shard)
+        self._check_keys(keys)
+        self._check_keys(shards)
         with np.errstate(over="ignore"):
             half = arr if arr.dtype == np.float16 else arr.astype(np.float16)
-        if not np.isfinite(half).all():
+        if not all_finite(half):
             # float16 tops out at 65504; a NaN or inf row would poison every head trained on it.
             raise ValueError("vectors must be finite and within float16's range")
         with self._locked():
             self._take_in()
-            pick: list[int] = []
-            fresh: set[str] = set()
-            for i, key in enumerate(keys):
-                if key not in self._rows and key not in fresh:
-                    fresh.add(key)
-                    pick.append(i)
-            if pick:
-                rows = half if len(pick) == len(keys) else half[pick]
-                self._append([keys[i] for i in pick], np.ascontiguousarray(rows).tobytes())
+            pick = self._new_rows(keys)
+            if pick and len(pick) == len(keys):
+                self._append(keys, np.ascontiguousarray(half).data.cast("B"))
+            elif pick:
+                rows = np.ascontiguousarray(half[pick])
+                self._append([keys[i] for i in pick], rows.data.cast("B"))
             if shards:
                 with open(self._shards_path, "ab") as fh:
                     fh.write("".join(f"{name}\n" for name in shards).encode("ascii"))
         return len(pick)
+
+    def _new_rows(self, keys: Sequence[str]) -> list[int]:
+        """Positions of the keys to append: not stored yet, the first of each in ``keys``."""
+        distinct = set(keys)
+        if len(distinct) == len(keys) and distinct.isdisjoint(self._rows):
+            return list(range(len(keys)))  # all new (a fresh shard): set operations in C
+        pick: list[int] = []
+        fresh: set[str] = set()
+        for i, key in enumerate(keys):
+            if key not in self._rows and key not in fresh:
+                fresh.add(key)
+                pick.append(i)
+        return pick
 
     def shards_taken(self) -> set[str]:
         """The shards whose rows this generation of the store holds (``add(..., shards=)``)."""

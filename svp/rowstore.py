@@ -182,8 +182,21 @@ class RowStore:
         if not isinstance(key, str) or not key or "\n" in key or not key.isascii():
             raise ValueError(f"keys must be one non-empty line of ASCII, not {key!r}")
 
-    def _append(self, keys: Sequence[str], data: bytes) -> None:
-        """Append rows (``len(keys)`` rows of bytes) and their keys; call under ``_locked()``."""
+    @classmethod
+    def _check_keys(cls, keys: Sequence[str]) -> None:
+        """``_check_key`` for many keys at once: one pass in C when all are good (a million
+        keys of a pulled shard batch), the key-by-key check to name a bad one."""
+        try:
+            joined = "".join(keys)
+        except TypeError:
+            joined = None
+        if joined is None or "\n" in joined or not joined.isascii() or not all(keys):
+            for key in keys:
+                cls._check_key(key)
+
+    def _append(self, keys: Sequence[str], data: bytes | memoryview) -> None:
+        """Append rows (``len(keys)`` rows of bytes) and their keys; call under ``_locked()``
+        with the index taken in, and keys that are not stored yet, each once."""
         start = len(self._keys)
         with open(self._data_path, "ab") as fh:
             # Bytes past the last trusted row are a dead writer's: cut them so rows stay aligned.
@@ -191,14 +204,19 @@ class RowStore:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        lines = ("\n".join(keys) + "\n").encode("ascii") if keys else b""
         with open(self._keys_path, "ab") as fh:
             # The same for a torn last line or keys without rows: otherwise the next key would
             # be glued onto a torn line, or shifted onto another key's row.
             fh.truncate(self._index_offset)
-            fh.write("".join(k + "\n" for k in keys).encode("ascii"))
+            fh.write(lines)
             fh.flush()
-        self._take_in()
-        assert len(self._keys) == start + len(keys), "the index and the data disagree"
+        # What was just written is the index's next part: taken in as written, not read back.
+        self._keys.extend(keys)
+        self._rows.update(zip(keys, range(start, start + len(keys)), strict=True))
+        self._index_offset += len(lines)
+        if self._data_file is None:
+            self._data_file = open(self._data_path, "rb")  # noqa: SIM115  # kept open
 
     def _row_numbers(self, keys: Sequence[str], missing: str) -> np.ndarray:
         """Row numbers of stored keys; KeyError with ``missing`` (formatted with the first

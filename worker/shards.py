@@ -35,7 +35,7 @@ from app.db import unit_of_work
 from app.embeddings import service as embeddings
 from app.settings import get_settings
 from app.storage import ObjectMissing, is_remote, item_store
-from svp.embeddings import EmbeddingStore
+from svp.embeddings import EmbeddingStore, all_finite
 from svp.shards import Shard, ShardCorrupt, decode_shard, encode_shard
 
 log = logging.getLogger("svp.worker.shards")
@@ -211,7 +211,7 @@ def _check(store: EmbeddingStore, key: str, rows: int, data: bytes | None) -> Sh
     )
     if len(shard.keys) != rows:
         raise ShardCorrupt(f"embedding shard {name} holds {len(shard.keys)} rows, not {rows}")
-    if not np.isfinite(shard.vectors).all():
+    if not all_finite(shard.vectors):
         raise ShardCorrupt(f"embedding shard {name} holds values that are not finite")
     return shard
 
