@@ -14,7 +14,7 @@ And once per width, from that warm store, the load as it was before (one fancy-i
 float16, then a float32 copy) in a process of its own, for its peak RSS.
 
     flock /tmp/bench.lock python bench/embedding_shards.py [--rows 1000000] [--dim 384]
-        [--chunk 512 2048 8192] [--float32] [--out bench-out/embedding_shards.json]
+        [--chunk 512 2048 8192] [--float32] [--old-load] [--out bench-out/embedding_shards.json]
 """
 
 from __future__ import annotations
@@ -257,6 +257,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--chunk", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--float32", action="store_true", help="also load as float32")
+    parser.add_argument(
+        "--old-load", action="store_true", help="also measure the old load (float32)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", choices=["ingest", "old-load"], default=None)
     parser.add_argument("--project", type=int, default=0)
@@ -306,7 +309,7 @@ def measure(
         env = environment(work / f"worker-{chunk}", database, bucket)
         flags = ["--chunk", str(chunk), "--project", str(project_id)]
         row.update(run_child(env, args, "ingest", *flags, *(["--float32"] * args.float32)))
-        if chunk == args.chunk[0]:
+        if args.old_load and chunk == args.chunk[0]:
             row.update(run_child(env, args, "old-load", "--chunk", str(chunk)))
         print(f"measured {row}", flush=True)
         results.append(row)

@@ -173,11 +173,18 @@ def test_worker_b_sees_worker_as_embeddings_only_through_shards(world: dict[str,
     assert all(k.startswith(f"embeddings/{BACKBONE}-{SIZE}/") for k in stored)
     b = world["b"]
     assert not (b.cache_dir / f"embeddings-{BACKBONE}-{SIZE}").exists()
-    # B embeds nothing: it takes A's shards into its own store, each once.
+    # A chunk embedded twice after a takeover: a second shard with the same keys.
+    twice = shards[1][0].replace(".svpe", "-again.svpe")
+    item_store().put(twice, item_store().get(shards[1][0]))
+    with unit_of_work() as db:
+        db.add(EmbeddingShard(project_id=world["project"].id, backbone=BACKBONE,
+                              image_size=SIZE, key=twice, rows=8))  # fmt: skip
+    # B embeds nothing: it takes A's shards into its own store, each once, each key once.
     again = embed(world["project"].id, "worker-b")
     assert (again["images"], again["total"]) == (0, 30)
     store = local_store(b)
-    assert store.shards_taken() == {k for k, _ in shards}
+    assert store.shards_taken() == {k for k, _ in shards} | {twice}
+    assert len(store) == 30
     assert torch.equal(store.load(world["keys"]), world["vectors"])
     assert store.disk_bytes() == 30 * DIM * 2 + 30 * 65
     # Nothing new to take in: a second pull reads no shard.
