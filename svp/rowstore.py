@@ -103,10 +103,6 @@ class RowStore:
         if self._data_file is not None:
             self._data_file.close()
             self._data_file = None
-        self._forgot()
-
-    def _forgot(self) -> None:
-        """A subclass's hook: forget what it keeps of a generation."""
 
     def _take_in(self) -> None:
         # Under the lock: no writer is active, so what is not trusted here is a dead writer's.

@@ -265,8 +265,7 @@ def _store_chunk(
         return
     if project_id is None:
         raise ValueError("a chunk's shard is registered by project: the job names no project")
-    empty = torch.empty(0, target.dim)
-    rows = shards.chunk_vectors(target, keys, missing, empty if vectors is None else vectors)
+    rows = shards.chunk_vectors(target, keys, missing, vectors)
     key = shards.write_shard(target, keys, rows, job_id=job_id, chunk_id=chunk_id)
     with unit_of_work() as db:
         embeddings.finish_chunk_with_shard(
@@ -394,7 +393,10 @@ def ensure_embeddings(
     # The shards the other workers wrote for this job's chunks.
     pulled_after = shards.pull(target, ctx.project_id)
     still = target.missing(keys)
-    refused = [r.as_dict() for p in (pulled, pulled_after) if p is not None for r in p.refused]
+    # A shard gone from the store is refused by both pulls: named once.
+    refused = list(
+        {r.shard: r.as_dict() for p in (pulled, pulled_after) if p for r in p.refused}.values()
+    )
     if still:
         why = f"; refused shards: {refused}" if refused else ""
         raise RuntimeError(

@@ -81,13 +81,18 @@ def shard_key(store: EmbeddingStore, *, job_id: int, chunk_id: int) -> str:
 
 
 def chunk_vectors(
-    store: EmbeddingStore, keys: Sequence[str], missing: Sequence[str], embedded: torch.Tensor
+    store: EmbeddingStore,
+    keys: Sequence[str],
+    missing: Sequence[str],
+    embedded: torch.Tensor | None,
 ) -> np.ndarray:
     """The float16 rows of every key of a chunk: the ones just embedded (``missing``, in their
     order) and the ones this worker's store had already, so the shard covers the whole chunk."""
     fresh = {k: i for i, k in enumerate(missing)}
     out = np.empty((len(keys), store.dim), dtype=np.float16)
     if missing:
+        if embedded is None:
+            raise ValueError("keys were missing but no vectors were embedded for them")
         new = embedded.detach().to("cpu", torch.float32).numpy()
         picks = [i for i, k in enumerate(keys) if k in fresh]
         with np.errstate(over="ignore"):
