@@ -3,8 +3,9 @@
 The store keeps every image decoded once, at one fixed size, in an ``N x C x H x W`` uint8 numpy
 memmap (``images.u8``) with a line-per-row index of keys (``keys.txt``); a pool that was decoded
 before loads from the page cache instead of from JPEGs. Rows are only appended, so readers that
-opened the file earlier keep a valid view while a writer grows it; appends by several processes
-and crash safety are ``svp.rowstore.RowStore``'s.
+opened the file earlier keep a valid view while a writer grows it; appends by several processes,
+crash safety and the bound (a fresh generation past ``restart_if_over``'s size) are
+``svp.rowstore.RowStore``'s.
 """
 
 from __future__ import annotations
