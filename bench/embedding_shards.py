@@ -24,6 +24,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,7 +117,7 @@ def write(project_id: int, rows: int, dim: int, chunk: int) -> dict[str, Any]:
     from worker.shards import write_shard
 
     # Only its name, size and width are used: write_shard encodes and puts.
-    store = EmbeddingStore(Path(tempfile.mkdtemp()), BACKBONE, chunk, dim)
+    store = EmbeddingStore(Path(os.environ["SVP_DATA_DIR"]) / "names", BACKBONE, chunk, dim)
     starts = range(0, rows, chunk)
 
     def one(shard: int) -> dict[str, Any]:
@@ -276,6 +277,8 @@ def main() -> None:
     finally:
         moto.terminate()
         moto.wait(10)
+        # Each worker's local copy is the size of the vectors: gigabytes.
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
