@@ -2,7 +2,7 @@
 
 from app.auth.models import ApiToken, AuthSession, Role, User
 from app.db import Base
-from app.embeddings.models import ChunkStatus, EmbedChunk
+from app.embeddings.models import ChunkStatus, EmbedChunk, EmbeddingShard
 from app.items.models import ImportChunk, ImportChunkStatus, Item, Split
 from app.jobs.models import Job, JobKind, JobStatus, WorkerNode
 from app.labeling.models import Label, LabelSource, Lease
@@ -15,6 +15,7 @@ __all__ = [
     "Base",
     "ChunkStatus",
     "EmbedChunk",
+    "EmbeddingShard",
     "ImportChunk",
     "ImportChunkStatus",
     "Item",

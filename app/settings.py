@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str = ""
     # What each process keeps of the store on its own disk (a read-through cache), in MiB.
     object_cache_mb: int = Field(default=4096, ge=0)
+    # The most one of a worker's memory-mapped caches may hold on its disk, in MiB, each on its
+    # own: the decoded images at one size, and (with a bucket, where the shards are the
+    # vectors' home) one backbone's embeddings at one size. A cache past it is started afresh
+    # when a job starts and refilled with what that job needs. 0: unbounded.
+    tensor_cache_mb: int = Field(default=16384, ge=0)
     # Test only, honoured only when ``environment`` is "test": a job stops (sleeps until killed)
     # at this point, so a fault test can SIGKILL its worker exactly there. "<kind>:<stage>" is
     # the job's first report of that stage past 0 (a trained epoch, an embedded chunk);

@@ -3,8 +3,9 @@
 The store keeps every image decoded once, at one fixed size, in an ``N x C x H x W`` uint8 numpy
 memmap (``images.u8``) with a line-per-row index of keys (``keys.txt``); a pool that was decoded
 before loads from the page cache instead of from JPEGs. Rows are only appended, so readers that
-opened the file earlier keep a valid view while a writer grows it; appends by several processes
-and crash safety are ``svp.rowstore.RowStore``'s.
+opened the file earlier keep a valid view while a writer grows it; appends by several processes,
+crash safety and the bound (a fresh generation past ``restart_if_over``'s size) are
+``svp.rowstore.RowStore``'s.
 """
 
 from __future__ import annotations
@@ -67,23 +68,12 @@ class ImageStore(RowStore):
         super().__init__(
             Path(cache_dir) / f"images-{size}", "images.u8", self.CHANNELS * size * size
         )
-        self._mm: np.memmap | None = None
-        self._mm_rows = 0
         # Decodes done by this object: lets callers (and tests) see a load was served from cache.
         self.decoded = 0
         self.refresh()
 
-    def _view(self) -> np.memmap:
-        n = len(self._keys)
-        if self._mm is None or self._mm_rows < n:
-            self._mm = np.memmap(
-                self._data_path,
-                dtype=np.uint8,
-                mode="r",
-                shape=(n, self.CHANNELS, self.size, self.size),
-            )
-            self._mm_rows = n
-        return self._mm
+    def _view(self) -> np.ndarray:
+        return self._rows_view(np.uint8, (self.CHANNELS, self.size, self.size))
 
     def add(self, key: str | None, source: Source) -> str:
         """Decode and cache one image (bytes or a path) unless its key is cached; return the key."""

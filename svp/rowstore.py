@@ -11,16 +11,25 @@ Crash safety rests on one order: a writer writes and fsyncs its rows before it a
 keys. So a key line without its newline (a writer died mid-line) and a key whose row is not in
 the data file are not trusted, and the next writer cuts both off before appending: a torn line
 never joins the next key, and no key is shifted onto another key's row.
+
+A store is a cache, and a cache is bounded: ``restart_if_over(max_bytes)`` starts a fresh
+*generation* when its files pass the bound. Under the exclusive lock it writes a new token to
+``generation`` and unlinks the data and key files; every other store object on the folder sees
+the new token at its next look under the lock and forgets its index. Rows already handed out
+stay valid: each object maps the data file through the handle it opened for its generation, and
+an unlinked file lives on while it is open. Readers never see half a generation.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -34,11 +43,17 @@ class RowStore:
         self._data_path = folder / data_name
         self._keys_path = folder / "keys.txt"
         self._lock_path = folder / ".lock"
+        self._generation_path = folder / "generation"
         self._row_bytes = row_bytes
         self._keys: list[str] = []
         self._rows: dict[str, int] = {}
         # Bytes of keys.txt taken in: always the end of the last trusted line.
         self._index_offset = 0
+        # The generation the index was taken from (None: nothing taken in yet), and the data
+        # file of that generation, opened under the lock so it is never another generation's.
+        self._generation: str | None = None
+        self._data_file: IO[bytes] | None = None
+        self._mm: np.memmap | None = None
         # Guards this object's index for threads; the flock guards the files for processes.
         self._mutex = threading.RLock()
 
@@ -69,8 +84,36 @@ class RowStore:
         with self._locked(shared=True):
             self._take_in()
 
+    def _generation_files(self) -> list[Path]:
+        """Files that belong to one generation besides the rows and keys (a subclass's)."""
+        return []
+
+    def _read_generation(self) -> str:
+        try:
+            return self._generation_path.read_text().strip()
+        except FileNotFoundError:
+            return ""  # a store that was never restarted
+
+    def _forget(self) -> None:
+        """Drop the index of a generation that is gone; mappings handed out stay valid."""
+        self._keys = []
+        self._rows = {}
+        self._index_offset = 0
+        self._mm = None
+        if self._data_file is not None:
+            self._data_file.close()
+            self._data_file = None
+
     def _take_in(self) -> None:
         # Under the lock: no writer is active, so what is not trusted here is a dead writer's.
+        generation = self._read_generation()
+        if generation != self._generation:
+            if self._generation is not None:
+                self._forget()  # another process started a fresh generation
+            self._generation = generation
+        if self._data_file is None:
+            with suppress(FileNotFoundError):
+                self._data_file = open(self._data_path, "rb")  # noqa: SIM115  # kept open
         if not self._keys_path.exists():
             return
         with open(self._keys_path, "rb") as fh:
@@ -92,13 +135,64 @@ class RowStore:
             taken += len(line) + 1
         self._index_offset += taken
 
+    def disk_bytes(self) -> int:
+        """Bytes of the current generation's rows and keys on disk."""
+        total = 0
+        for path in (self._data_path, self._keys_path):
+            with suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
+    def restart_if_over(self, max_bytes: int) -> bool:
+        """Start a fresh, empty generation when the store's files hold more than ``max_bytes``
+        (0: unbounded); True when it did. Checked under the lock, so two processes that both
+        saw the store over its bound restart it once."""
+        if max_bytes <= 0 or self.disk_bytes() <= max_bytes:
+            return False
+        with self._locked():
+            if self.disk_bytes() <= max_bytes:
+                return False
+            # The new token first: a crash before the unlinks leaves the old files under a new
+            # name, which every reader takes in again from the start (still whole rows).
+            token = secrets.token_hex(8)
+            tmp = self.dir / f".generation.{token}.tmp"
+            tmp.write_text(token + "\n")
+            os.replace(tmp, self._generation_path)
+            for path in (self._data_path, self._keys_path, *self._generation_files()):
+                path.unlink(missing_ok=True)
+            self._take_in()
+        return True
+
+    def _rows_view(self, dtype: Any, row_shape: tuple[int, ...]) -> np.ndarray:
+        """The rows taken in, memory-mapped from this generation's data file (read-only)."""
+        with self._mutex:
+            n = len(self._keys)
+            if n == 0 or self._data_file is None:
+                return np.empty((0, *row_shape), dtype=dtype)
+            if self._mm is None or self._mm.shape[0] < n:
+                self._mm = np.memmap(self._data_file, dtype=dtype, mode="r", shape=(n, *row_shape))
+            return self._mm
+
     @staticmethod
     def _check_key(key: object) -> None:
         if not isinstance(key, str) or not key or "\n" in key or not key.isascii():
             raise ValueError(f"keys must be one non-empty line of ASCII, not {key!r}")
 
-    def _append(self, keys: Sequence[str], data: bytes) -> None:
-        """Append rows (``len(keys)`` rows of bytes) and their keys; call under ``_locked()``."""
+    @classmethod
+    def _check_keys(cls, keys: Sequence[str]) -> None:
+        """``_check_key`` for many keys at once: one pass in C when all are good (a million
+        keys of a pulled shard batch), the key-by-key check to name a bad one."""
+        try:
+            joined = "".join(keys)
+        except TypeError:
+            joined = None
+        if joined is None or "\n" in joined or not joined.isascii() or not all(keys):
+            for key in keys:
+                cls._check_key(key)
+
+    def _append(self, keys: Sequence[str], data: bytes | memoryview) -> None:
+        """Append rows (``len(keys)`` rows of bytes) and their keys; call under ``_locked()``
+        with the index taken in, and keys that are not stored yet, each once."""
         start = len(self._keys)
         with open(self._data_path, "ab") as fh:
             # Bytes past the last trusted row are a dead writer's: cut them so rows stay aligned.
@@ -106,14 +200,19 @@ class RowStore:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        lines = ("\n".join(keys) + "\n").encode("ascii") if keys else b""
         with open(self._keys_path, "ab") as fh:
             # The same for a torn last line or keys without rows: otherwise the next key would
             # be glued onto a torn line, or shifted onto another key's row.
             fh.truncate(self._index_offset)
-            fh.write("".join(k + "\n" for k in keys).encode("ascii"))
+            fh.write(lines)
             fh.flush()
-        self._take_in()
-        assert len(self._keys) == start + len(keys), "the index and the data disagree"
+        # What was just written is the index's next part: taken in as written, not read back.
+        self._keys.extend(keys)
+        self._rows.update(zip(keys, range(start, start + len(keys)), strict=True))
+        self._index_offset += len(lines)
+        if self._data_file is None:
+            self._data_file = open(self._data_path, "rb")  # noqa: SIM115  # kept open
 
     def _row_numbers(self, keys: Sequence[str], missing: str) -> np.ndarray:
         """Row numbers of stored keys; KeyError with ``missing`` (formatted with the first

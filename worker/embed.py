@@ -10,8 +10,10 @@ chunk beyond its own, up to ``SVP_EMBED_FANOUT``, and works through the chunks i
 finishes even when no other worker is free. A helper claims chunks until none is left and never
 touches the job's status; the job that planned the chunks reports progress, waits for chunks held
 by others, and takes over a chunk whose claim went stale (its worker died). Vectors go to the
-engine's ``EmbeddingStore`` on the shared data volume, which skips keys already there: a chunk
-embedded twice after a takeover costs time, never correctness.
+engine's ``EmbeddingStore`` in the data dir, which skips keys already there: a chunk embedded
+twice after a takeover costs time, never correctness. With a bucket (``SVP_STORAGE_URL``) each
+chunk's vectors are also a shard object there, registered with the chunk, and each worker's
+store is a read-through cache of the shards (``worker/shards.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from svp.backbones import (
 )
 from svp.data import decode_image
 from svp.embeddings import EmbeddingStore
-from worker import training
+from worker import shards, training
 
 log = logging.getLogger("svp.worker.embed")
 
@@ -251,16 +253,64 @@ def work_chunks(
             return done
         chunk_id, keys = claimed
         missing = target.missing(keys)
+        vectors = None
         if missing:
             embedded, vectors = embed_keys(model, missing, image_size, project_id)
-            if embedded:
-                target.add(embedded, vectors)
-        with unit_of_work() as db:
-            embeddings.finish_chunk(db, chunk_id=chunk_id)
+            if len(embedded) < len(missing):
+                # Objects gone from their bucket have no vector: the chunk (and its shard)
+                # holds the rest, and the job names the gone ones at its end.
+                gone = set(missing) - set(embedded)
+                keys = [k for k in keys if k not in gone]
+            missing = embedded
+        _store_chunk(
+            target,
+            keys,
+            missing,
+            vectors if missing else None,
+            job_id=job_id,
+            project_id=project_id,
+            chunk_id=chunk_id,
+        )
         done += 1
         if on_chunk is not None:
             on_chunk()
     return done
+
+
+def _store_chunk(
+    target: EmbeddingStore,
+    keys: Sequence[str],
+    missing: Sequence[str],
+    vectors: torch.Tensor | None,
+    *,
+    job_id: int,
+    project_id: int | None,
+    chunk_id: int,
+) -> None:
+    """Keep a chunk's vectors and mark it done. With a bucket, the whole chunk is first one
+    shard object there, registered with the chunk in one transaction, so a done chunk is always
+    readable from any machine; the local store takes the rows in last, under the shard's name."""
+    if not is_remote() or not keys:
+        if vectors is not None:
+            target.add(missing, vectors)
+        with unit_of_work() as db:
+            embeddings.finish_chunk(db, chunk_id=chunk_id)
+        return
+    if project_id is None:
+        raise ValueError("a chunk's shard is registered by project: the job names no project")
+    rows = shards.chunk_vectors(target, keys, missing, vectors)
+    key = shards.write_shard(target, keys, rows, job_id=job_id, chunk_id=chunk_id)
+    with unit_of_work() as db:
+        embeddings.finish_chunk_with_shard(
+            db,
+            chunk_id=chunk_id,
+            project_id=project_id,
+            backbone=target.backbone,
+            image_size=target.image_size,
+            key=key,
+            rows=len(keys),
+        )
+    target.add(keys, rows, shards=[key])
 
 
 def _job_project(job_id: int) -> int | None:
@@ -304,6 +354,8 @@ class EmbeddingReport:
     seconds: float = 0.0
     chunks: int = 0
     workers: dict[str, int] = field(default_factory=dict)
+    # Shards of the object store that could not be used (corrupt or gone), with why.
+    refused_shards: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON for a job's result or a round's metrics."""
@@ -314,6 +366,7 @@ class EmbeddingReport:
             "images_per_second": None if rate is None else round(rate, 1),
             "chunks": self.chunks,
             "workers": self.workers,
+            **({"refused_shards": self.refused_shards} if self.refused_shards else {}),
         }
 
 
@@ -332,6 +385,8 @@ def ensure_embeddings(
     """
     started = time.perf_counter()
     target = store(name, image_size)
+    # With a bucket: what other machines embedded first, so only what nobody has is planned.
+    pulled = shards.pull(target, ctx.project_id, bound=True)
     missing = target.missing(keys)
     if not missing:
         return target
@@ -368,19 +423,29 @@ def ensure_embeddings(
         workers = embeddings.chunk_workers(db, job_id=ctx.job_id)
         embeddings.drop_chunks(db, job_id=ctx.job_id)
     target.refresh()
+    # The shards the other workers wrote for this job's chunks.
+    pulled_after = shards.pull(target, ctx.project_id)
     still = target.missing(keys)
+    # A shard gone from the store is refused by both pulls: named once.
+    refused = list(
+        {r.shard: r.as_dict() for p in (pulled, pulled_after) if p for r in p.refused}.values()
+    )
     if still:
         # Objects deleted from their bucket after an import by reference: named, for the caller
         # to leave those items out (a round does); anything else is a fault.
         gone = gone_objects(ctx.project_id, still) if ctx.project_id is not None else {}
         if gone:
             raise ObjectsGone(gone)
-        raise RuntimeError(f"{len(still)} items have no embedding after every chunk was done")
+        why = f"; refused shards: {refused}" if refused else ""
+        raise RuntimeError(
+            f"{len(still)} items have no embedding after every chunk was done{why}"[:2000]
+        )
     if report is not None:
         report.images = len(missing)
         report.seconds = time.perf_counter() - started
         report.chunks = total
         report.workers = workers
+        report.refused_shards = refused
     return target
 
 

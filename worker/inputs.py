@@ -209,8 +209,11 @@ def _store(cache_dir: str, image_size: int) -> ImageStore:
 
 
 def _image_store(cache_dir: Path | str, image_size: int) -> ImageStore:
-    """The content-keyed image cache of one size, shared by the jobs of this process."""
+    """The content-keyed image cache of one size, shared by the jobs of this process; started
+    afresh at a job's start when it has passed ``SVP_TENSOR_CACHE_MB``, then refilled with what
+    the job decodes."""
     store = _store(str(cache_dir), image_size)
+    store.restart_if_over(get_settings().tensor_cache_mb << 20)
     # Another worker may have appended rows since this process last looked.
     store.refresh()
     return store

@@ -1,4 +1,5 @@
-"""The chunks an embedding job is split into, so that several workers can share one job."""
+"""The chunks an embedding job is split into, so that several workers can share one job, and
+the shards their vectors are written to when the embeddings live in an object store."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base
+from app.db import Base, utcnow
 
 
 class ChunkStatus(StrEnum):
@@ -39,3 +40,26 @@ class EmbedChunk(Base):
     # When its worker took it; a claim older than the dead-worker timeout may be taken over.
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     done_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class EmbeddingShard(Base):
+    """One object of embeddings in the item store (``svp.shards``), written by the worker that
+    embedded its chunk: registered in the transaction that marks the chunk done, after the
+    object is whole, so a row always names a readable object. Workers take the shards of a
+    project into their local store before they decide what is missing (``worker/shards.py``)."""
+
+    __tablename__ = "embedding_shards"
+    __table_args__ = (
+        Index("ix_embedding_shards_lookup", "project_id", "backbone", "image_size", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The project whose job embedded it: a worker reads the shards of the project it works for,
+    # so its bounded cache holds that project's vectors, not every project's.
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    backbone: Mapped[str] = mapped_column(String(255))
+    image_size: Mapped[int] = mapped_column()
+    # The object's key in the item store (``embeddings/<backbone>-<size>/...``).
+    key: Mapped[str] = mapped_column(String(1024), unique=True)
+    rows: Mapped[int] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,6 +5,9 @@ its missing images as chunks, asks other workers for help through the broker, an
 the chunks itself too; each worker claims a chunk with one conditional UPDATE, so no chunk is
 embedded by two live workers. A claim older than the dead-worker timeout is taken over, so a
 killed helper delays a job but never strands it. Progress lives in the job's row.
+
+With an object store, each chunk's vectors are a shard object registered here
+(``EmbeddingShard``) in the same transaction that marks the chunk done.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.embeddings.models import ChunkStatus, EmbedChunk
+from app.embeddings.models import ChunkStatus, EmbedChunk, EmbeddingShard
 from app.embeddings.schemas import (
     BUILTIN_BACKBONES,
     DEFAULT_BACKBONE,
@@ -208,3 +211,45 @@ def chunk_workers(db: Session, *, job_id: int) -> dict[str, int]:
 def drop_chunks(db: Session, *, job_id: int) -> None:
     """Forget a finished plan: the embeddings are on disk, the chunk rows served their turn."""
     db.execute(delete(EmbedChunk).where(EmbedChunk.job_id == job_id))
+
+
+def finish_chunk_with_shard(
+    db: Session,
+    *,
+    chunk_id: int,
+    project_id: int,
+    backbone: str,
+    image_size: int,
+    key: str,
+    rows: int,
+) -> None:
+    """Register a chunk's shard (already whole in the store) and mark the chunk done, in the
+    caller's one transaction: a done chunk always has its vectors where every worker finds them."""
+    db.add(
+        EmbeddingShard(
+            project_id=project_id, backbone=backbone, image_size=image_size, key=key, rows=rows
+        )
+    )
+    finish_chunk(db, chunk_id=chunk_id)
+
+
+def project_shards(
+    db: Session, *, project_id: int, backbone: str, image_size: int
+) -> list[tuple[str, int]]:
+    """(key, rows) of a project's shards of one backbone and input side, oldest first."""
+    rows = db.execute(
+        select(EmbeddingShard.key, EmbeddingShard.rows)
+        .where(
+            EmbeddingShard.project_id == project_id,
+            EmbeddingShard.backbone == backbone,
+            EmbeddingShard.image_size == image_size,
+        )
+        .order_by(EmbeddingShard.id)
+    ).tuples()
+    return [(str(key), int(n)) for key, n in rows]
+
+
+def forget_shard(db: Session, *, key: str) -> None:
+    """Unregister a shard no worker can read (corrupt, or deleted from the store): its vectors
+    count as missing again, so the next job that needs them embeds them anew."""
+    db.execute(delete(EmbeddingShard).where(EmbeddingShard.key == key))
