@@ -14,6 +14,7 @@ Either way the round's metrics list them under ``skipped``: ``{item_id, name, re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -77,26 +78,39 @@ class Skips:
         wanted = len(picks)
         unchecked = [p[0] for p in picks]
         out: set[int] = set()
+        checked = 0
         for attempt in range(MAX_PASSES + 1):
             gone = gone_objects(self.project_id, [pool.candidates[i].key for i in unchecked])
+            checked += len(unchecked)
             if not gone:
                 break
             self.gone.update(gone)
             out |= {i for i in unchecked if pool.candidates[i].key in gone}
             picks = [p for p in picks if p[0] not in out]
-            budget = min(wanted - len(picks), len(pool.candidates) - len(picks) - len(out))
-            if budget <= 0 or attempt == MAX_PASSES:
+            shortfall = wanted - len(picks)
+            left = len(pool.candidates) - len(picks) - len(out)
+            if shortfall <= 0 or left <= 0 or attempt == MAX_PASSES:
                 break
-            more = pick_more([p[0] for p in picks], sorted(out), budget)
+            # Ask for more than the shortfall where many were gone: a bucket half emptied
+            # fills the batch in a pass or two, not one item a pass.
+            kept_share = max(1.0 - len(out) / checked, 0.05)
+            more = pick_more(
+                [p[0] for p in picks], sorted(out), min(left, math.ceil(shortfall / kept_share))
+            )
             picks += zip(
                 more.indices, more.scores, more.predicted_class, more.predicted_prob, strict=True
             )
             unchecked = list(more.indices)
         if not out:
             return result
-        indices, scores, guesses, probs = (list(column) for column in zip(*picks, strict=True))
+        # In pick order, the batch's size at most (the last pass may have asked for more).
+        picks = picks[:wanted]
         return replace(
-            result, indices=indices, scores=scores, predicted_class=guesses, predicted_prob=probs
+            result,
+            indices=[p[0] for p in picks],
+            scores=[p[1] for p in picks],
+            predicted_class=[p[2] for p in picks],
+            predicted_prob=[p[3] for p in picks],
         )
 
     def listed(self) -> list[dict[str, Any]]:
