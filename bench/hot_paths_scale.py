@@ -4,13 +4,15 @@ For each pool size this makes a fresh PostgreSQL database of its own (``h_hot_sc
 default), migrates it, and seeds one image project set-based (``generate_series``): N items, one
 in twenty on the test split, about 15% labelled (with their label rows, as an import writes
 them), and a round in labelling whose batch is 1,000 unlabelled pool items with scattered ranks
-(and a small image file for each, so the project view's thumbnails load). It then starts a real
+(and a small image file for each, so the project view's thumbnails load); then a second
+project of 1,000 items, made after the big one. It then starts a real
 ``svplabel serve`` on it (Redis broker, db 4) and times over HTTP, one request at a time, a
 fixed number of requests per operation (p50 and p95 in ms):
 
 - ``queue/next`` (n=1) and ``POST /api/labels`` on the leased item, as an annotator labels;
 - item pages: the first page and a deep one (``after`` at 90% of the ids), unfiltered and with
   ``status=`` and ``split=`` filters, one of which matches nothing (the test split is labelled);
+  and the small project's first pages (its ids all come after the big project's);
 - what the project view reads: the project with its counts, the project list, class counts,
   the rounds, the batch, members, evaluations, and one item;
 - the exports (csv, jsonl): time to first byte, total time, and the server's peak resident
@@ -61,6 +63,8 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PASSWORD = "bench-password"  # noqa: S105 - throwaway users of a throwaway database
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCH = 1000
+# The items of a second project, made after the big one: its pages must not walk the big one's.
+SMALL = 1000
 # Multiplicative hashing of the id: ranks scattered over the pool, as a real strategy's are.
 SCATTER = "(i.id * 2654435761) % 4294967296"
 # A 1x1 PNG: the batch's thumbnails load without reading any real data set.
@@ -98,6 +102,7 @@ class Seeded:
     """What the measurements need to know of the seeded project."""
 
     project_id: int
+    small_id: int  # a project of SMALL items made after the big one
     items: int
     labeled: int
     deep_id: int  # an item id at 90% of the project's ids: the deep pages start after it
@@ -127,8 +132,33 @@ _BATCH = f"""
     WHERE rank <= :b"""  # noqa: S608
 
 
+def _project(db: Any, *, name: str, n: int, owner: int, now: datetime) -> int:
+    """A project with n items (about 15% labelled, with their label rows); its id."""
+    project_id = int(
+        db.scalar(
+            text(
+                "INSERT INTO projects (name, description, kind, classes, settings, "
+                "created_by, created_at) VALUES (:name, '', 'image', :c, :s, :o, :t) "
+                "RETURNING id"
+            ),
+            {"name": name, "c": json.dumps(CLASSES), "s": json.dumps({}), "o": owner, "t": now},
+        )
+    )
+    db.execute(
+        text(
+            "INSERT INTO members (project_id, user_id, role, created_at) SELECT :p, id, "
+            "CASE WHEN username = 'owner' THEN 'engineer' ELSE 'annotator' END, :t FROM users"
+        ),
+        {"p": project_id, "t": now},
+    )
+    db.execute(text(_ITEMS), {"p": project_id, "n": n, "t": now, "classes": CLASSES})
+    db.execute(text(_LABELS), {"p": project_id, "u": owner, "t": now})
+    return project_id
+
+
 def seed(url: str, *, n: int, annotators: int) -> Seeded:
-    """Users, the project, its items and labels, a round in labelling and its batch."""
+    """Users, the project (its items and labels, a round in labelling and its batch), then a
+    small project made after it."""
     engine = create_engine(url)
     started = time.perf_counter()
     now = datetime.now(UTC)
@@ -143,25 +173,7 @@ def seed(url: str, *, n: int, annotators: int) -> Seeded:
             [{"u": u, "h": password_hash, "r": r, "t": now} for u, r in users],
         )
         owner = db.scalar(text("SELECT id FROM users WHERE username = 'owner'"))
-        project_id = int(
-            db.scalar(
-                text(
-                    "INSERT INTO projects (name, description, kind, classes, settings, "
-                    "created_by, created_at) VALUES ('scale', '', 'image', :c, :s, :o, :t) "
-                    "RETURNING id"
-                ),
-                {"c": json.dumps(CLASSES), "s": json.dumps({}), "o": owner, "t": now},
-            )
-        )
-        db.execute(
-            text(
-                "INSERT INTO members (project_id, user_id, role, created_at) SELECT :p, id, "
-                "CASE WHEN username = 'owner' THEN 'engineer' ELSE 'annotator' END, :t FROM users"
-            ),
-            {"p": project_id, "t": now},
-        )
-        db.execute(text(_ITEMS), {"p": project_id, "n": n, "t": now, "classes": CLASSES})
-        db.execute(text(_LABELS), {"p": project_id, "u": owner, "t": now})
+        project_id = _project(db, name="scale", n=n, owner=owner, now=now)
         round_id = db.scalar(
             text(
                 "INSERT INTO rounds (project_id, number, status, strategy, batch_size, proxy, "
@@ -171,6 +183,8 @@ def seed(url: str, *, n: int, annotators: int) -> Seeded:
             {"p": project_id, "b": BATCH, "t": now, "proxy": json.dumps({"arch": "tiny_cnn"})},
         )
         db.execute(text(_BATCH), {"r": round_id, "p": project_id, "b": BATCH, "lab": CLASSES[0]})
+        # Made after the big one: its items' ids all come after the big project's.
+        small_id = _project(db, name="small", n=SMALL, owner=owner, now=now)
         labeled = int(
             db.scalar(
                 text("SELECT count(*) FROM items WHERE project_id = :p AND label IS NOT NULL"),
@@ -188,6 +202,7 @@ def seed(url: str, *, n: int, annotators: int) -> Seeded:
     engine.dispose()
     return Seeded(
         project_id=project_id,
+        small_id=small_id,
         items=n,
         labeled=labeled,
         deep_id=int(lo + (hi - lo) * 9 // 10),
@@ -301,6 +316,7 @@ def server(url: str, *, port: int, data_dir: Path) -> Iterator[subprocess.Popen[
         # This checkout's code, whichever one the svplabel script was installed from.
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
+        SVP_LOG_LEVEL="WARNING",  # no access log: the bench times the service, not its logging
     )
     log = (data_dir / "server.log").open("ab")
     svplabel = shutil.which("svplabel") or "svplabel"
@@ -431,9 +447,14 @@ def time_reads(fig: Figures, eng: httpx.Client, seeded: Seeded, count: int) -> N
         },
         "items split=test&status=unlabeled (none)": {"split": "test", "status": "unlabeled"},
     }
-    for name, params in pages.items():
+    small = f"/api/projects/{seeded.small_id}/items"
+    for name, (path, params) in {
+        **{name: (items, params) for name, params in pages.items()},
+        "small project made after: items page 1": (small, {}),
+        "small project made after: status=labeled p1": (small, {"status": "labeled"}),
+    }.items():
         query = {"limit": 100, **params}
-        fig.timed(name, repeat(lambda q=query: eng.get(items, params=q), count))  # type: ignore[misc]
+        fig.timed(name, repeat(lambda p=path, q=query: eng.get(p, params=q), count))  # type: ignore[misc]
     reads = {
         "GET project (counts)": f"/api/projects/{pid}",
         "GET projects (list)": "/api/projects",
@@ -443,6 +464,7 @@ def time_reads(fig: Figures, eng: httpx.Client, seeded: Seeded, count: int) -> N
         "GET members": f"/api/projects/{pid}/members",
         "GET evaluations": f"/api/projects/{pid}/evaluations",
         "GET item": f"/api/items/{seeded.deep_id}",
+        "small project made after: GET project": f"/api/projects/{seeded.small_id}",
     }
     for name, path in reads.items():
         fig.timed(name, repeat(lambda p=path: eng.get(p), count))  # type: ignore[misc]
