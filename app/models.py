@@ -6,7 +6,7 @@ from app.embeddings.models import ChunkStatus, EmbedChunk
 from app.items.models import Item, Split
 from app.jobs.models import Job, JobKind, JobStatus, WorkerNode
 from app.labeling.models import Label, LabelSource, Lease
-from app.projects.models import Member, MemberRole, Project
+from app.projects.models import ItemCount, Member, MemberRole, Project
 from app.rounds.models import Round, RoundStatus, Selection
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ChunkStatus",
     "EmbedChunk",
     "Item",
+    "ItemCount",
     "Job",
     "JobKind",
     "JobStatus",
