@@ -24,7 +24,7 @@ Each size's figures go to a JSON file; ``--table`` prints operation x size from 
 
     flock /tmp/bench.lock python bench/hot_paths_scale.py --sizes 10000,200000,1000000 \
         --out /tmp/hot-scale/before
-    python bench/hot_paths_scale.py --table /tmp/hot-scale/before
+    python bench/hot_paths_scale.py --table /tmp/hot-scale/before /tmp/hot-scale/after
 
 Uses ports from ``--port`` (default 18300) and Redis db 4; drops only databases it names.
 """
@@ -624,12 +624,14 @@ def _size_name(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k"
 
 
-def table(figures: list[Figures]) -> str:
-    """Operation x size, each cell ``p50 / p95`` ms; memory and the browser's requests below."""
+def table(columns: list[tuple[str, Figures]]) -> str:
+    """Operation x column (a size, of a run), each cell ``p50 / p95`` ms; then the exports'
+    rows, size and the server's peak memory, the server's memory, the browser's requests."""
+    figures = [fig for _, fig in columns]
     names: list[str] = []
     for fig in figures:
         names.extend(k for k in fig.ops if k not in names)
-    head = ["operation (p50 / p95 ms)"] + [_size_name(f.size) for f in figures]
+    head = ["operation (p50 / p95 ms)"] + [name for name, _ in columns]
     rows = [head, ["---"] * len(head)]
     for name in names:
         cells = [name]
@@ -647,7 +649,7 @@ def table(figures: list[Figures]) -> str:
             cells.append(f"{op['rows']}, {op['mib']}, {op['peak_rss_mib']}" if op else "-")
         rows.append(cells)
     for key in ("server_idle_mib", "server_after_mib", "server_hwm_mib"):
-        rows.append([f"server RSS: {key}"] + [str(f.memory.get(key, "-")) for f in figures])
+        rows.append([f"server RSS MiB: {key}"] + [str(f.memory.get(key, "-")) for f in figures])
     rows.append(
         ["browser: API requests (thumbnails, item pages)"]
         + [
@@ -664,6 +666,18 @@ def table(figures: list[Figures]) -> str:
     )
 
 
+def columns_of(folders: list[Path]) -> list[tuple[str, Figures]]:
+    """The columns of a table: each size, then each run (named by its folder when several)."""
+    runs = [(folder.name, {f.size: f for f in load(folder)}) for folder in folders]
+    sizes = sorted({size for _, figs in runs for size in figs})
+    return [
+        (_size_name(size) + (f" {name}" if len(runs) > 1 else ""), figs[size])
+        for size in sizes
+        for name, figs in runs
+        if size in figs
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,200000,1000000")
@@ -676,10 +690,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/hot-scale/latest"))
     parser.add_argument("--tmp", default=None, help="where the server's data dir goes")
     parser.add_argument("--drop", action="store_true", help="drop each database when done")
-    parser.add_argument("--table", type=Path, help="print the table of a results folder, only")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        help="only print the table of results folders (several: side by side, e.g. before after)",
+    )
     args = parser.parse_args()
     if args.table:
-        print(table(load(args.table)))
+        print(table(columns_of(args.table)))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     for n in (int(s) for s in args.sizes.split(",")):
@@ -687,7 +706,7 @@ def main() -> int:
         (args.out / f"size-{n:08d}.json").write_text(
             json.dumps(fig.__dict__, indent=1, default=str)
         )
-    print(table(load(args.out)))
+    print(table(columns_of([args.out])))
     return 0
 
 

@@ -172,7 +172,7 @@ def project_counts(db: Session, *, project_ids: list[int]) -> dict[int, dict[str
     """Items, labelled and unlabelled items, and rounds per project, in two grouped queries.
 
     The items are read from ``ItemCount`` (a few rows per project, kept by triggers), never
-    counted: a COUNT over a million items took over 100 ms a request.
+    counted: a COUNT over a million items took 64-117 ms a request (class counts 121-217 ms).
     """
     counts = {pid: {"items": 0, "labeled": 0, "unlabeled": 0, "rounds": 0} for pid in project_ids}
     if not project_ids:
