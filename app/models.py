@@ -6,7 +6,7 @@ from app.embeddings.models import ChunkStatus, EmbedChunk, EmbeddingShard
 from app.items.models import ImportChunk, ImportChunkStatus, Item, Split
 from app.jobs.models import Job, JobKind, JobStatus, WorkerNode
 from app.labeling.models import Label, LabelSource, Lease
-from app.projects.models import Member, MemberRole, Project
+from app.projects.models import ItemCount, Member, MemberRole, Project
 from app.rounds.models import Round, RoundStatus, Selection
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ImportChunk",
     "ImportChunkStatus",
     "Item",
+    "ItemCount",
     "Job",
     "JobKind",
     "JobStatus",

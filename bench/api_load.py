@@ -431,6 +431,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--lease-seconds", type=int, default=600)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--port", type=int, default=0, help="the server's port (0: any free)")
     parser.add_argument(
         "--client", choices=["aiohttp", "httpx"], default="aiohttp", help="the annotators' client"
     )
@@ -452,7 +453,7 @@ def main() -> int:
         annotators=args.annotators,
         lease_seconds=args.lease_seconds,
     )
-    port = _free_port()
+    port = args.port or _free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="svp-bench-") as data_dir:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SVP_")}

@@ -342,6 +342,10 @@ def test_engineer_uploads_a_zip_and_runs_a_round(
     zpath = tmp_path / "images.zip"
     zpath.write_bytes(_zip_with_a_corrupt_file(30))
     page = new_page(browser)
+    # The project view's reads, to check it never pages through the pool (its counts come
+    # from the server in one answer, whatever the pool's size).
+    reads: list[str] = []
+    page.on("request", lambda req: reads.append(req.url) if req.method == "GET" else None)
     sign_in(page, stack.url, "eng")
     screenshot(page, "projects-engineer")
     page.locator(f"[data-project='{team['project']['id']}']").get_by_role(
@@ -397,6 +401,7 @@ def test_engineer_uploads_a_zip_and_runs_a_round(
     assert "random (tiny_cnn): 9 labels" in curve
     screenshot(page, "project-round-batch")
     assert page.errors == []
+    assert [u for u in reads if f"/api/projects/{pid}/items" in u] == []
 
 
 def _failed_job(database_url: str, project_id: int) -> int:

@@ -13,12 +13,12 @@ import logging
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, literal_column, select
+from sqlalchemy import ColumnElement, Select, literal_column, null, select
+from sqlalchemy.orm import aliased
 
 from app.auth.models import User
 from app.db import unit_of_work
@@ -30,7 +30,7 @@ from app.storage import ObjectMissing, read_image
 
 log = logging.getLogger(__name__)
 
-# Items per read: one short query pair per batch, a few hundred KB of CSV at most.
+# Items per read: one short query per batch, a few hundred KB of CSV at most.
 EXPORT_BATCH = 1000
 # Text items per read: a batch holds its texts whole, each up to SVP_MAX_TEXT_CHARS (100,000
 # by default), so 100 bound a batch to ~40 MB at worst; short texts stream as fast either way.
@@ -38,8 +38,7 @@ TEXT_EXPORT_BATCH = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-@dataclass(frozen=True)
-class ExportRow:
+class ExportRow(NamedTuple):
     """One labelled item with the author and time of its newest live label."""
 
     item_id: int
@@ -52,65 +51,67 @@ class ExportRow:
     text: str | None = None  # a text item's whole text; None for an image
     source: str | None = None  # the object an item imported by reference is read from
 
-    def as_dict(self) -> dict[str, Any]:
-        """The exported fields, in the contract's order (plus ``text`` for a text item)."""
-        fields = {
-            "item_id": self.item_id,
-            "name": self.name,
-            "split": self.split,
-            "label": self.label,
-            "labeled_by": self.labeled_by,
-            "labeled_at": self.labeled_at.isoformat() if self.labeled_at else None,
-        }
+    def values(self) -> list[Any]:
+        """The exported fields' values, in the contract's order (``text`` last, for a text
+        item): a CSV row as it is written."""
+        values = [
+            self.item_id,
+            self.name,
+            self.split,
+            self.label,
+            self.labeled_by,
+            self.labeled_at.isoformat() if self.labeled_at else None,
+        ]
         if self.text is not None:
-            fields["text"] = self.text
-        return fields
+            values.append(self.text)
+        return values
+
+    def as_dict(self) -> dict[str, Any]:
+        """The exported fields by name, in the contract's order (plus ``text`` for a text
+        item): a JSONL object."""
+        fields = TEXT_EXPORT_FIELDS if self.text is not None else EXPORT_FIELDS
+        return dict(zip(fields, self.values(), strict=True))
+
+
+def _batch_query(*, project_id: int, after: int, batch_size: int, texts: bool) -> Select[Any]:
+    """One keyset batch of labelled items with their newest live label's author and time.
+
+    One statement: the newest live label is found per item by the rule the label path keeps
+    ``Item.label`` by (an index probe each), joined to its author. ix_items_project_labeled_id
+    serves the keyset: the batch reads its own rows, whatever else the table holds.
+    """
+    newest = aliased(Label)
+    current: ColumnElement[int] = literal_column(current_label("items.id", "id"))
+    # In ExportRow's order: a row becomes one without naming its fields.
+    columns: list[Any] = [Item.id, Item.name, Item.split, Item.label, User.username]
+    columns += [newest.created_at, Item.content_hash]
+    # A text project's rows carry the whole text; an image's, the object it is read from.
+    columns += [Item.text if texts else null(), Item.source]
+    return (
+        select(*columns)
+        .select_from(Item)
+        .outerjoin(newest, newest.id == current)
+        .outerjoin(User, User.id == newest.user_id)
+        .where(Item.project_id == project_id, Item.label.is_not(None), Item.id > after)
+        .order_by(Item.id)
+        .limit(batch_size)
+    )
 
 
 def labeled_batches(
     *, project_id: int, batch_size: int = EXPORT_BATCH, texts: bool = False
 ) -> Iterator[list[ExportRow]]:
     """The project's labelled items in id order, a keyset batch at a time (``texts``: with
-    each item's whole text)."""
+    each item's whole text), each batch read in a short transaction of its own."""
     after = 0
-    columns = [Item.id, Item.name, Item.split, Item.label, Item.content_hash, Item.source]
-    if texts:
-        columns.append(Item.text)
     while True:
+        query = _batch_query(project_id=project_id, after=after, batch_size=batch_size, texts=texts)
         with unit_of_work(write=False) as db:
-            # Each item's current label by the rule the label path keeps Item.label by.
-            current: ColumnElement[int] = literal_column(current_label("items.id", "id"))
-            items = db.execute(
-                select(*columns, current.label("label_id"))
-                .where(Item.project_id == project_id, Item.label.is_not(None), Item.id > after)
-                .order_by(Item.id)
-                .limit(batch_size)
-            ).all()
-            if not items:
-                return
-            ids = [row.id for row in items]
-            authors = db.execute(
-                select(Label.id, Label.created_at, User.username)
-                .outerjoin(User, User.id == Label.user_id)
-                .where(Label.id.in_([row.label_id for row in items if row.label_id is not None]))
-            )
-            by_label = {label_id: (name, at) for label_id, at, name in authors.tuples()}
-            newest = {row.id: by_label[row.label_id] for row in items if row.label_id in by_label}
-        yield [
-            ExportRow(
-                item_id=row.id,
-                name=row.name,
-                split=row.split,
-                label=row.label,
-                labeled_by=newest.get(row.id, (None, None))[0],
-                labeled_at=newest.get(row.id, (None, None))[1],
-                content_hash=row.content_hash,
-                text=row.text if texts else None,
-                source=row.source,
-            )
-            for row in items
-        ]
-        after = ids[-1]
+            rows = db.execute(query).all()
+        if not rows:
+            return
+        yield [ExportRow(*row) for row in rows]
+        after = rows[-1].id
 
 
 # A spreadsheet reads a cell starting with one of these as a formula (OWASP's CSV injection
@@ -140,18 +141,15 @@ def csv_chunks(*, project_id: int, safe: bool = False, texts: bool = False) -> I
     file in a spreadsheet: cells that would run as a formula there, texts included, get a
     leading ``'`` (and no longer round-trip).
     """
-    fieldnames = TEXT_EXPORT_FIELDS if texts else EXPORT_FIELDS
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
-    writer.writeheader()
+    csv.writer(buf, lineterminator="\n").writerow(TEXT_EXPORT_FIELDS if texts else EXPORT_FIELDS)
     yield buf.getvalue().encode()
     for batch in _batches(project_id, texts):
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
-        rows = (row.as_dict() for row in batch)
+        rows = (row.values() for row in batch)
         if safe:
-            rows = ({k: neutralise(v) for k, v in r.items()} for r in rows)
-        writer.writerows(rows)
+            rows = ([neutralise(v) for v in r] for r in rows)
+        csv.writer(buf, lineterminator="\n").writerows(rows)
         yield buf.getvalue().encode()
 
 

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Mapped, deferred, mapped_column, query_expression
 
 from app.db import Base, utcnow
@@ -25,15 +26,43 @@ TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"
 TEXT_PREVIEW_CHARS = 280
 
 
+def _where(name: str, condition: str) -> tuple[Index, Index]:
+    """The id-ordered indexes of a project's items (all, or of one split) that meet a condition."""
+    where = sql_text(condition)
+    return (
+        Index(
+            f"ix_items_project_{name}_id",
+            "project_id",
+            "id",
+            postgresql_where=where,
+            sqlite_where=where,
+        ),
+        Index(
+            f"ix_items_project_split_{name}_id",
+            "project_id",
+            "split",
+            "id",
+            postgresql_where=where,
+            sqlite_where=where,
+        ),
+    )
+
+
 class Item(Base):
     """One image or text of a project, stored once per content hash."""
 
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("project_id", "content_hash"),
-        # Keyset pages and the unlabelled pool are read in id order within a project and split.
+        # Every filter of an item page (and the export, and the unlabelled pool a round reads)
+        # has an index in id order of its own, so a keyset page reads its own rows whatever
+        # the pool's size and whatever other projects hold (migration 0009): without one, a
+        # page walked the primary key through every item of a bigger project made before it,
+        # or through every item its filter passed over.
+        Index("ix_items_project_id", "project_id", "id"),
         Index("ix_items_project_split_id", "project_id", "split", "id"),
-        Index("ix_items_project_label_id", "project_id", "label", "id"),
+        *_where("labeled", "label IS NOT NULL"),
+        *_where("unlabeled", "label IS NULL"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

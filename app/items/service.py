@@ -22,7 +22,8 @@ from app.items.text_reader import kind_mismatch
 from app.jobs.models import Job, JobKind, JobStatus
 from app.jobs.service import create_job
 from app.labeling.models import Label
-from app.projects.service import Access, get_access
+from app.projects.models import ALL_ITEMS
+from app.projects.service import Access, get_access, item_counts
 from app.storage import ObjectStore
 
 DEFAULT_PAGE = 100
@@ -116,15 +117,9 @@ def start_import(
 
 
 def count_labeled(db: Session, *, project_id: int, split: str = Split.pool) -> int:
-    """Items of a split that have a label."""
-    return (
-        db.scalar(
-            select(func.count())
-            .select_from(Item)
-            .where(Item.project_id == project_id, Item.split == split, Item.label.is_not(None))
-        )
-        or 0
-    )
+    """Items of a split that have a label (from the project's counts, never a COUNT)."""
+    counts = item_counts(db, project_id=project_id)
+    return sum(n for (s, label), n in counts.items() if s == split and label != ALL_ITEMS)
 
 
 def encode_cursor(item_id: int) -> str:
@@ -186,22 +181,25 @@ def list_items(
 def class_counts(
     db: Session, *, project_id: int, classes: list[str]
 ) -> tuple[list[tuple[str, dict[str, int]]], dict[str, int]]:
-    """Items per current label and split in one grouped query: each class in the order given
-    (zero where none), then any other label, and the unlabelled items per split."""
+    """Items per current label and split: each class in the order given (zero where none),
+    then any other label by name, and the unlabelled items per split. Read from the project's
+    counts (``app.projects.models.ItemCount``), a few rows whatever the pool's size."""
 
     def zero() -> dict[str, int]:
         return {split.value: 0 for split in Split}
 
     per_label: dict[str, dict[str, int]] = {name: zero() for name in classes}
-    unlabeled = zero()
-    rows = db.execute(
-        select(Item.label, Item.split, func.count())
-        .where(Item.project_id == project_id)
-        .group_by(Item.label, Item.split)
-    ).tuples()
-    for label, split, n in rows:
-        counts = unlabeled if label is None else per_label.setdefault(label, zero())
-        counts[split] = n
+    every = zero()
+    others: dict[str, dict[str, int]] = {}
+    for (split, label), n in item_counts(db, project_id=project_id).items():
+        if label == ALL_ITEMS:
+            every[split] = n
+        else:
+            (per_label if label in per_label else others).setdefault(label, zero())[split] = n
+    per_label.update(sorted(others.items()))
+    unlabeled = {
+        split: n - sum(counts[split] for counts in per_label.values()) for split, n in every.items()
+    }
     return list(per_label.items()), unlabeled
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -56,3 +56,32 @@ class Member(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The items a project's counts read, per split and label, in this many shards (by item id): the
+# label path updates one shard's rows, so concurrent labels of one class rarely wait on each
+# other's row. Fixed by migration 0009, whose triggers compute ``id % COUNT_SHARDS``.
+COUNT_SHARDS = 16
+# The ``label`` of the rows that count every item of a split, labelled or not.
+ALL_ITEMS = ""
+
+
+class ItemCount(Base):
+    """How many items of a project are in a split with a current label: the project's counts
+    and class counts, read in a handful of rows whatever the pool's size (DESIGN 6).
+
+    Rows with ``label`` ALL_ITEMS count every item of the split; the others, the items whose
+    current label is ``label``. Database triggers on ``items`` keep them (migration 0009), in
+    the transaction of every write of an item: an import, a label, an undo, a delete, whoever
+    writes it. Nothing in the application writes this table.
+    """
+
+    __tablename__ = "item_counts"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    split: Mapped[str] = mapped_column(String(8), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column()
