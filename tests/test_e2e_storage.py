@@ -117,7 +117,7 @@ def test_a_pool_imported_by_reference_is_labelled_with_no_shared_volume(
     )
     assert job["result"]["added"] == 3 * TEST_PER_CLASS
     job = import_from(c, pid, {"source": f"s3://{source}/pool/"})
-    assert (job["result"]["added"], job["result"]["duplicates"]) == (3 * POOL_PER_CLASS, 0)
+    assert (job["result"]["added"], job["result"]["duplicates"]) == (3 * POOL_PER_CLASS, 0), job
     assert job["result"]["rejected"] == []
 
     # Each import queued the embedding of what it added; the pool's fanned out over both.
