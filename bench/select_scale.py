@@ -14,7 +14,7 @@ alone, the way the round runner does it:
    (``svp.cold_start``; margin_clusters needs a model, so it is skipped there).
 
     flock /tmp/bench.lock python bench/select_scale.py --n 1000000 --dim 384
-    flock /tmp/bench.lock python bench/select_scale.py --n 10000 --labels 0 200 2000 --batch 100 1000
+    flock /tmp/bench.lock python bench/select_scale.py --n 10000 --batch 100 1000
 
 ``--torch-float32`` hands the engine float32 rows instead (what the store's ``load`` returns),
 to compare. Figures are printed as a table and, with ``--out``, written as JSON lines.
@@ -133,7 +133,8 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         )
     select_wall = time.perf_counter() - start
     chosen = order[np.asarray(res.indices)]
-    assert not is_labelled[chosen].any() and len(set(chosen.tolist())) == args.batch
+    assert not is_labelled[chosen].any()
+    assert len(set(chosen.tolist())) == args.batch
     probe = None
     if model is not None:
         sample = np.sort(rng.choice(n, min(n, 20_000), replace=False))

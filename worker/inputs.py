@@ -236,7 +236,10 @@ def load_pixels(ctx: JobContext, keys: Sequence[str], image_size: int) -> torch.
 
 
 def gather_rows(
-    read: Callable[[Any], Tensor], items: Sequence[Any], *, chunk: int = EMBED_READ_CHUNK
+    read: Callable[[Any], Tensor],
+    items: Sequence[Any] | np.ndarray,
+    *,
+    chunk: int = EMBED_READ_CHUNK,
 ) -> Tensor:
     """Rows of ``items`` from ``read`` (any float width) into one float16 ``N x D`` tensor.
 
