@@ -7,7 +7,9 @@ batch) then runs in its own fresh subprocess, so the peak RSS (``ru_maxrss``) is
 alone, the way the round runner does it:
 
 1. load: the rows in the runner's input order (candidates, then the labelled ones) as the
-   engine's float16 pool (``worker.inputs.gather_rows``, the runner's chunked reader);
+   engine's float16 pool, read from the file with plain reads (``--memmap``: gathered from a
+   memory map by ``worker.inputs.gather_rows``, the runner's chunked reader, as the store's
+   memory-mapped ``load`` does; the mapped pages then count in the RSS too);
 2. fit: the ``linear`` proxy on the labelled rows (``svp.fit_linear_head``, calibrated);
 3. predict: the proxy's probabilities for the pool (``SelectionResult.scoring_seconds``);
 4. select: the strategy's choice (``selecting_seconds``); 0 labels is a cold start
@@ -80,6 +82,29 @@ def generate(data_dir: Path, n: int, dim: int, classes: int, seed: int) -> tuple
     return rows_path, classes_path
 
 
+def read_rows(path: Path, order: np.ndarray) -> Any:
+    """Rows of the ``.npy`` file in ``order`` as one float16 tensor, read sequentially with
+    plain reads a chunk at a time and put in place: a memory map would count the file's pages
+    it touched in this process's RSS beside the pool (``--memmap`` does that, as the store's
+    ``load`` does today)."""
+    import torch
+
+    where = np.empty_like(order)
+    where[order] = np.arange(order.size)
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        out = torch.empty(shape, dtype=torch.float16)
+        for s in range(0, shape[0], GEN_CHUNK):
+            rows = min(GEN_CHUNK, shape[0] - s)
+            chunk = np.fromfile(fh, dtype=dtype, count=rows * shape[1]).reshape(rows, shape[1])
+            out[torch.from_numpy(where[s : s + rows])] = torch.from_numpy(chunk)
+    return out
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -104,8 +129,11 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     base_rss = peak_rss_mib()
 
     start = time.perf_counter()
-    stored = np.load(rows_path, mmap_mode="r")
-    pool = gather_rows(lambda idx: torch.from_numpy(stored[idx]), order)
+    if args.memmap:
+        stored = np.load(rows_path, mmap_mode="r")
+        pool = gather_rows(lambda idx: torch.from_numpy(stored[idx]), order)
+    else:
+        pool = read_rows(rows_path, order)
     if args.torch_float32:
         pool = pool.float()
     load_s = time.perf_counter() - start
@@ -139,8 +167,8 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     if model is not None:
         sample = np.sort(rng.choice(n, min(n, 20_000), replace=False))
         with torch.inference_mode():
-            logits, _ = model(torch.from_numpy(stored[sample].astype(np.float32)))
-        probe = float((logits.argmax(1).numpy() == truth[sample]).mean())
+            logits, _ = model(pool[torch.from_numpy(sample)])
+        probe = float((logits.argmax(1).numpy() == truth[order[sample]]).mean())
     return {
         "strategy": args.strategy,
         "chose": res.details.get("auto_choice", args.strategy),
@@ -205,7 +233,10 @@ def child_command(args: argparse.Namespace, strategy: str, labels: int, batch: i
         "--batch",
         str(batch),
     ]
-    return cmd + (["--torch-float32"] if args.torch_float32 else [])
+    flags = [
+        f for f, on in (("--torch-float32", args.torch_float32), ("--memmap", args.memmap)) if on
+    ]
+    return cmd + flags
 
 
 def main() -> None:
@@ -219,6 +250,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "bench-out" / "select_scale")
     parser.add_argument("--torch-float32", action="store_true", help="hand over float32 rows")
+    parser.add_argument(
+        "--memmap", action="store_true", help="load through a memory map, as the store does"
+    )
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -57,6 +57,11 @@ TYPICALITY_BLOCK = 1_000
 # margin_clusters clusters the top factor x budget candidates by margin (Citovsky et al. 2021
 # use a multiple of the batch too): wide enough to hold diverse uncertain points.
 MARGIN_CANDIDATE_FACTOR = 10
+# torch threads while a strategy chooses (after the model scored the pool). Measured on the 2
+# shared cores at load 4-7: greedy k-centres on 78,000 x 384 took 13-28 ms a centre on one
+# thread and 40-61 ms on two (each small step waits for the busier core), as scikit-learn's
+# k-means does (svp.config.SKLEARN_THREADS).
+SELECT_THREADS = 1
 # Rows upcast to float32 at a time where a (float16) pool is computed on: 16,384 x 1280 x 4
 # bytes is 80 MiB.
 ROW_CHUNK = 16_384

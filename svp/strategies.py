@@ -26,12 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from svp.clustering import (
+    SELECT_THREADS,
     cluster_margin,
     feature_rows,
     pool_features,
     squared_distances,
     typiclust,
 )
+from svp.device import torch_threads
 from svp.heads import LinearHead
 from svp.ranking import labeled_mask, top_k
 from svp.train import predict
@@ -69,6 +71,9 @@ SCORE_CHUNK = 65_536
 # items stay centres) of the size that fits, but never under KCENTER_MIN_SAMPLE x the budget.
 KCENTER_WORK = 30_000_000_000
 KCENTER_MIN_SAMPLE = 20
+# The rows it covers are held as float32 (upcast from the pool once): at most this many bytes,
+# so a batch of one on a million 1280-d rows does not copy the pool at 5 GB.
+KCENTER_MAX_BYTES = 1 << 30
 
 
 def least_confidence(probs: Tensor) -> Tensor:
@@ -133,6 +138,7 @@ def kcenter_greedy(
     min_d[lab] = -1.0
     chosen = torch.empty(budget, dtype=torch.int64)
     dists = torch.empty(budget, dtype=torch.float64)
+    d = torch.empty(n)
     for i in range(budget):
         if lab.numel() == 0 and i == 0:
             j = int(torch.randint(n, (1,), generator=generator).item())
@@ -142,7 +148,10 @@ def kcenter_greedy(
             dist = float(min_d[j].item()) ** 0.5
         chosen[i] = j
         dists[i] = dist
-        min_d = torch.minimum(min_d, squared_distances(x, sq, x[j : j + 1]).squeeze(1))
+        # ||x - c||² = ||x||² - 2 x·c + ||c||²: one matrix-vector product into a reused buffer.
+        torch.addmv(sq, x, x[j], alpha=-2.0, out=d)
+        d.add_(sq[j]).clamp_min_(0.0)
+        torch.minimum(min_d, d, out=min_d)
         min_d[j] = -1.0
     return chosen, dists
 
@@ -354,9 +363,11 @@ def _forgetting(req: _Request) -> _Pick:
 def kcenter_sample_size(candidates: int, labelled: int, budget: int, width: int) -> int:
     """How many candidates greedy k-centres covers: all of them while (labelled + budget) passes
     over them fit KCENTER_WORK, else the sample that fits (at least KCENTER_MIN_SAMPLE x the
+    budget), and never more float32 rows than KCENTER_MAX_BYTES hold (nor fewer than the
     budget)."""
     fits = KCENTER_WORK // max(1, (labelled + budget) * width)
-    return int(min(candidates, max(fits, KCENTER_MIN_SAMPLE * budget)))
+    size = min(max(fits, KCENTER_MIN_SAMPLE * budget), KCENTER_MAX_BYTES // (4 * max(1, width)))
+    return int(min(candidates, max(size, budget)))
 
 
 def _kcenter(req: _Request) -> _Pick:
@@ -459,7 +470,12 @@ def select(
         scores=scores,
         auto_switch_at=auto_switch_at,
     )
-    pick = _SELECTORS[strategy](request)
+    # Scored first, on the process's torch threads; the choosing is many small steps (a
+    # matrix-vector product a k-centre, a cluster's typicality), which one thread runs faster
+    # on shared cores than two that wait for each other.
+    _ = request.outputs
+    with torch_threads(SELECT_THREADS):
+        pick = _SELECTORS[strategy](request)
     _check(pick.chosen, mask, budget)
     if pick.probs is not None:
         top = pick.probs[pick.positions].max(dim=1)
