@@ -157,10 +157,11 @@ def test_kcenter_covers_what_its_work_and_memory_bounds_allow() -> None:
     size = strategies.kcenter_sample_size
     # Small pools: every candidate.
     assert size(9_800, 200, 1000, 384) == 9_800
-    # A million 384-d candidates: (labelled + budget) passes fit 3e10 multiply-adds...
-    assert size(1_000_000, 0, 1000, 384) == 30_000_000_000 // (1000 * 384)
-    assert size(1_000_000, 2000, 1000, 384) == 30_000_000_000 // (3000 * 384)
+    # A million 384-d candidates: (labelled + budget) passes fit 2e10 multiply-adds...
+    assert size(1_000_000, 0, 1000, 384) == 20_000_000_000 // (1000 * 384)
+    assert size(1_000_000, 200, 100, 384) == 20_000_000_000 // (300 * 384)
     # ...never under 20 x the budget, never over 1 GiB of float32 rows, never under the budget.
+    assert size(1_000_000, 2000, 1000, 384) == 20_000
     assert size(1_000_000, 2000, 1000, 1280) == 20_000
     assert size(1_000_000, 0, 1, 1280) == (1 << 30) // (4 * 1280)
     assert size(1_000_000, 0, 300_000, 1280) == 300_000
