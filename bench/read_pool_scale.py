@@ -57,15 +57,13 @@ def ensure_project(url: str, n: int, labelled: int, test: int) -> int:
         ).scalar_one()
         # Item i: pool and unlabelled, except the first `labelled` (labelled pool items) and
         # the last `test` (labelled test items); hashes are 64 hex characters like sha256's.
-        label = (
-            "CASE WHEN i <= :lab OR i > :n - :test THEN 'c' || (i % 10) ELSE NULL END"
-        )
+        label = "CASE WHEN i <= :lab OR i > :n - :test THEN 'c' || (i % 10) ELSE NULL END"
         split = "CASE WHEN i > :n - :test THEN 'test' ELSE 'pool' END"
         params = {"pid": pid, "lab": labelled, "n": n, "test": test}
         if engine.dialect.name == "postgresql":
             conn.execute(
                 text(
-                    "INSERT INTO items (project_id, content_hash, name, media_type, split, "
+                    "INSERT INTO items (project_id, content_hash, name, media_type, split, "  # noqa: S608 - this file's own fragments
                     "label, created_at) SELECT :pid, lpad(to_hex(i), 64, '0'), "
                     f"'img_' || i || '.png', 'image/png', {split}, {label}, now() "
                     "FROM generate_series(1, :n) AS i"
@@ -77,7 +75,7 @@ def ensure_project(url: str, n: int, labelled: int, test: int) -> int:
                 end = min(n, start + SQLITE_CHUNK - 1)
                 conn.execute(
                     text(
-                        "WITH RECURSIVE s(i) AS (SELECT :a UNION ALL SELECT i + 1 FROM s "
+                        "WITH RECURSIVE s(i) AS (SELECT :a UNION ALL SELECT i + 1 FROM s "  # noqa: S608 - as above
                         "WHERE i < :b) INSERT INTO items (project_id, content_hash, name, "
                         "media_type, split, label, created_at) SELECT :pid, "
                         "printf('%064x', i), 'img_' || i || '.png', 'image/png', "
