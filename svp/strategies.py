@@ -6,6 +6,11 @@ images; the labelled set is never chosen and nothing is chosen twice (asserted o
 The pool is a uint8 image tensor, or an ``N x D`` float tensor of embeddings: then the proxy is a
 head on them (``svp.heads``), and without a model the embeddings themselves are the features.
 To add a strategy: a member of ``Strategy`` and its function in ``_SELECTORS``.
+
+Pools of a million (docs/engine.md): the model scores the pool a chunk of rows at a time into
+one probability matrix; a linear head's features are its normalised inputs, so they are never
+stored beside the (float16) pool; k-centres runs on a seeded sample of the candidates when one
+pass per centre over all of them would take minutes.
 """
 
 from __future__ import annotations
@@ -14,17 +19,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from svp.clustering import (
+    SELECT_THREADS,
     cluster_margin,
+    feature_rows,
     pool_features,
     squared_distances,
     typiclust,
 )
+from svp.device import torch_threads
+from svp.heads import LinearHead
 from svp.ranking import labeled_mask, top_k
 from svp.train import predict
 
@@ -53,6 +63,17 @@ CLUSTERED = (Strategy.TYPICLUST, Strategy.MARGIN_CLUSTERS, Strategy.AUTO)
 # auto: typiclust below this many labelled items per class, margin_clusters from it on.
 # Measured with bench/labels_saved.py (docs/engine.md, "Low budgets").
 AUTO_SWITCH_PER_CLASS = 20.0
+# Rows of the pool a model scores per call of predict(): the chunk's float32 copy and features
+# (65,536 x 1280 x 4 bytes = 320 MiB) are what is held beside the pool while it scores.
+SCORE_CHUNK = 65_536
+# Greedy k-centres costs (labelled + budget) x rows x width multiply-adds: a pass over the rows
+# for each centre. Above this work it covers a seeded sample of the candidates (the labelled
+# items stay centres) of the size that fits, but never under KCENTER_MIN_SAMPLE x the budget.
+KCENTER_WORK = 20_000_000_000
+KCENTER_MIN_SAMPLE = 20
+# The rows it covers are held as float32 (upcast from the pool once): at most this many bytes,
+# so a batch of one on a million 1280-d rows does not copy the pool at 5 GB.
+KCENTER_MAX_BYTES = 1 << 30
 
 
 def least_confidence(probs: Tensor) -> Tensor:
@@ -117,6 +138,7 @@ def kcenter_greedy(
     min_d[lab] = -1.0
     chosen = torch.empty(budget, dtype=torch.int64)
     dists = torch.empty(budget, dtype=torch.float64)
+    d = torch.empty(n)
     for i in range(budget):
         if lab.numel() == 0 and i == 0:
             j = int(torch.randint(n, (1,), generator=generator).item())
@@ -126,7 +148,10 @@ def kcenter_greedy(
             dist = float(min_d[j].item()) ** 0.5
         chosen[i] = j
         dists[i] = dist
-        min_d = torch.minimum(min_d, squared_distances(x, sq, x[j : j + 1]).squeeze(1))
+        # ||x - c||² = ||x||² - 2 x·c + ||c||²: one matrix-vector product into a reused buffer.
+        torch.addmv(sq, x, x[j], alpha=-2.0, out=d)
+        d.add_(sq[j]).clamp_min_(0.0)
+        torch.minimum(min_d, d, out=min_d)
         min_d[j] = -1.0
     return chosen, dists
 
@@ -199,6 +224,55 @@ def _candidates(mask: Tensor, budget: int) -> Tensor:
 
 
 @dataclass(frozen=True)
+class _Outputs:
+    """What selection reads of the pool: features, and with a model its probabilities."""
+
+    # N x F, any float width: users upcast the rows they compute on.
+    features: Tensor
+    # The features are to be L2-normalised where used (a linear head's are its normalised
+    # inputs: the pool itself stands for them, never a second N x D copy).
+    normalise: bool
+    probs: Tensor | None
+    seconds: float
+
+
+def score_pool(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> _Outputs:
+    """The model's probabilities (float32) and features for every row, a chunk at a time.
+
+    Features are kept at the pool's float width (float16 for a float16 pool), and not at all
+    for a ``LinearHead``, whose features are the normalised rows of the pool.
+    """
+    lazy = isinstance(model, LinearHead) and images.ndim == 2 and images.is_floating_point()
+    width = images.dtype if images.is_floating_point() else torch.float32
+    n = images.shape[0]
+    probs: Tensor | None = None
+    feats: Tensor | None = None
+    seconds = 0.0
+    # A linear head's batches can be whole chunks: a layer or two per row, no activations to
+    # hold (measured 1M x 384 rows: 7-18 s in batches of 512 on the loaded cores, 1-2 s so).
+    step = SCORE_CHUNK if lazy else batch_size
+    for s in range(0, n, SCORE_CHUNK):
+        part = predict(model, images[s : s + SCORE_CHUNK], batch_size=step, device=device)
+        seconds += part.seconds
+        if probs is None:
+            probs = torch.empty((n, part.probs.shape[1]), dtype=torch.float32)
+            if not lazy:
+                feats = torch.empty((n, part.features.shape[1]), dtype=width)
+        probs[s : s + part.probs.shape[0]] = part.probs
+        if feats is not None:
+            feats[s : s + part.features.shape[0]] = part.features
+    features = images if lazy else feats
+    assert features is not None, "an empty pool has nothing to score"
+    return _Outputs(features, lazy, probs, seconds)
+
+
+@dataclass(frozen=True)
 class _Request:
     """One call of select(): the pool, what is labelled, and how to score."""
 
@@ -215,27 +289,19 @@ class _Request:
     scores: Tensor | None
     auto_switch_at: float
 
-    def predict(self, rows: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
-        """The model's (features, probabilities, seconds) over ``rows`` (None: the whole pool)."""
-        assert self.model is not None
-        images = self.images if rows is None else self.images[rows]
-        preds = predict(self.model, images, batch_size=self.batch_size, device=self.device)
-        return preds.features, preds.probs, preds.seconds
-
-    def features(self) -> tuple[Tensor, Tensor | None, float]:
+    @cached_property
+    def outputs(self) -> _Outputs:
         """The pool's features, with the model's probabilities and seconds when there is a
-        model; the embeddings (or raw pixels) and nothing else without."""
+        model; the embeddings (or raw pixels) and nothing else without. Scored once."""
         if self.model is None:
-            return pool_features(self.images), None, 0.0
-        return self.predict()
+            return _Outputs(pool_features(self.images), False, None, 0.0)
+        return score_pool(self.model, self.images, batch_size=self.batch_size, device=self.device)
 
     def candidate_probs(self) -> tuple[Tensor | None, float]:
         """The candidates' class probabilities (for suggestions) and the seconds scoring took;
         nothing without a model."""
-        if self.model is None:
-            return None, 0.0
-        _, probs, seconds = self.predict(self.candidates)
-        return probs, seconds
+        out = self.outputs
+        return (None, 0.0) if out.probs is None else (out.probs[self.candidates], out.seconds)
 
 
 @dataclass(frozen=True)
@@ -284,7 +350,8 @@ def _uncertain(req: _Request) -> _Pick:
         raise ValueError(
             f"{req.strategy.value} needs a trained model; cold starts use random or kcenter"
         )
-    _, probs, scoring = req.predict(req.candidates)
+    probs, scoring = req.candidate_probs()
+    assert probs is not None
     return _top_scores(req, uncertainty_scores(probs.double(), req.strategy), probs, scoring)
 
 
@@ -296,37 +363,61 @@ def _forgetting(req: _Request) -> _Pick:
     return _top_scores(req, cand_scores, *req.candidate_probs())
 
 
+def kcenter_sample_size(candidates: int, labelled: int, budget: int, width: int) -> int:
+    """How many candidates greedy k-centres covers: all of them while (labelled + budget) passes
+    over them fit KCENTER_WORK, else the sample that fits (at least KCENTER_MIN_SAMPLE x the
+    budget), and never more float32 rows than KCENTER_MAX_BYTES hold (nor fewer than the
+    budget)."""
+    fits = KCENTER_WORK // max(1, (labelled + budget) * width)
+    size = min(max(fits, KCENTER_MIN_SAMPLE * budget), KCENTER_MAX_BYTES // (4 * max(1, width)))
+    return int(min(candidates, max(size, budget)))
+
+
 def _kcenter(req: _Request) -> _Pick:
-    feats, all_probs, scoring = req.features()
-    probs = None if all_probs is None else all_probs[req.candidates]
+    out = req.outputs
+    probs, scoring = req.candidate_probs()
     start = time.perf_counter()
-    chosen, chosen_scores = kcenter_greedy(
-        feats, req.mask.nonzero().squeeze(1), req.budget, generator=req.generator
+    labelled = req.mask.nonzero().squeeze(1)
+    n_cand = req.candidates.numel()
+    size = kcenter_sample_size(n_cand, labelled.numel(), req.budget, out.features.shape[1])
+    covered = req.candidates
+    if size < n_cand:
+        covered = req.candidates[torch.randperm(n_cand, generator=req.generator)[:size].sort()[0]]
+    # Candidates (or their sample) then the labelled rows, as float32: the labelled rows are the
+    # first centres, so the batch covers what they do not.
+    rows = torch.cat([covered, labelled])
+    x = feature_rows(out.features, rows, normalise=out.normalise)
+    at, chosen_scores = kcenter_greedy(
+        x, torch.arange(covered.numel(), rows.numel()), req.budget, generator=req.generator
     )
+    chosen = rows[at]
     # Position of each chosen item among the candidates, for the suggestion lookup.
     pos = torch.searchsorted(req.candidates, chosen)
-    return _Pick(chosen, chosen_scores, pos, probs, None, scoring, time.perf_counter() - start)
+    details = {"covered": int(covered.numel()), "candidates": n_cand}
+    seconds = time.perf_counter() - start
+    return _Pick(chosen, chosen_scores, pos, probs, None, scoring, seconds, details)
 
 
 def _clustered(req: _Request) -> _Pick:
     """typiclust, margin_clusters or auto's choice between them on the pool's features."""
     if req.model is None and req.strategy == Strategy.MARGIN_CLUSTERS:
         raise ValueError("margin_clusters needs a trained model; cold starts use typiclust")
-    feats, all_probs, scoring = req.features()
-    probs = None if all_probs is None else all_probs[req.candidates]
+    # Clustering L2-normalises the features itself: a linear head's raw pool serves as they are.
+    feats = req.outputs.features
+    probs, scoring = req.candidate_probs()
     start = time.perf_counter()
     choice, details = req.strategy, dict[str, Any]()
     if req.strategy == Strategy.AUTO:
-        width = None if all_probs is None else int(all_probs.shape[1])
+        width = None if probs is None else int(probs.shape[1])
         choice, details = auto_choice(int(req.mask.sum()), width, req.auto_switch_at)
     if choice == Strategy.TYPICLUST:
         chosen, chosen_scores, more = typiclust(feats, req.mask, req.budget, seed=req.seed)
         pos = torch.searchsorted(req.candidates, chosen)
         seconds = time.perf_counter() - start
         return _Pick(chosen, chosen_scores, pos, probs, None, scoring, seconds, details | more)
-    assert all_probs is not None
-    cand_scores = margin(all_probs[req.candidates].double())
-    pos, more = cluster_margin(feats[req.candidates], cand_scores, req.budget, seed=req.seed)
+    assert probs is not None
+    cand_scores = margin(probs.double())
+    pos, more = cluster_margin(feats, cand_scores, req.budget, rows=req.candidates, seed=req.seed)
     return _ranked(req, pos, cand_scores, probs, scoring, start, details | more)
 
 
@@ -382,7 +473,12 @@ def select(
         scores=scores,
         auto_switch_at=auto_switch_at,
     )
-    pick = _SELECTORS[strategy](request)
+    # Scored first, on the process's torch threads; the choosing is many small steps (a
+    # matrix-vector product a k-centre, a cluster's typicality), which one thread runs faster
+    # on shared cores than two that wait for each other.
+    _ = request.outputs
+    with torch_threads(SELECT_THREADS):
+        pick = _SELECTORS[strategy](request)
     _check(pick.chosen, mask, budget)
     if pick.probs is not None:
         top = pick.probs[pick.positions].max(dim=1)

@@ -15,15 +15,16 @@ train on character codes (``svp.vdcnn.encode_texts``). Texts are read from their
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from torch import Tensor, nn
 
 from app.db import unit_of_work
@@ -48,6 +49,14 @@ LOAD_CHUNK = 2048
 TEXT_CHUNK = 500
 # The smallest log-probability fastText's rows are given (a class it never saw has 0).
 LOG_FLOOR = 1e-12
+# Items read per query when a pool is read (keyset pages on the project, split and id index):
+# the driver holds a page of result rows at a time, never a million.
+POOL_PAGE = 50_000
+# Keys decoded at a time when a pool's keys are iterated.
+KEY_CHUNK = 65_536
+# Embedding rows read from the store at a time: the store hands back float32, so a chunk's
+# float32 copy (65,536 x 1280 x 4 bytes = 320 MiB at most) is all that is held beside the pool.
+EMBED_READ_CHUNK = 65_536
 
 
 class PoolRow(NamedTuple):
@@ -58,20 +67,96 @@ class PoolRow(NamedTuple):
     label: int
 
 
+class Keys(Sequence[str]):
+    """Content keys held as one array of ASCII bytes, decoded as they are read: a million
+    64-character keys are 64 MB here and 113 MB as a list of ``str``."""
+
+    def __init__(self, raw: np.ndarray) -> None:
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return int(self.raw.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Keys: ...
+
+    def __getitem__(self, i: int | slice) -> str | Keys:
+        if isinstance(i, slice):
+            return Keys(self.raw[i])
+        return bytes(self.raw[i]).decode("ascii")
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), KEY_CHUNK):
+            yield from (k.decode("ascii") for k in self.raw[start : start + KEY_CHUNK].tolist())
+
+
+class PoolRows(Sequence[PoolRow]):
+    """One part of a pool (candidates, labelled or test items) in id order, as three arrays:
+    item ids, content keys and class indices. Indexing and iterating give ``PoolRow``s; a
+    million rows hold ~80 MB where a list of a million ``PoolRow``s holds ~240 MB."""
+
+    def __init__(self, ids: np.ndarray, keys: np.ndarray, labels: np.ndarray) -> None:
+        self.ids = ids
+        self.key_bytes = keys
+        self.labels = labels
+
+    @classmethod
+    def of(cls, rows: Iterable[PoolRow]) -> PoolRows:
+        """The rows given, in their order."""
+        listed = list(rows)
+        return cls(
+            np.array([r.item_id for r in listed], dtype=np.int64),
+            np.array([r.key for r in listed], dtype=np.bytes_),
+            np.array([r.label for r in listed], dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @overload
+    def __getitem__(self, i: int) -> PoolRow: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> PoolRows: ...
+
+    def __getitem__(self, i: int | slice) -> PoolRow | PoolRows:
+        if isinstance(i, slice):
+            return PoolRows(self.ids[i], self.key_bytes[i], self.labels[i])
+        return PoolRow(
+            int(self.ids[i]), bytes(self.key_bytes[i]).decode("ascii"), int(self.labels[i])
+        )
+
+    def __iter__(self) -> Iterator[PoolRow]:
+        keys = Keys(self.key_bytes)
+        return map(PoolRow, self.ids.tolist(), keys, self.labels.tolist())
+
+    def keys(self) -> Keys:
+        """The rows' content keys, in order."""
+        return Keys(self.key_bytes)
+
+
+def _no_rows() -> PoolRows:
+    return PoolRows.of([])
+
+
 @dataclass
 class Pool:
     """What a runner reads from the database."""
 
     classes: list[str]
     kind: str = ProjectKind.image
-    candidates: list[PoolRow] = field(default_factory=list)  # unlabelled, not in an open batch
-    labeled: list[PoolRow] = field(default_factory=list)
-    test: list[PoolRow] = field(default_factory=list)
+    candidates: PoolRows = field(default_factory=_no_rows)  # unlabelled, not in an open batch
+    labeled: PoolRows = field(default_factory=_no_rows)
+    test: PoolRows = field(default_factory=_no_rows)
     pool_total: int = 0
 
-    def keys(self) -> list[str]:
+    def keys(self) -> Keys:
         """Content hashes in input order: candidates, labelled, test."""
-        return [r.key for r in (*self.candidates, *self.labeled, *self.test)]
+        parts = (self.candidates, self.labeled, self.test)
+        return Keys(np.concatenate([p.key_bytes for p in parts]))
 
     def rows(self) -> list[PoolRow]:
         """Every row in input order: candidates, labelled, test."""
@@ -175,32 +260,103 @@ class Fitted:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+class _PartBuilder:
+    """A pool part's rows, gathered a page at a time into arrays (Python lists hold one page)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.keys: list[str] = []
+        self.labels: list[int] = []
+        self.sealed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, item_id: int, key: str, label: int) -> None:
+        """One row of the page being read."""
+        self.ids.append(item_id)
+        self.keys.append(key)
+        self.labels.append(label)
+
+    def seal(self) -> None:
+        """The page's rows as arrays; the lists start again empty."""
+        if self.ids:
+            self.sealed.append(
+                (
+                    np.array(self.ids, dtype=np.int64),
+                    np.array(self.keys, dtype=np.bytes_),
+                    np.array(self.labels, dtype=np.int64),
+                )
+            )
+            self.ids, self.keys, self.labels = [], [], []
+
+    def rows(self) -> PoolRows:
+        """Every row read, in order."""
+        self.seal()
+        if not self.sealed:
+            return _no_rows()
+        ids, keys, labels = zip(*self.sealed, strict=True)
+        return PoolRows(np.concatenate(ids), np.concatenate(keys), np.concatenate(labels))
+
+
+def _item_pages(db: Session, project_id: int, split: str) -> Iterator[list[Any]]:
+    """The project's items of one split as ``(id, content hash, label)`` rows, in id order, a
+    keyset page at a time."""
+    last = 0
+    while True:
+        page = db.execute(
+            select(Item.id, Item.content_hash, Item.label)
+            .where(Item.project_id == project_id, Item.split == split, Item.id > last)
+            .order_by(Item.id)
+            .limit(POOL_PAGE)
+        ).all()
+        if not page:
+            return
+        yield list(page)
+        last = int(page[-1][0])
+
+
 def read_pool(project_id: int, *, candidates: bool) -> Pool:
-    """The project's labelled pool and test items, and (for a round) the unlabelled candidates."""
+    """The project's labelled pool and test items, and (for a round) the unlabelled candidates.
+
+    Read in one read transaction, a keyset page of items at a time, into arrays: a million
+    items never sit in the driver or in Python objects at once.
+    """
     with unit_of_work(write=False) as db:
         project = db.get(Project, project_id)
         if project is None:
             raise LookupError(f"project {project_id} no longer exists")
         classes = list(project.classes)
         index = {c: i for i, c in enumerate(classes)}
-        pool = Pool(classes=classes, kind=project.kind)
-        open_batches = rounds.open_batch_items(project_id)
-        rows = db.execute(
-            select(Item.id, Item.content_hash, Item.split, Item.label, Item.id.in_(open_batches))
-            .where(Item.project_id == project_id)
-            .order_by(Item.id)
-        ).tuples()
-        for item_id, content_hash, split, label, in_open_batch in rows:
-            if split == Split.pool:
-                pool.pool_total += 1
-            if label is None:
-                # An item in a batch still being labelled is someone's work already.
-                if split == Split.pool and candidates and not in_open_batch:
-                    pool.candidates.append(PoolRow(item_id, content_hash, -1))
-            elif label in index:
-                target = pool.labeled if split == Split.pool else pool.test
-                target.append(PoolRow(item_id, content_hash, index[label]))
-    return pool
+        # An item in a batch still being labelled is someone's work already.
+        busy: set[int] = set()
+        if candidates:
+            busy = set(
+                db.scalars(
+                    select(Item.id).where(Item.project_id == project_id, rounds.in_open_batch())
+                )
+            )
+        cand, lab, test = _PartBuilder(), _PartBuilder(), _PartBuilder()
+        pool_total = 0
+        for split in (Split.pool, Split.test):
+            labelled = lab if split == Split.pool else test
+            for page in _item_pages(db, project_id, split):
+                if split == Split.pool:
+                    pool_total += len(page)
+                for item_id, key, label in page:
+                    if label is None:
+                        if split == Split.pool and candidates and item_id not in busy:
+                            cand.add(item_id, key, -1)
+                    elif label in index:
+                        labelled.add(item_id, key, index[label])
+                for part in (cand, labelled):
+                    part.seal()
+        kind = project.kind
+    return Pool(
+        classes=classes,
+        kind=kind,
+        candidates=cand.rows(),
+        labeled=lab.rows(),
+        test=test.rows(),
+        pool_total=pool_total,
+    )
 
 
 @lru_cache(maxsize=8)
@@ -244,17 +400,41 @@ def load_pixels(ctx: JobContext, keys: Sequence[str], image_size: int) -> torch.
     )
 
 
+def gather_rows(
+    read: Callable[[Any], Tensor],
+    items: Sequence[Any] | np.ndarray,
+    *,
+    chunk: int = EMBED_READ_CHUNK,
+) -> Tensor:
+    """Rows of ``items`` from ``read`` (any float width) into one float16 ``N x D`` tensor.
+
+    The store's vectors are float16 on disk; a round on a million 1280-d rows held as float32
+    would be 5 GB where float16 is 2.5 GB, and the engine upcasts per chunk where it computes.
+    """
+    out: Tensor | None = None
+    for start in range(0, len(items), chunk):
+        rows = read(items[start : start + chunk])
+        if out is None:
+            out = torch.empty((len(items), rows.shape[1]), dtype=torch.float16)
+        out[start : start + rows.shape[0]] = rows
+    return out if out is not None else torch.empty(0, 0, dtype=torch.float16)
+
+
 def load_embeddings(
     ctx: JobContext, keys: Sequence[str], spec: TrainSpec, report: EmbeddingReport | None = None
 ) -> torch.Tensor:
-    """The backbone's embeddings of the keys, embedding what is missing first (fanned out)."""
+    """The backbone's embeddings of the keys (float16 rows), embedding what is missing first
+    (fanned out)."""
     if spec.backbone is None:
         raise ValueError("this proxy names no backbone to embed with")
     # A from-scratch proxy with a clustering strategy embeds at the backbone's own side (a
     # text encoder's is 0).
     size = spec.image_size if spec.linear else known_backbones()[spec.backbone]
     store = ensure_embeddings(ctx, keys, spec.backbone, size, report=report)
-    return store.load(list(keys)) if keys else torch.empty(0, 0)
+    if not keys:
+        return torch.empty(0, 0, dtype=torch.float16)
+    # The store hands back float32 rows; a chunk at a time, they become one float16 pool.
+    return gather_rows(lambda chunk: store.load(list(chunk)), keys)
 
 
 def load_texts(rows: Sequence[PoolRow]) -> list[str]:
@@ -295,6 +475,8 @@ def load_inputs(
 
 def label_tensor(rows: Sequence[PoolRow]) -> torch.Tensor:
     """The rows' class indices as the engine's label tensor."""
+    if isinstance(rows, PoolRows):
+        return torch.from_numpy(rows.labels.copy())
     return torch.tensor([r.label for r in rows], dtype=torch.int64)
 
 

@@ -149,7 +149,7 @@ def _select_batch(ctx: JobContext, plan: RoundPlan, skips: Skips) -> dict[str, A
     if cold == "typiclust" or (cold == "kcenter" and (spec.embeds or pool.kind == "text")):
         inputs = load_embeddings(ctx, pool.keys(), spec, embedded)
     elif cold == "kcenter":
-        inputs = load_pixels(ctx, [r.key for r in pool.candidates], spec.image_size)
+        inputs = load_pixels(ctx, pool.candidates.keys(), spec.image_size)
     elif cold is not None:
         # A random first batch reads no image at all: one placeholder column per candidate.
         inputs = torch.zeros(n_cand, 1)
