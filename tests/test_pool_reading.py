@@ -41,7 +41,7 @@ def test_read_pool_in_pages_returns_each_part_in_id_order(
     test = ids[4500:4600]
     _label(test, "dog", split="test")
     _label(ids[4600:4610], "a class the project no longer has")
-    batch = [it for it in items[1000:1050]]
+    batch = list(items[1000:1050])
     factory.round_with_selection(project, batch)  # labelling: its items are someone's work
     done = factory.round_with_selection(project, items[2000:2010], status="completed")
     assert done.status == "completed"

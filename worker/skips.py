@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from sqlalchemy import select
 from torch import nn
@@ -27,7 +28,7 @@ import svp
 from app.db import unit_of_work
 from app.items.availability import ObjectsGone, gone_objects
 from app.items.models import Item
-from worker.inputs import Pool
+from worker.inputs import Pool, PoolRows
 
 # Times the batch is checked and topped up before it is saved as it is (each pass picks again
 # for the shortfall; a bucket emptied wholesale must not make a round pick forever).
@@ -57,9 +58,15 @@ class Skips:
     def leave_out(self, pool: Pool) -> None:
         """Take the items found gone out of the pool: candidates, labelled and test rows."""
         if self.gone:
-            pool.candidates = [r for r in pool.candidates if r.key not in self.gone]
-            pool.labeled = [r for r in pool.labeled if r.key not in self.gone]
-            pool.test = [r for r in pool.test if r.key not in self.gone]
+            pool.candidates = self._without(pool.candidates)
+            pool.labeled = self._without(pool.labeled)
+            pool.test = self._without(pool.test)
+
+    def _without(self, rows: PoolRows) -> PoolRows:
+        """The rows whose keys are not gone (compared as the arrays' bytes, no row objects)."""
+        gone = np.array([k.encode("ascii") for k in self.gone], dtype=rows.key_bytes.dtype)
+        keep = ~np.isin(rows.key_bytes, gone)
+        return PoolRows(rows.ids[keep], rows.key_bytes[keep], rows.labels[keep])
 
     def check_batch(
         self, pool: Pool, result: svp.SelectionResult, pick_more: PickMore
