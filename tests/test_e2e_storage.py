@@ -116,6 +116,9 @@ def test_a_pool_imported_by_reference_is_labelled_with_no_shared_volume(
         {"source": f"s3://{source}/test/", "split": "test", "labels_from_folders": True},
     )
     assert job["result"]["added"] == 3 * TEST_PER_CLASS
+    # The test split's embedding first: a second job running beside it would embed those too.
+    (first,) = embed_jobs(c, pid)
+    assert wait_job(c, first["id"], timeout=300)["status"] == "succeeded"
     job = import_from(c, pid, {"source": f"s3://{source}/pool/"})
     assert (job["result"]["added"], job["result"]["duplicates"]) == (3 * POOL_PER_CLASS, 0), job
     assert job["result"]["rejected"] == []
@@ -123,10 +126,8 @@ def test_a_pool_imported_by_reference_is_labelled_with_no_shared_volume(
     # Each import queued the embedding of what it added; the pool's fanned out over both.
     jobs = embed_jobs(c, pid)
     assert len(jobs) == 2
-    for embed in jobs:
-        done = wait_job(c, embed["id"], timeout=600)
-        assert done["status"] == "succeeded", done
-    pool_embed = wait_job(c, jobs[0]["id"])
+    pool_embed = wait_job(c, jobs[0]["id"], timeout=600)
+    assert pool_embed["status"] == "succeeded", pool_embed
     assert pool_embed["result"]["images"] == 3 * POOL_PER_CLASS
     assert len(pool_embed["result"]["workers"]) == 2, pool_embed["result"]
 
