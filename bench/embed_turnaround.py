@@ -12,18 +12,27 @@ dir as an import would, and measures:
    split by stage from the round's metrics (queue wait, loading, embedding, training, scoring,
    selecting, saving).
 
+``--import-embed N`` measures the issue-18 target instead: N CIFAR training images (all 50,000:
+the data set's own ``train.zip``, streamed as it is) uploaded as one zip through the API to a
+server with ``--workers`` worker processes (``--concurrency 1`` each, ``SVP_TORCH_THREADS=1``),
+timed from the upload's first byte to the ``embed`` job that the import queues having finished,
+split into upload, import, queue wait and embedding.
+
     python bench/embed_turnaround.py --quick
     python bench/embed_turnaround.py --out bench-out/embed_turnaround.json
+    python bench/embed_turnaround.py --import-embed 50000 [--database-url ... --broker-url ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,7 @@ from bench.round_turnaround import (  # noqa: E402
     label_spread,
     wait_job,
 )
+from bench.svp_common import environment  # noqa: E402
 from tests.procs import stack, wait_for  # noqa: E402
 
 
@@ -148,6 +158,105 @@ def timed_linear_round(c: httpx.Client, pid: int, strategy: str, batch: int) -> 
     }
 
 
+def upload_body(n: int) -> tuple[Any, int]:
+    """The zip to upload for ``n`` images: CIFAR's own train.zip (opened, streamed) for all
+    50,000, else a stored zip of the first ``n`` interleaved images; and its size."""
+    if n == 50_000:
+        path = CIFAR / "train.zip"
+        return path.open("rb"), path.stat().st_size
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, _cls, data in interleaved_images(n):
+            zf.writestr(name, data)
+    return io.BytesIO(buf.getvalue()), len(buf.getvalue())
+
+
+def job_times(job: dict[str, Any]) -> dict[str, float]:
+    """A finished job's created/started/finished as epoch seconds."""
+    return {k: _ts(job[f"{k}_at"]) for k in ("created", "started", "finished")}
+
+
+def import_and_embed(c: httpx.Client, pid: int, n: int) -> dict[str, Any]:
+    """Upload ``n`` images as one zip, wait for the import and the embed job it queues."""
+    body, size = upload_body(n)
+    started_wall = time.time()
+    started = time.perf_counter()
+    with body:
+        r = c.post(
+            f"/api/projects/{pid}/items",
+            files={"file": ("train.zip", body, "application/zip")},
+            data={"split": "pool"},
+            timeout=600,
+        )
+    r.raise_for_status()
+    uploaded = time.perf_counter() - started
+    imp = wait_job(c, r.json()["id"], 3600)
+    if imp["status"] != "succeeded":
+        raise RuntimeError(f"import failed: {imp['error']}")
+    imported = time.perf_counter() - started
+    listed = c.get(f"/api/projects/{pid}/embeddings").json()
+    if not listed:
+        raise RuntimeError("the import queued no embed job (is the project's proxy linear?)")
+    emb = wait_job(c, listed[0]["id"], 3600)
+    total = time.perf_counter() - started
+    if emb["status"] != "succeeded":
+        raise RuntimeError(f"embed job {emb['id']} {emb['status']}: {emb['error']}")
+    ti, te = job_times(imp), job_times(emb)
+    return {
+        "images": n,
+        "zip_bytes": size,
+        "added": imp["result"]["added"],
+        "total_seconds": total,
+        "upload_seconds": uploaded,
+        "import_queue_wait": ti["started"] - ti["created"],
+        "import_seconds": ti["finished"] - ti["started"],
+        "import_done_seconds": imported,
+        "embed_queue_wait": te["started"] - ti["finished"],
+        "embed_seconds": te["finished"] - te["started"],
+        "embed_done_after_import": te["finished"] - ti["finished"],
+        "start_to_import_job_created": ti["created"] - started_wall,
+        "embed": emb["result"],
+    }
+
+
+def run_import_embed(args: argparse.Namespace, base: Path, database_url: str) -> dict[str, Any]:
+    """The issue-18 target: upload to embedded with ``args.workers`` one-thread workers."""
+    env = {
+        "SVP_ADMIN_USERNAME": ADMIN["username"],
+        "SVP_ADMIN_PASSWORD": ADMIN["password"],
+        "SVP_EMBED_CHUNK_SIZE": str(args.chunk),
+        "SVP_TORCH_THREADS": "1",
+    }
+    if args.runtime:
+        env["SVP_EMBED_RUNTIME"] = args.runtime
+    with stack(
+        base, database_url=database_url, broker_url=args.broker_url or None, extra_env=env
+    ) as s:
+        if args.port:
+            s.port = args.port
+        s.serve()
+        for i in range(args.workers):
+            s.worker(f"worker-{i + 1}", "--concurrency", "1")
+        c = admin_client(s)
+        if args.warm:
+            # A first import of a few images: every worker has loaded (and, for ONNX, found or
+            # built) its backbone before the clock starts, as in a server that has been up.
+            pid = new_project(c, "warm-up")
+            import_and_embed(c, pid, 4 * args.chunk)
+        pid = new_project(c, "import-embed")
+        out = import_and_embed(c, pid, args.import_embed)
+    e = out["embed"]
+    print(
+        f"{out['added']} images, {args.workers} workers x 1 thread: upload to embedded "
+        f"{out['total_seconds']:.1f} s = upload {out['upload_seconds']:.1f} + import job "
+        f"{out['import_seconds']:.1f} (queued {out['import_queue_wait']:.1f}) + embed wait "
+        f"{out['embed_queue_wait']:.1f} + embed job {out['embed_seconds']:.1f} "
+        f"({e['images_per_second']} images/s in the job; chunks by worker: {e['workers']})",
+        flush=True,
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -161,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker-url", default="")
     p.add_argument("--data-dir", default="")
     p.add_argument("--quick", action="store_true", help="5,000 pool, 500-image samples")
+    p.add_argument("--import-embed", type=int, default=0, help="N: the upload-to-embedded mode")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (--import-embed)")
+    p.add_argument("--runtime", default="", help="SVP_EMBED_RUNTIME for the workers")
+    p.add_argument("--port", type=int, default=0, help="the server's port (0: any free one)")
+    p.add_argument(
+        "--warm", action="store_true", help="a small import first, so the workers start warm"
+    )
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     if args.quick:
@@ -176,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         "SVP_EMBED_CHUNK_SIZE": str(args.chunk),
     }
     report: dict[str, Any] = {"args": vars(args), "cpus": os.cpu_count()}
+    if args.import_embed:
+        report["environment"] = environment()
+        report["import_embed"] = run_import_embed(args, base, database_url)
+        return write_report(args, report)
     with stack(
         base, database_url=database_url, broker_url=args.broker_url or None, extra_env=env
     ) as s:
@@ -256,9 +376,14 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": rounds,
         }
     )
+    return write_report(args, report)
+
+
+def write_report(args: argparse.Namespace, report: dict[str, Any]) -> int:
+    """Write the JSON report where ``--out`` says; 0."""
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
         print(f"wrote {args.out}")
     return 0
 

@@ -150,7 +150,13 @@ def backbone(name: str) -> Embedder:
     """A loaded backbone (image or text) by name; the weights are read once per process and
     device."""
     _usable(name)
-    return load_embedder(name, device=training.device())
+    settings = get_settings()
+    return load_embedder(
+        name,
+        device=training.device(),
+        runtime=settings.embed_runtime,
+        cache_dir=settings.cache_dir / "onnx",
+    )
 
 
 @lru_cache(maxsize=8)
