@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 chosen = order[:b]
                 curves[config][b].append(accuracy(pool[chosen], pool_y[chosen], test, ty, seed))
         means = [statistics.fmean(curves[config][b]) for b in args.budgets]
-        print(f"{config}: " + " ".join(f"{b}:{m:.3f}" for b, m in zip(args.budgets, means)))
+        pairs = zip(args.budgets, means, strict=True)
+        print(f"{config}: " + " ".join(f"{b}:{m:.3f}" for b, m in pairs))
     return {"curves": curves, "cost_s": cost, "configs": configs}
 
 

@@ -96,7 +96,8 @@ def model_path(cache_dir: Path, name: str, side: int, module: nn.Module) -> Path
 
 
 def export(module: nn.Module, side: int, path: Path) -> None:
-    """Export ``module`` (float N x 3 x side x side in [0, 1] -> N x dim) to ``path``, atomically."""
+    """Export ``module`` (float N x 3 x side x side in [0, 1] -> N x dim) to ``path``,
+    atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     os.close(fd)

@@ -191,7 +191,10 @@ def test_torch_is_the_fallback_and_says_why_once(
 
 
 def test_without_onnxruntime_auto_is_torch(
-    registry: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    registry: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     register_backbone("tiny", Tiny, dim=6, image_size=20)
     monkeypatch.setattr(ox, "importable", lambda: False)
