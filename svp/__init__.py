@@ -4,6 +4,8 @@ cache, a trainer, strategies and metrics.
 Pure Python and torch: no web framework, no database, no task queue.
 """
 
+# Imported for its effect: it lets load_embedder run image backbones through ONNX Runtime.
+import svp.onnx_runtime  # noqa: F401
 from svp.backbones import (
     Backbone,
     BackboneSpec,

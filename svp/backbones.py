@@ -179,9 +179,7 @@ def resolve_runtime(runtime: Runtime, device: torch.device) -> Literal["onnx", "
     if runtime == "torch" or device.type != "cpu":
         return "torch"
     if runtime == "auto":
-        from svp.onnx_runtime import importable
-
-        return "onnx" if importable() else "torch"
+        return "onnx" if _onnx is not None and _onnx.importable() else "torch"
     return "onnx"
 
 
@@ -214,12 +212,32 @@ def load_embedder(
         return embedder
 
 
-def _onnx_or_torch(backbone: Backbone, runtime: Runtime, cache_dir: str | Path | None) -> Backbone:
-    from svp import onnx_runtime
+@dataclass(frozen=True)
+class OnnxHooks:
+    """What runs an image backbone through ONNX Runtime: ``svp.onnx_runtime`` sets these when
+    it is imported (the package imports it). A hook, not an import: that module builds on this
+    one, and an import back would make the two a cycle."""
 
-    folder = Path(cache_dir) if cache_dir is not None else onnx_runtime.default_cache_dir()
+    importable: Callable[[], bool]
+    default_cache_dir: Callable[[], Path]
+    to_onnx: Callable[[Backbone, Path], Backbone]
+
+
+_onnx: OnnxHooks | None = None
+
+
+def set_onnx_runtime(hooks: OnnxHooks) -> None:
+    """Make ONNX Runtime available to ``load_embedder`` (called by ``svp.onnx_runtime``)."""
+    global _onnx
+    _onnx = hooks
+
+
+def _onnx_or_torch(backbone: Backbone, runtime: Runtime, cache_dir: str | Path | None) -> Backbone:
     try:
-        return onnx_runtime.to_onnx(backbone, folder)
+        if _onnx is None:
+            raise RuntimeError("svp.onnx_runtime is not loaded")
+        folder = Path(cache_dir) if cache_dir is not None else _onnx.default_cache_dir()
+        return _onnx.to_onnx(backbone, folder)
     except Exception as exc:
         # Anything the exporter, the file system or ONNX Runtime raises means the same: torch
         # runs this backbone in this process. Said once, as the result is cached.

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from svp.backbones import Backbone
+from svp.backbones import Backbone, OnnxHooks, set_onnx_runtime
 
 log = logging.getLogger("svp.onnx")
 
@@ -211,3 +211,13 @@ def to_onnx(backbone: Backbone, cache_dir: Path) -> OnnxBackbone:
     export(backbone.module, spec.image_size, path)
     log.info("onnx backbone=%s side=%s event=exported file=%s", spec.name, spec.image_size, path)
     return _checked(backbone, path, expected, images)
+
+
+# Looked up at each call (lambdas), so a test that replaces one of them is heard.
+set_onnx_runtime(
+    OnnxHooks(
+        importable=lambda: importable(),
+        default_cache_dir=lambda: default_cache_dir(),
+        to_onnx=lambda backbone, folder: to_onnx(backbone, folder),
+    )
+)

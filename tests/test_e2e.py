@@ -274,6 +274,8 @@ def test_linear_auto_rounds_with_embedding_fanned_out_over_two_workers(
         "SVP_WORKER_HEARTBEAT_SECONDS": "1",
         "SVP_EMBED_CHUNK_SIZE": "8",
         "SVP_TORCH_THREADS": "1",
+        # Torch: through ONNX Runtime one worker finishes before the other has its model.
+        "SVP_EMBED_RUNTIME": "torch",
     }
     with stack(tmp_path, database_url=database_url, broker_url=broker_url, extra_env=env) as s:
         s.serve()
