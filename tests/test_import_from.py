@@ -696,7 +696,9 @@ def test_two_workers_share_an_import_and_a_store_outage_fails_it_whole_chunks_on
             assert failed["status"] == "failed", failed
             assert "the object store stopped answering while importing from " in failed["error"]
             assert f"s3://{bucket}/img/" in failed["error"]
-            assert "Could not connect to the endpoint URL" in failed["error"]
+            # Which of botocore's connection errors the outage raises depends on the moment
+            # (refused, or a request cut off mid-way); the error names the endpoint either way.
+            assert f"no answer from {store.endpoint}" in failed["error"]
             # Helpers let go of what they held (their chunks fail too).
             wait_for(lambda: chunk_sums(database_url, job_id)[2] == 0, 60, "chunks still held")
             items, registered, _ = chunk_sums(database_url, job_id)

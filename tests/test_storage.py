@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -96,6 +98,39 @@ def test_a_missing_bucket_and_a_dead_endpoint_are_unavailable_with_a_reason(
     assert "testing" not in str(caught.value)  # no credentials in the message
     # Refused connections are retried a few times with back-off, never for long.
     assert time.monotonic() - started < 30
+    assert f"no answer from {dead}" in str(caught.value)
+
+
+def test_a_store_that_hangs_up_mid_request_is_unavailable_with_a_reason(s3: S3Server) -> None:
+    """A store going away while a request is in flight raises a different botocore error than
+    one refusing connections; a user sees the same cause for both."""
+    os.environ.update(s3.env())
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = 0
+
+    def hang_up() -> None:
+        nonlocal accepted
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted += 1
+            conn.recv(65536)  # the request arrives; the answer never does
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(StoreUnavailable, match="could not read s3://b/k") as caught:
+            S3Store("b", endpoint_url=endpoint).get("k")
+    finally:
+        listener.close()
+    assert accepted >= 1
+    assert f"no answer from {endpoint}" in str(caught.value)
+    assert "testing" not in str(caught.value)
 
 
 def test_files_stream_in_and_out_whole(store: ObjectStore, tmp_path: Path) -> None:

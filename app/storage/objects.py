@@ -304,9 +304,15 @@ class S3Store:
 
     def _fail(self, exc: Exception, what: str, key: str | None = None) -> StoreError:
         """Turn a botocore error into ours, with a reason a user can act on."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as NoConnection
 
         where = f"{self.url}/{key}" if key else self.url
+        if isinstance(exc, (NoConnection, HTTPClientError)):
+            # Refused, reset, closed or timed out: the same cause for a user, whichever of
+            # botocore's errors the moment of the outage happened to raise.
+            endpoint = self.client.meta.endpoint_url
+            return StoreUnavailable(f"could not {what} {where}: no answer from {endpoint} ({exc})")
         if isinstance(exc, ClientError):
             code = _error_code(exc)
             if code in ("NoSuchKey", "404", "NotFound"):
