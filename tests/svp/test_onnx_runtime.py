@@ -73,6 +73,55 @@ def test_lite0_features_match_torch_within_the_tolerance(registry: None, tmp_pat
     assert onnx_files(tmp_path) == [ox.model_path(tmp_path, *_key(ref)).name]
 
 
+def pad_nodes(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Pad"]
+
+
+def test_lite0_export_has_its_same_padding_folded_into_the_convolutions(
+    registry: None, tmp_path: Path
+) -> None:
+    onnx = load_backbone("efficientnet_lite0", device="cpu", runtime="onnx", cache_dir=tmp_path)
+    assert isinstance(onnx, ox.OnnxBackbone)
+    # The five strided convolutions each had a Pad before them in torch's export.
+    assert pad_nodes(onnx.path) == []
+
+
+class Padded(nn.Module):
+    """Uneven zero padding before a convolution (folded), and reflection padding before another
+    and zero padding before a pooling (both kept: a Conv's pads cannot say them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(nn.functional.pad(x, (0, 1, 2, 0)))
+        x = self.b(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"))
+        x = nn.functional.max_pool2d(nn.functional.pad(x, (0, 1, 0, 1)), 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_only_zero_padding_into_a_convolution_is_folded(tmp_path: Path) -> None:
+    module = backbones._Frozen(Padded(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch_backbone = Backbone(BackboneSpec("padded", 5, 21), module, torch.device("cpu"), False)
+    path = tmp_path / "padded.onnx"
+    ox.export(torch_backbone.module, 21, path)
+    # Three pads in torch; the one into a convolution is gone, added to that one's own padding.
+    assert len(pad_nodes(path)) == 2
+    x = images(6, 21)
+    assert (
+        ox.mismatch(torch_backbone.embed(x), ox.OnnxBackbone(torch_backbone, path).embed(x)) is None
+    )
+    # Folding again finds nothing more to fold, and changes nothing.
+    assert ox.fold_padding(path, 21) == 0
+    assert len(pad_nodes(path)) == 2
+
+
 def _key(backbone: Backbone) -> tuple[str, int, nn.Module]:
     return backbone.spec.name, backbone.spec.image_size, backbone.module
 
