@@ -79,9 +79,13 @@ def interleaved_images(n: int) -> Iterator[tuple[str, str, bytes]]:
         rep += 1
 
 
-def new_project(c: httpx.Client, name: str) -> int:
-    """A project with the product's defaults: a linear head on EfficientNet-Lite0, auto."""
-    r = c.post("/api/projects", json={"name": f"{name}-{time.time_ns()}", "classes": CLASSES})
+def new_project(c: httpx.Client, name: str, backbone: str = "") -> int:
+    """A project with the product's defaults (a linear head on EfficientNet-Lite0, auto), or
+    with ``backbone``."""
+    body: dict[str, Any] = {"name": f"{name}-{time.time_ns()}", "classes": CLASSES}
+    if backbone:
+        body["settings"] = {"backbone": backbone}
+    r = c.post("/api/projects", json=body)
     r.raise_for_status()
     return int(r.json()["id"])
 
@@ -241,13 +245,14 @@ def run_import_embed(args: argparse.Namespace, base: Path, database_url: str) ->
         if args.warm:
             # A first import of a few images: every worker has loaded (and, for ONNX, found or
             # built) its backbone before the clock starts, as in a server that has been up.
-            pid = new_project(c, "warm-up")
+            pid = new_project(c, "warm-up", args.backbone)
             import_and_embed(c, pid, 4 * args.chunk)
-        pid = new_project(c, "import-embed")
+        pid = new_project(c, "import-embed", args.backbone)
         out = import_and_embed(c, pid, args.import_embed)
     e = out["embed"]
     print(
-        f"{out['added']} images, {args.workers} workers x 1 thread: upload to embedded "
+        f"{out['added']} images, {args.backbone or 'default backbone'}, {args.workers} workers"
+        " x 1 thread: upload to embedded "
         f"{out['total_seconds']:.1f} s = upload {out['upload_seconds']:.1f} + import job "
         f"{out['import_seconds']:.1f} (queued {out['import_queue_wait']:.1f}) + embed wait "
         f"{out['embed_queue_wait']:.1f} + embed job {out['embed_seconds']:.1f} "
@@ -273,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--import-embed", type=int, default=0, help="N: the upload-to-embedded mode")
     p.add_argument("--workers", type=int, default=2, help="worker processes (--import-embed)")
     p.add_argument("--runtime", default="", help="SVP_EMBED_RUNTIME for the workers")
+    p.add_argument(
+        "--backbone", default="", help="the project's backbone (--import-embed; default: its)"
+    )
     p.add_argument("--port", type=int, default=0, help="the server's port (0: any free one)")
     p.add_argument(
         "--warm", action="store_true", help="a small import first, so the workers start warm"

@@ -5,7 +5,10 @@ Pure Python and torch: no web framework, no database, no task queue.
 """
 
 # Imported for its effect: it lets load_embedder run image backbones through ONNX Runtime.
-import svp.onnx_runtime  # noqa: F401
+import svp.onnx_runtime
+
+# Imported for its effect: it lets load_embedder load the int8 backbones.
+import svp.quantized  # noqa: F401
 from svp.backbones import (
     Backbone,
     BackboneSpec,

