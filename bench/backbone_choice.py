@@ -42,6 +42,7 @@ from svp import decode_image, fit_linear_head, predict
 
 CONFIGS = (
     "efficientnet_lite0@96,efficientnet_lite0@112,efficientnet_lite0@128,"
+    "efficientnet_lite0_int8@128,"
     "efficientnet_lite2@152,efficientnet_lite2@260"
 )
 EMBED_DIR = REPO / "bench-out" / "embeddings"
@@ -128,7 +129,7 @@ def two_worker_rate(config: str, speed: dict[str, Any] | None, one_thread: float
     for row in (speed or {}).get("embed", []):
         if (row["backbone"], row["image_size"], row["procs"]) == (name, int(side), 2) and row[
             "runtime"
-        ] in ("onnx",):
+        ] in ("onnx", "onnx-int8"):
             return float(row["best_img_s"])
     return 2 * one_thread
 

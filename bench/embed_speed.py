@@ -29,16 +29,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.svp_common import REPO, environment, table, write_json
 from svp import Backbone, load_backbone
 from svp.onnx_runtime import to_onnx
+from svp.quantized import Int8Backbone, to_int8
 
-DEFAULT_CONFIGS = "efficientnet_lite0@128,efficientnet_lite0@112,efficientnet_lite2@260"
+DEFAULT_CONFIGS = (
+    "efficientnet_lite0@128,efficientnet_lite0_int8@128,efficientnet_lite0@112,"
+    "efficientnet_lite2@260"
+)
 
 
 def backbone_at(name: str, side: int, runtime: str, cache_dir: Path) -> Backbone:
     """The registered backbone run at ``side`` px by ``runtime`` (a side other than the
-    registered one gets its own spec, and its own ONNX file)."""
-    shipped = load_backbone(name, device="cpu")
+    registered one gets its own spec, and its own ONNX file). An int8 backbone is always its
+    int8 model, whatever ``runtime`` says."""
+    shipped = load_backbone(name, device="cpu", cache_dir=cache_dir)
     spec = dataclasses.replace(shipped.spec, image_size=side)
-    torch_backbone = Backbone(spec, shipped.module, shipped.device, channels_last=True)
+    torch_backbone = Backbone(spec, shipped.module, torch.device("cpu"), channels_last=True)
+    if isinstance(shipped, Int8Backbone):
+        return to_int8(torch_backbone, cache_dir)
     return to_onnx(torch_backbone, cache_dir) if runtime == "onnx" else torch_backbone
 
 
@@ -94,7 +101,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for config in args.configs.split(","):
         name, side = config.split("@")
-        for runtime in args.runtimes:
+        # An int8 backbone has one runtime, whatever is asked.
+        runtimes = ["onnx-int8"] if name.endswith("_int8") else args.runtimes
+        for runtime in runtimes:
             job = {
                 "name": name,
                 "side": int(side),
