@@ -57,6 +57,8 @@ def test_the_api_knows_every_builtin_backbone_of_the_engine_at_its_size() -> Non
 def test_the_default_backbone_ships_with_the_package() -> None:
     assert DEFAULT_BACKBONE in known_backbones()
     assert known_backbones()[DEFAULT_BACKBONE] == BUILTIN_BACKBONES[DEFAULT_BACKBONE].image_size
+    # And its int8 model, which needs only ONNX Runtime, a dependency too.
+    assert known_backbones()["efficientnet_lite0_int8"] == 128
 
 
 def test_an_engineer_starts_an_embedding_job_once(factory: Factory, sent: Any) -> None:

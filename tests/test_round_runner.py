@@ -497,3 +497,31 @@ def test_a_core_set_on_embeddings(world: dict[str, Any]) -> None:
         assert len(set(r["items"])) == 6
         assert set(r["items"]) <= {it["id"] for it in labelled}
         assert r["proxy_test_accuracy"] >= 0.8
+
+
+def test_a_linear_round_on_the_int8_backbone_has_its_own_embeddings(
+    world: dict[str, Any],
+) -> None:
+    """``efficientnet_lite0_int8`` runs through the same jobs as any backbone; its vectors are
+    kept apart from the float network's (another store), and its head is as right here."""
+    pid = world["project"].id
+    set_labels(world["test"])
+    by_id = {it["id"]: it for it in world["pool"]}
+    # The float backbone's embeddings first: the int8 round must not reuse them.
+    rid, jid = start(pid, "auto", 6, proxy=LINEAR)
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    set_labels([by_id[s.item_id] for s in batch])
+
+    int8 = ProxyConfig(arch="linear", backbone="efficientnet_lite0_int8")
+    rid, jid = start(pid, "auto", 9, proxy=int8, seed=8, supersede=True)
+    assert run_job(jid) == "succeeded"
+    rnd, _, batch = load(rid)
+    assert rnd.status == "labeling", rnd.error
+    m = rnd.metrics
+    assert (m["backbone"], m["labeled"]) == ("efficientnet_lite0_int8", 6)
+    # Every pool and test image embedded anew, by the int8 model.
+    assert m["embedding"]["images"] == 69
+    assert m["proxy_test_accuracy"] >= 0.8
+    right = sum(s.suggested_label == by_id[s.item_id]["cls"] for s in batch)
+    assert right >= 7, [(s.suggested_label, by_id[s.item_id]["cls"]) for s in batch]
