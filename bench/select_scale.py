@@ -18,6 +18,10 @@ alone, the way the round runner does it:
     flock /tmp/bench.lock python bench/select_scale.py --n 1000000 --dim 384
     flock /tmp/bench.lock python bench/select_scale.py --n 10000 --batch 100 1000
 
+``--store`` loads the pool the way a round does: from an ``EmbeddingStore`` (built once from the
+same rows under content-hash-like keys) through ``worker.inputs.gather_rows`` and ``store.load``,
+so the store's key index and its reads count in the figures.
+
 ``--torch-float32`` hands the engine float32 rows instead (what the store's ``load`` returns),
 to compare. Figures are printed as a table and, with ``--out``, written as JSON lines.
 """
@@ -105,6 +109,25 @@ def read_rows(path: Path, order: np.ndarray) -> Any:
     return out
 
 
+def store_key(i: int) -> str:
+    """A key shaped like an item's content hash (64 hex digits), the store's real key."""
+    return f"{i:064x}"
+
+
+def build_store(args: argparse.Namespace, rows_path: Path) -> Path:
+    """The rows as an ``EmbeddingStore`` under ``--data-dir`` (made once; reused after)."""
+    from svp.embeddings import EmbeddingStore
+
+    folder = args.data_dir / f"store-{rows_path.stem}"
+    stored = np.load(rows_path, mmap_mode="r")
+    store = EmbeddingStore(folder, "synthetic", 0, args.dim)
+    if len(store) < stored.shape[0]:
+        for s in range(len(store), stored.shape[0], GEN_CHUNK):
+            e = min(stored.shape[0], s + GEN_CHUNK)
+            store.add([store_key(i) for i in range(s, e)], np.asarray(stored[s:e]))
+    return folder
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -129,7 +152,14 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     base_rss = peak_rss_mib()
 
     start = time.perf_counter()
-    if args.memmap:
+    if args.store:
+        from svp.embeddings import EmbeddingStore
+
+        store = EmbeddingStore(args.data_dir / f"store-{rows_path.stem}", "synthetic", 0, args.dim)
+        keys = [store_key(int(i)) for i in order]
+        pool = gather_rows(lambda chunk: store.load(list(chunk)), keys)
+        del keys
+    elif args.memmap:
         stored = np.load(rows_path, mmap_mode="r")
         pool = gather_rows(lambda idx: torch.from_numpy(stored[idx]), order)
     else:
@@ -234,7 +264,13 @@ def child_command(args: argparse.Namespace, strategy: str, labels: int, batch: i
         str(batch),
     ]
     flags = [
-        f for f, on in (("--torch-float32", args.torch_float32), ("--memmap", args.memmap)) if on
+        f
+        for f, on in (
+            ("--torch-float32", args.torch_float32),
+            ("--memmap", args.memmap),
+            ("--store", args.store),
+        )
+        if on
     ]
     return cmd + flags
 
@@ -253,6 +289,9 @@ def main() -> None:
     parser.add_argument(
         "--memmap", action="store_true", help="load through a memory map, as the store does"
     )
+    parser.add_argument(
+        "--store", action="store_true", help="load through an EmbeddingStore, as a round does"
+    )
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
     parser.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,7 +300,9 @@ def main() -> None:
         print(json.dumps(run_case(args)))
         return
     start = time.perf_counter()
-    generate(args.data_dir, args.n, args.dim, args.classes, args.seed)
+    rows_path, _ = generate(args.data_dir, args.n, args.dim, args.classes, args.seed)
+    if args.store:
+        build_store(args, rows_path)
     print(f"# pool {args.n} x {args.dim} ready in {time.perf_counter() - start:.1f} s", flush=True)
     print(f"# {os.cpu_count()} CPUs; each case a fresh process; seconds and peak RSS (MiB)")
     print(HEADER, flush=True)

@@ -167,10 +167,9 @@ class EmbeddingStore(RowStore):
         rows = self._row_numbers(
             keys, f"no {self.backbone} embedding for {{key!r}}; embed it first"
         )
-        view = self._view()
         for start in range(0, len(rows), LOAD_BLOCK):
-            # A gather copies out of the map: ``out`` stays valid whatever happens to the file.
-            block = np.take(view, rows[start : start + LOAD_BLOCK], axis=0)
+            # Plain reads, not a gather from the map: no page of the file stays resident here.
+            block = self._read_rows(rows[start : start + LOAD_BLOCK], np.float16, (self.dim,))
             if isinstance(out, Tensor):
                 out[start : start + len(block)].copy_(torch.from_numpy(block))
             else:

@@ -173,6 +173,49 @@ class RowStore:
                 self._mm = np.memmap(self._data_file, dtype=dtype, mode="r", shape=(n, *row_shape))
             return self._mm
 
+    def _read_rows(self, rows: np.ndarray, dtype: Any, row_shape: tuple[int, ...]) -> np.ndarray:
+        """Rows by number (any order, repeats allowed) copied out of the data file with plain
+        reads, one per run of consecutive rows.
+
+        A memory map's pages stay resident in the reading process once touched, counted in its
+        RSS beside the copy it made of them (a round on 1M x 1280 float16 rows held 2.5 GB of
+        mapped pages next to its 2.5 GB pool); read this way, only the copy stays.
+        """
+        out = np.empty((len(rows), *row_shape), dtype=dtype)
+        if out.nbytes != len(rows) * self._row_bytes:
+            raise ValueError(f"rows of {dtype} x {row_shape} are not {self._row_bytes} bytes")
+        if len(rows) == 0:
+            return out
+        with self._mutex:
+            if self._data_file is None or int(rows.max()) >= len(self._keys) or rows.min() < 0:
+                raise IndexError(f"row numbers must be in 0..{len(self._keys) - 1}")
+            # A descriptor of its own: a restart may close the store's handle meanwhile, and
+            # the generation's (unlinked) file lives on while this one is open.
+            fd = os.dup(self._data_file.fileno())
+        try:
+            order = np.argsort(rows, kind="stable")
+            ordered = rows[order]
+            in_order = bool((order == np.arange(len(rows))).all())
+            target = out if in_order else np.empty_like(out)
+            raw = memoryview(target.reshape(-1).view(np.uint8).data)
+            starts = np.flatnonzero(np.diff(ordered, prepend=-2) != 1)
+            ends = np.append(starts[1:], len(rows))
+            size = self._row_bytes
+            for first, last in zip(starts.tolist(), ends.tolist(), strict=True):
+                into = raw[first * size : last * size]
+                offset = int(ordered[first]) * size
+                done = 0
+                while done < len(into):
+                    got = os.preadv(fd, [into[done:]], offset + done)
+                    if got == 0:
+                        raise OSError(f"{self._data_path}: short read at byte {offset + done}")
+                    done += got
+            if not in_order:
+                out[order] = target
+        finally:
+            os.close(fd)
+        return out
+
     @staticmethod
     def _check_key(key: object) -> None:
         if not isinstance(key, str) or not key or "\n" in key or not key.isascii():
