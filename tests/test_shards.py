@@ -420,3 +420,56 @@ def test_two_real_workers_with_separate_data_dirs_share_embeddings_through_the_b
         assert done["status"] == "completed", done
         assert third.alive()
         assert not (tmp_path / "stack" / "cache").exists()  # the server embedded nothing
+
+
+def test_the_sweep_deletes_shards_nothing_names_and_keeps_the_rest(world: dict[str, Any]) -> None:
+    """A worker that dies between a shard's put and its registration leaves an object no row
+    names: the reconciler's sweep deletes it once its job is over (or gone), never sooner."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.db import utcnow
+    from app.embeddings.service import ORPHAN_SHARD_GRACE
+    from app.jobs import reconcile
+
+    store = item_store()
+    pid = world["project"].id
+    with unit_of_work() as db:
+        (done_id,) = db.scalars(select(Job.id).where(Job.project_id == pid)).all()
+        running = Job(kind="embed", status="running", project_id=pid, params={})
+        ended_now = Job(kind="embed", status="failed", project_id=pid, params={})
+        db.add_all([running, ended_now])
+        db.flush()
+        running_id, ended_now_id = running.id, ended_now.id
+        now = utcnow()
+        db.execute(update(Job).where(Job.id == ended_now_id).values(finished_at=now))
+        db.execute(
+            update(Job)
+            .where(Job.id == done_id)
+            .values(finished_at=now - ORPHAN_SHARD_GRACE - timedelta(minutes=1))
+        )
+    folder = f"embeddings/{BACKBONE}-{SIZE}"
+    orphans = {
+        "done": f"{folder}/j{done_id}-c999-0a0b0c0d.svpe",  # its job ended over an hour ago
+        "gone": f"{folder}/j987654-c1-00000000.svpe",  # no such job (its project deleted)
+    }
+    kept = {
+        "running": f"{folder}/j{running_id}-c1-11111111.svpe",  # a helper may register it yet
+        "ended now": f"{folder}/j{ended_now_id}-c1-22222222.svpe",  # within the grace
+        "not a shard": f"{folder}/notes.txt",
+    }
+    for key in [*orphans.values(), *kept.values()]:
+        store.put(key, b"bytes")
+    shards = [key for key, _ in registered()]
+    assert len(shards) == 4
+
+    swept = reconcile.sweep_uploads(now, force=True)
+    assert sorted(swept) == sorted(orphans.values())
+    left = {info.key for info in store.list("embeddings/")}
+    assert left == {*shards, *kept.values()}
+    # What is registered still reads: worker B takes every vector in from the shards.
+    b_store = local_store(world["b"])
+    report = worker_shards.pull(b_store, pid)
+    assert report is not None
+    assert torch.equal(b_store.load(world["keys"]), world["vectors"])

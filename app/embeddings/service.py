@@ -12,9 +12,10 @@ With an object store, each chunk's vectors are a shard object registered here
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
@@ -34,6 +35,7 @@ from app.projects import kinds
 from app.projects.models import Project
 from app.projects.service import project_settings
 from app.settings import get_settings
+from app.storage import ObjectStore
 
 # What a PyTorch weights file starts with: a zip archive (torch.save since 1.6) or a pickle.
 _CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
@@ -253,3 +255,60 @@ def forget_shard(db: Session, *, key: str) -> None:
     """Unregister a shard no worker can read (corrupt, or deleted from the store): its vectors
     count as missing again, so the next job that needs them embeds them anew."""
     db.execute(delete(EmbeddingShard).where(EmbeddingShard.key == key))
+
+
+# A shard object's key (worker/shards.py: ``shard_key``): the job that embedded it comes first.
+SHARD_PREFIX = "embeddings/"
+_SHARD_KEY = re.compile(r"embeddings/[^/]+/j(\d+)-c\d+-[0-9a-f]+\.svpe")
+# How long after its job ended an unregistered shard may still be registered (a helper that
+# put it as the job finished): past it, it never will be.
+ORPHAN_SHARD_GRACE = timedelta(hours=1)
+_SWEEP_PAGE = 500
+
+
+def sweep_orphan_shards(
+    db: Session, *, store: ObjectStore, now: datetime, grace: timedelta = ORPHAN_SHARD_GRACE
+) -> list[str]:
+    """Delete shard objects no row of ``embedding_shards`` names and none ever will; their keys.
+
+    A shard is put whole, then registered with its chunk: a worker that dies (or whose project
+    is deleted) between the two leaves an object nothing reads, and deleting a project deletes
+    its rows, not its objects. Such an object goes when its job is gone or ended more than
+    ``grace`` ago; one of a queued or running job, and any key not shaped like a shard's, stay.
+    """
+    deleted: list[str] = []
+    page: list[tuple[str, int]] = []
+
+    def settle() -> None:
+        keys = [key for key, _ in page]
+        registered = set(db.scalars(select(EmbeddingShard.key).where(EmbeddingShard.key.in_(keys))))
+        job_ids = {job for key, job in page if key not in registered}
+        jobs = {
+            int(job_id): (status, finished_at)
+            for job_id, status, finished_at in db.execute(
+                select(Job.id, Job.status, Job.finished_at).where(Job.id.in_(job_ids))
+            )
+        }
+        for key, job_id in page:
+            if key in registered:
+                continue
+            status, finished_at = jobs.get(job_id, (None, None))
+            ended = status is None or (
+                status not in (JobStatus.queued, JobStatus.running)
+                and (finished_at is None or now - finished_at > grace)
+            )
+            if ended:
+                store.delete(key)
+                deleted.append(key)
+        page.clear()
+
+    for info in store.list(SHARD_PREFIX):
+        found = _SHARD_KEY.fullmatch(info.key)
+        if found is None:
+            continue
+        page.append((info.key, int(found.group(1))))
+        if len(page) >= _SWEEP_PAGE:
+            settle()
+    if page:
+        settle()
+    return deleted

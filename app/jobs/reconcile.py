@@ -1,5 +1,6 @@
 """The reconciler: no job stays running after its worker died, no queued job stays unsent,
-no upload stays on disk or in the store once no import will read it.
+no upload stays on disk or in the store once no import will read it, and no embedding shard
+that nothing names stays in the store.
 
 ``reconcile`` is a plain function over the database; every worker runs it at start and on each
 heartbeat (``worker.heartbeat``). Each change is a conditional UPDATE that re-checks the state
@@ -17,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import unit_of_work, utcnow
+from app.embeddings import service as embeddings
 from app.items import service as items
 from app.jobs.dispatch import send_after_commit
 from app.jobs.models import Job, JobStatus, WorkerNode
@@ -52,7 +54,8 @@ _last_sweep: datetime | None = None
 
 def sweep_uploads(now: datetime | None = None, *, force: bool = False) -> list[str]:
     """Delete the uploads no import will read again (``app.items.service.sweep_uploads``), on
-    this machine's disk and staged in the item store (``sweep_staged``)."""
+    this machine's disk and staged in the item store (``sweep_staged``), and with a bucket the
+    embedding shards nothing will read (``app.embeddings.service.sweep_orphan_shards``)."""
     global _last_sweep
     now = now or utcnow()
     if not force and _last_sweep is not None and now - _last_sweep < SWEEP_EVERY:
@@ -64,17 +67,21 @@ def sweep_uploads(now: datetime | None = None, *, force: bool = False) -> list[s
         deleted = items.sweep_uploads(
             db, uploads_dir=settings.uploads_dir, now=now, retention=retention
         )
-        # Uploads staged in a bucket for workers elsewhere (app.items.staging).
-        staged = (
-            items.sweep_staged(db, store=item_store(), now=now, retention=retention)
-            if is_remote()
-            else []
-        )
+        # Uploads staged in a bucket for workers elsewhere (app.items.staging), and embedding
+        # shards that no row names (a worker died between the put and the registration, or
+        # their project was deleted).
+        staged, shards = [], []
+        if is_remote():
+            store = item_store()
+            staged = items.sweep_staged(db, store=store, now=now, retention=retention)
+            shards = embeddings.sweep_orphan_shards(db, store=store, now=now)
     if deleted:
         log.warning("event=uploads_swept folders=%s", deleted)
     if staged:
         log.warning("event=staged_uploads_swept folders=%s", staged)
-    return deleted + staged
+    if shards:
+        log.warning("event=orphan_shards_swept count=%d first=%s", len(shards), shards[0])
+    return deleted + staged + shards
 
 
 def resend_epoch() -> datetime | None:
