@@ -452,7 +452,7 @@ def test_the_sweep_deletes_shards_nothing_names_and_keeps_the_rest(world: dict[s
     folder = f"embeddings/{BACKBONE}-{SIZE}"
     orphans = {
         "done": f"{folder}/j{done_id}-c999-0a0b0c0d.svpe",  # its job ended over an hour ago
-        "gone": f"{folder}/j987654-c1-00000000.svpe",  # no such job (its project deleted)
+        "gone": f"{folder}/j987654-c1-00000000.svpe",  # no such job row any more
     }
     kept = {
         "running": f"{folder}/j{running_id}-c1-11111111.svpe",  # a helper may register it yet

@@ -271,10 +271,11 @@ def sweep_orphan_shards(
 ) -> list[str]:
     """Delete shard objects no row of ``embedding_shards`` names and none ever will; their keys.
 
-    A shard is put whole, then registered with its chunk: a worker that dies (or whose project
-    is deleted) between the two leaves an object nothing reads, and deleting a project deletes
-    its rows, not its objects. Such an object goes when its job is gone or ended more than
-    ``grace`` ago; one of a queued or running job, and any key not shaped like a shard's, stay.
+    A shard is put whole, then registered with its chunk: a worker that dies between the two
+    (or whose registration fails: the store answered, the database did not) leaves an object
+    nothing reads. Such an object goes when its job has ended more than ``grace`` ago, or its
+    row is gone (a project's rows go with it, by cascade, should a project ever be deleted);
+    one of a queued or running job, and any key not shaped like a shard's, stay.
     """
     deleted: list[str] = []
     page: list[tuple[str, int]] = []

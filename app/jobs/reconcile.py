@@ -68,8 +68,7 @@ def sweep_uploads(now: datetime | None = None, *, force: bool = False) -> list[s
             db, uploads_dir=settings.uploads_dir, now=now, retention=retention
         )
         # Uploads staged in a bucket for workers elsewhere (app.items.staging), and embedding
-        # shards that no row names (a worker died between the put and the registration, or
-        # their project was deleted).
+        # shards that no row names (a worker died between the put and the registration).
         staged, shards = [], []
         if is_remote():
             store = item_store()
