@@ -1,4 +1,4 @@
-"""A content-keyed cache of image embeddings: float16 rows in a memory-mapped, append-only file.
+"""A content-keyed cache of image embeddings: float16 rows in an append-only file on disk.
 
 One store per (backbone, input size) under ``cache_dir/embeddings-{backbone}-{image_size}/``:
 ``vectors.f16`` holds N x dim float16 rows, ``keys.txt`` one key a line (line i names row i),
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from svp.rowstore import RowStore
 
-# Rows gathered from the map at once by ``load_into``: 64k x 384 float16 is 48 MiB.
+# Rows read at once by ``load_into``: 64k x 384 float16 is 48 MiB.
 LOAD_BLOCK = 65_536
 
 

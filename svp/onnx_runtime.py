@@ -28,8 +28,9 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from svp.backbones import Backbone, OnnxHooks, set_onnx_runtime
 
 log = logging.getLogger("svp.onnx")
+T = TypeVar("T")
 
 # Features from ONNX Runtime agree with torch's within ATOL + RTOL * |torch feature|.
 ATOL = 1e-4
@@ -288,15 +290,26 @@ def to_onnx(backbone: Backbone, cache_dir: Path) -> OnnxBackbone:
     path = model_path(cache_dir, spec.name, spec.image_size, backbone.module)
     images = probe_images(spec.image_size)
     expected = backbone.embed(images, num_threads=1)
+
+    def build() -> None:
+        export(backbone.module, spec.image_size, path)
+        side = spec.image_size
+        log.info("onnx backbone=%s side=%s event=exported file=%s", spec.name, side, path)
+
+    return cached(path, lambda: _checked(backbone, path, expected, images), build)
+
+
+def cached(path: Path, load: Callable[[], T], build: Callable[[], None]) -> T:
+    """``load()`` of the cache file at ``path``; when it is missing, or there but unusable (a
+    file this process did not write: torn, stale, another network's), ``build()`` it first,
+    once. ``load`` checks what it loads and raises when it is not right."""
     if path.exists():
         try:
-            return _checked(backbone, path, expected, images)
+            return load()
         except Exception as exc:
-            # A file this process did not write and cannot use: build it again, once.
             log.warning("onnx file=%s event=rebuild reason=%s", path.name, exc)
-    export(backbone.module, spec.image_size, path)
-    log.info("onnx backbone=%s side=%s event=exported file=%s", spec.name, spec.image_size, path)
-    return _checked(backbone, path, expected, images)
+    build()
+    return load()
 
 
 # Looked up at each call (lambdas), so a test that replaces one of them is heard.

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from svp.backbones import Backbone, set_int8_runtime
-from svp.onnx_runtime import OnnxBackbone, OnnxUnavailable, probe_images, to_onnx
+from svp.onnx_runtime import OnnxBackbone, OnnxUnavailable, cached, probe_images, to_onnx
 
 log = logging.getLogger("svp.quantized")
 
@@ -141,14 +141,12 @@ def to_int8(backbone: Backbone, cache_dir: Path) -> Int8Backbone:
     images = torch.from_numpy(calibration_images(side, 4) * 255).round().to(torch.uint8)
     images = torch.cat([images, probe_images(side)])
     expected = backbone.embed(images, num_threads=1)
-    if path.exists():
-        try:
-            return _checked(backbone, path, expected, images)
-        except Exception as exc:
-            log.warning("onnx file=%s event=rebuild reason=%s", path.name, exc)
-    quantize(float_model.path, path, side)
-    log.info("onnx backbone=%s side=%s event=quantized file=%s", backbone.spec.name, side, path)
-    return _checked(backbone, path, expected, images)
+
+    def build() -> None:
+        quantize(float_model.path, path, side)
+        log.info("onnx backbone=%s side=%s event=quantized file=%s", backbone.spec.name, side, path)
+
+    return cached(path, lambda: _checked(backbone, path, expected, images), build)
 
 
 # Looked up at each call, so a test that replaces it is heard.
